@@ -1,0 +1,114 @@
+"""Training presets are data: a dataclass filled from ``presets/<name>.json``.
+
+Defaults are the official CAML hyper-parameters; a JSON preset lists only
+what it changes. A preset records the voxel spacing it trains at so that
+inference resamples new images to the same voxel size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+# Consistency ramp-up length R (in units of ``rampup_interval`` iterations) used by
+# the official code for 4 / 8 / 16 labeled LA cases.
+OFFICIAL_RAMPUP = {4: 40.0, 8: 20.0, 16: 15.0}
+
+
+@dataclass(frozen=True)
+class TrainingPreset:
+    name: str = "custom"
+    description: str = ""
+    spacing: Optional[Tuple[float, float, float]] = (0.625, 0.625, 0.625)
+    patch_size: Tuple[int, int, int] = (112, 112, 80)
+    # network
+    base_filters: int = 16
+    feat_dim: int = 32
+    dropout: float = 0.5
+    cma: bool = True
+    # optimisation
+    iterations: int = 15000
+    labeled_batch: int = 2
+    unlabeled_batch: int = 2
+    lr: float = 0.01
+    lr_schedule: str = "constant"  # "constant" (paper) or "poly" (lr * (1 - t/T)^0.9)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # loss: lambda_s * sum of Dice + lambda_c(t) * consistency + lambda_o(t) * OCC
+    lambda_s: float = 0.5
+    lambda_c: float = 1.0
+    lambda_o: float = 0.05
+    sharpen_temperature: float = 0.1
+    rampup_interval: int = 150  # t = iteration // rampup_interval
+    rampup_length: Optional[float] = None  # R; None = official value for the number of labeled cases
+    # OCC
+    memory_per_class: int = 256
+    num_filtered: int = 12800
+    occ_temperature: float = 0.1
+    # bookkeeping
+    val_interval: int = 200
+    val_start: int = 800
+    val_overlap: float = 0.5
+    checkpoint_interval: int = 200
+    amp: bool = True  # mixed precision, used only on CUDA
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def rampup_for(self, num_labeled: int) -> float:
+        """R for this many labeled cases: the preset's value, else the official table (nearest entry)."""
+        if self.rampup_length is not None:
+            return float(self.rampup_length)
+        nearest = min(OFFICIAL_RAMPUP, key=lambda n: abs(n - num_labeled))
+        return OFFICIAL_RAMPUP[nearest]
+
+    def with_overrides(self, **changes: Any) -> TrainingPreset:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["spacing"] = list(self.spacing) if self.spacing is not None else None
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> TrainingPreset:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown preset field(s): {', '.join(unknown)}")
+        d = dict(d)
+        if d.get("spacing") is not None:
+            d["spacing"] = tuple(float(s) for s in d["spacing"])
+        if "patch_size" in d:
+            d["patch_size"] = tuple(int(s) for s in d["patch_size"])
+        preset = cls(**d)
+        if any(s % 16 for s in preset.patch_size):
+            raise ValueError(f"patch size {preset.patch_size}: each side must be a multiple of 16 "
+                             "(four 2x downsamplings)")
+        if preset.lr_schedule not in ("constant", "poly"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'poly', not {preset.lr_schedule!r}")
+        return preset
+
+
+def available_presets() -> List[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_preset(name_or_path: Union[str, Path]) -> TrainingPreset:
+    """A bundled preset by name (``paper``, ``cpu``) or a JSON file of the same form."""
+    path = Path(name_or_path)
+    if not path.suffix == ".json":
+        path = PRESET_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            raise ValueError(f"unknown preset {name_or_path!r}; available: {', '.join(available_presets())} "
+                             "or a path to a .json preset")
+    elif not path.is_file():
+        raise FileNotFoundError(f"{path}: no such preset file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    return TrainingPreset.from_dict(data)

@@ -1,0 +1,513 @@
+"""Semi-supervised CAML training: two-stream batches, the CAML objective, validation, checkpoints.
+
+One iteration: a batch of ``labeled_batch`` labeled and ``unlabeled_batch``
+unlabeled random crops (after random rot90/flip) goes through both
+sub-models; the loss is
+
+    lambda_s * (Dice_V + Dice_A)  +  lambda_c(t) * consistency  +  lambda_o(t) * OCC
+
+with the sigmoid ramp-up ``exp(-5 (1 - t/R)^2)``, ``t = iteration // rampup_interval``.
+
+Runs on CPU, one GPU (with mixed precision), or several GPUs under
+``torchrun`` (DistributedDataParallel; every rank samples its own batches and
+the memory-bank updates are all-gathered so the banks stay identical).
+Everything needed to continue exactly (model, optimizer, memory bank,
+sampler queues and RNG states) is in the resumable checkpoint ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as data_mod
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .losses import dice_loss, mutual_consistency_loss, sigmoid_rampup
+from .network import CAMLNet, NetworkConfig
+from .occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
+from .presets import TrainingPreset
+from .progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+
+LOG = logging.getLogger("caml.train")
+
+
+@dataclass
+class TrainConfig:
+    """What ``caml train`` asks for; the preset carries the hyper-parameters."""
+
+    data_root: Path
+    out_dir: Path
+    preset: TrainingPreset
+    labeled: Optional[int] = None
+    labeled_list: Optional[Path] = None
+    val_list: Optional[Path] = None
+    device: str = "auto"
+    seed: int = 1337
+    resume: bool = False
+    supervised_only: bool = False  # baseline: labeled data and Dice only, no unlabeled stream
+    log_every: int = 10
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    iterations: int
+    best_dice: Optional[float]
+    best_iteration: Optional[int]
+    seconds: float
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    model: Optional[CAMLNet] = None
+    memory_bank: Optional[MemoryBank] = None
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def forward_v(net: CAMLNet, x: torch.Tensor) -> torch.Tensor:
+    """Logits of sub-model V alone (inference and validation never need model A)."""
+    return net.decoder1(net.encoder1(x))[0]
+
+
+class CAMLObjective(nn.Module):
+    """The full CAML training loss as one module, so DistributedDataParallel can wrap it.
+
+    Holds the network; the memory bank is plain state updated inside forward.
+    """
+
+    def __init__(self, net: CAMLNet, bank: MemoryBank, preset: TrainingPreset,
+                 supervised_only: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.bank = bank
+        self.preset = preset
+        self.supervised_only = supervised_only
+        self.memory_generator = torch.Generator()
+
+    def _heads(self) -> List[nn.Module]:
+        n = self.net
+        return [n.projection_head1, n.prediction_head1, n.projection_head2, n.prediction_head2]
+
+    def _zero_through_heads(self) -> torch.Tensor:
+        # DDP expects every parameter to get a gradient each step; when no OCC
+        # term can be formed this keeps the heads in the graph with zero weight.
+        return sum(p.sum() * 0.0 for h in self._heads() for p in h.parameters())  # type: ignore[return-value]
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor, case_index: torch.Tensor,
+                lambda_c: float, lambda_o: float) -> Tuple[torch.Tensor, Dict[str, float]]:
+        p = self.preset
+        nl = label.shape[0]
+        use_amp = p.amp and image.is_cuda
+        with torch.autocast(device_type=image.device.type, dtype=torch.float16, enabled=use_amp):
+            logits_v, logits_a, feat_v, feat_a = self.net(image)
+        # Losses in float32 whatever the forward precision.
+        prob_v = F.softmax(logits_v.float(), dim=1)
+        prob_a = F.softmax(logits_a.float(), dim=1)
+        fg = label == 1
+        loss_s = dice_loss(prob_v[:nl, 1], fg) + dice_loss(prob_a[:nl, 1], fg)
+        parts = {"loss_s": float(loss_s.detach())}
+        if self.supervised_only:
+            loss = p.lambda_s * loss_s
+            parts["loss"] = float(loss.detach())
+            return loss, parts
+
+        loss_c = mutual_consistency_loss(prob_v, prob_a, p.sharpen_temperature)
+        feat_v = feat_v.float()
+        feat_a = feat_a.float()
+
+        self._update_memory(prob_v[:nl], prob_a[:nl], feat_v[:nl], feat_a[:nl], label, case_index)
+        memory = self.bank.sample(p.memory_per_class, self.memory_generator)
+        loss_o = self._occ_loss(prob_v[nl:], prob_a[nl:], feat_v[nl:], feat_a[nl:], memory)
+
+        loss = p.lambda_s * loss_s + lambda_c * loss_c + lambda_o * loss_o
+        parts.update(loss=float(loss.detach()), loss_c=float(loss_c.detach()), loss_o=float(loss_o.detach()))
+        return loss, parts
+
+    @torch.no_grad()
+    def _update_memory(self, prob_v: torch.Tensor, prob_a: torch.Tensor, feat_v: torch.Tensor,
+                       feat_a: torch.Tensor, label: torch.Tensor, case_index: torch.Tensor) -> None:
+        net = self.net
+        correct = (prob_v.argmax(1) == label) & (prob_a.argmax(1) == label)
+        # Channels-last for BOTH models (the official code forgets it for model A).
+        fv = feat_v.permute(0, 2, 3, 4, 1)
+        fa = feat_a.permute(0, 2, 3, 4, 1)
+        was_training = net.projection_head1.training
+        net.projection_head1.eval()
+        net.projection_head2.eval()
+        updates = []
+        for b in range(label.shape[0]):
+            m = correct[b]
+            proj = (net.projection_head1(fv[b][m]) + net.projection_head2(fa[b][m])) / 2
+            updates.append((case_index[b:b + 1], proj, label[b][m]))
+        net.projection_head1.train(was_training)
+        net.projection_head2.train(was_training)
+        for idx, proj, lab in updates:
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                for r_idx, r_proj, r_lab in gather_across_ranks(proj, lab, idx):
+                    self.bank.update(r_idx, r_proj, r_lab)
+            else:
+                self.bank.update(int(idx), proj, lab)
+
+    def _occ_loss(self, prob_v: torch.Tensor, prob_a: torch.Tensor, feat_v: torch.Tensor,
+                  feat_a: torch.Tensor, memory: List[Optional[torch.Tensor]]) -> torch.Tensor:
+        p = self.preset
+        net = self.net
+        conf_v, pred_v = prob_v.max(1)
+        pred_a = prob_a.argmax(1)
+        agree = pred_v == pred_a
+        if int(agree.sum()) < 2 or all(m is None for m in memory):
+            return self._zero_through_heads()
+        uv = feat_v.permute(0, 2, 3, 4, 1)[agree]
+        ua = feat_a.permute(0, 2, 3, 4, 1)[agree]
+        # Every agreeing voxel goes through the heads (their BatchNorm statistics
+        # are taken over all of them, as in the official code); V's label and
+        # confidence pick the same rows for both models.
+        pred_feat_v = net.prediction_head1(net.projection_head1(uv))
+        pred_feat_a = net.prediction_head2(net.projection_head2(ua))
+        picks = select_confident(pred_v[agree], conf_v[agree], net.config.num_classes, p.num_filtered)
+        corr_v = omni_correlation(pred_feat_v, picks, memory, p.occ_temperature)
+        corr_a = omni_correlation(pred_feat_a, picks, memory, p.occ_temperature)
+        if corr_v is None or corr_a is None:
+            return self._zero_through_heads()
+        return omni_correlation_loss(corr_a, corr_v)
+
+
+def loss_weights(preset: TrainingPreset, iteration: int, num_labeled: int) -> Tuple[float, float]:
+    """(lambda_c, lambda_o) at ``iteration`` (1-based, as in the official loop)."""
+    ramp = sigmoid_rampup(iteration // preset.rampup_interval, preset.rampup_for(num_labeled))
+    return preset.lambda_c * ramp, preset.lambda_o * ramp
+
+
+def learning_rate(preset: TrainingPreset, iteration: int) -> float:
+    if preset.lr_schedule == "poly":
+        return preset.lr * (1.0 - min(iteration, preset.iterations) / (preset.iterations + 1)) ** 0.9
+    return preset.lr
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class TwoStreamSampler:
+    """Labeled indices come from successive random permutations (every case once per pass);
+    unlabeled indices likewise from their own stream. State is plain lists, saved for resume."""
+
+    def __init__(self, num_labeled: int, num_unlabeled: int, rng: np.random.Generator) -> None:
+        self.sizes = (num_labeled, num_unlabeled)
+        self.rng = rng
+        self.queues: List[List[int]] = [[], []]
+
+    def _take(self, stream: int, n: int) -> List[int]:
+        out: List[int] = []
+        while len(out) < n:
+            if not self.queues[stream]:
+                self.queues[stream] = [int(i) for i in self.rng.permutation(self.sizes[stream])]
+            out.append(self.queues[stream].pop(0))
+        return out
+
+    def next(self, n_labeled: int, n_unlabeled: int) -> Tuple[List[int], List[int]]:
+        return self._take(0, n_labeled), self._take(1, n_unlabeled)
+
+
+def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Case],
+               li: Sequence[int], ui: Sequence[int], patch: Sequence[int],
+               rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Augment and crop: returns images ``[nl+nu, 1, *patch]`` and labels ``[nl, *patch]``."""
+    images, labels = [], []
+    for i in li:
+        img, lab = data_mod.random_rot_flip(labeled[i].image, labeled[i].label, rng)
+        img, lab = data_mod.random_crop(img, lab, patch, rng)
+        images.append(img)
+        labels.append(lab)
+    for i in ui:
+        img = unlabeled[i].image
+        img, _ = data_mod.random_rot_flip(img, np.zeros(img.shape, np.uint8), rng)
+        img, _ = data_mod.random_crop(img, np.zeros(img.shape, np.uint8), patch, rng)
+        images.append(img)
+    x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
+    y = torch.from_numpy(np.stack(labels).astype(np.int64))
+    return x, y
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def predict_probability(net: CAMLNet, image: np.ndarray, patch: Sequence[int], overlap: float,
+                        device: torch.device) -> np.ndarray:
+    """Foreground probability of model V over a whole volume with averaged sliding windows.
+
+    A compact validation-time sliding window; user-facing inference (Gaussian
+    blending, TTA, resampling) lives in ``inference``.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    pad = [max(0, int(p) - n) for p, n in zip(patch, x.shape)]
+    if any(pad):
+        x = F.pad(x, [v for q in reversed(pad) for v in (q // 2, q - q // 2)])
+    shape = x.shape
+    total = torch.zeros(shape)
+    count = torch.zeros(shape)
+    starts = []
+    for n, p in zip(shape, patch):
+        step = max(1, int(p * (1.0 - overlap)))
+        s = list(range(0, n - p + 1, step))
+        if s[-1] != n - p:
+            s.append(n - p)
+        starts.append(s)
+    for a in starts[0]:
+        for b in starts[1]:
+            for c in starts[2]:
+                window = x[a:a + patch[0], b:b + patch[1], c:c + patch[2]][None, None].to(device)
+                prob = F.softmax(forward_v(net, window).float(), dim=1)[0, 1].cpu()
+                total[a:a + patch[0], b:b + patch[1], c:c + patch[2]] += prob
+                count[a:a + patch[0], b:b + patch[1], c:c + patch[2]] += 1
+    prob = (total / count).numpy()
+    if any(pad):
+        lo = [q // 2 for q in pad]
+        prob = prob[lo[0]:lo[0] + image.shape[0], lo[1]:lo[1] + image.shape[1], lo[2]:lo[2] + image.shape[2]]
+    return prob
+
+
+def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    inter = float(np.logical_and(pred, truth).sum())
+    total = float(pred.sum() + truth.sum())
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def validate(net: CAMLNet, cases: Sequence[data_mod.Case], preset: TrainingPreset,
+             device: torch.device) -> Dict[str, Any]:
+    was_training = net.training
+    net.eval()
+    scores = {}
+    for case in cases:
+        prob = predict_probability(net, case.image, preset.patch_size, preset.val_overlap, device)
+        scores[case.case_id] = dice_score(prob > 0.5, case.label > 0)
+    net.train(was_training)
+    return {"dice": float(np.mean(list(scores.values()))), "per_case": scores}
+
+
+# --------------------------------------------------------------------------- run
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was asked for but no CUDA GPU is available to PyTorch here; use --device cpu")
+    return torch.device(name)
+
+
+def _distributed() -> Tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _rng_state(rng: np.random.Generator, objective: CAMLObjective) -> Dict[str, Any]:
+    state: Dict[str, Any] = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
+                             "memory": objective.memory_generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any], rng: np.random.Generator, objective: CAMLObjective) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    objective.memory_generator.set_state(state["memory"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _setup_logging(out_dir: Path, rank: int) -> logging.Handler:
+    handler: logging.Handler
+    if rank == 0:
+        handler = logging.FileHandler(out_dir / "train.log")
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    return handler
+
+
+def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
+    """Open the data, make the split, load and validate every case (before anything is written)."""
+    preset = cfg.preset
+    source = data_mod.open_source(cfg.data_root)
+    split = data_mod.make_split(source, labeled=cfg.labeled, labeled_list=cfg.labeled_list,
+                                val_list=cfg.val_list, min_labeled=preset.labeled_batch)
+    if not cfg.supervised_only and preset.unlabeled_batch > 0 and not split.unlabeled:
+        raise data_mod.DataError(f"{cfg.data_root}: no unlabeled cases left for the unlabeled stream "
+                                 "(every case is labeled); use --supervised-only or fewer labeled cases")
+    labeled = data_mod.load_cases(source, split.labeled, preset.spacing, with_label=True, progress=progress)
+    unlabeled = [] if cfg.supervised_only else data_mod.load_cases(
+        source, split.unlabeled, preset.spacing, with_label=False, progress=progress)
+    validation = data_mod.load_cases(source, split.validation, preset.spacing, with_label=True,
+                                     progress=progress)
+    return split, labeled, unlabeled, validation
+
+
+def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
+          cancel: Optional[CancelToken] = None) -> TrainResult:
+    """Run (or resume) a training job; see the module docstring."""
+    preset = cfg.preset
+    rank, world = _distributed()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    out_dir = Path(cfg.out_dir)
+    last_path = out_dir / "last.pt"
+    if last_path.exists() and not cfg.resume:
+        raise ValueError(f"{out_dir} already holds a training run (last.pt); pass --resume to continue it "
+                         "or choose another --out")
+    resume_state = None
+    if cfg.resume:
+        if not last_path.exists():
+            raise FileNotFoundError(f"{last_path}: nothing to resume (no last.pt in the output folder)")
+        resume_state = read_checkpoint(last_path)
+        for key in ("optimizer", "iteration", "rng", "memory_bank", "split"):
+            if key not in resume_state:
+                raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no {key!r})")
+
+    split, labeled, unlabeled, validation = prepare_data(cfg, progress)
+    if resume_state is not None and resume_state["split"]["labeled"] != split.labeled:
+        raise CheckpointError(f"{last_path}: incompatible checkpoint: it was trained with other labeled "
+                              "cases than this command selects")
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed + rank)
+    net_cfg = NetworkConfig(base_filters=preset.base_filters, feat_dim=preset.feat_dim,
+                            dropout=preset.dropout, cma=preset.cma)
+    net = CAMLNet(net_cfg).to(device)
+    bank = MemoryBank(len(labeled), net_cfg.num_classes, net_cfg.feat_dim, device)
+    objective = CAMLObjective(net, bank, preset, cfg.supervised_only).to(device)
+    objective.memory_generator.manual_seed(cfg.seed + 7919 * rank)
+    optimizer = torch.optim.SGD(net.parameters(), lr=preset.lr, momentum=preset.momentum,
+                                weight_decay=preset.weight_decay)
+    use_amp = preset.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    n_unlabeled_batch = 0 if cfg.supervised_only else preset.unlabeled_batch
+    sampler = TwoStreamSampler(len(labeled), max(len(unlabeled), 1), rng)
+
+    start_iter, best_dice, best_iter, history = 0, None, None, []
+    if resume_state is not None:
+        try:
+            net.load_state_dict(resume_state["model"], strict=True)
+            optimizer.load_state_dict(resume_state["optimizer"])
+            bank.load_state_dict(resume_state["memory_bank"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{last_path}: incompatible checkpoint ({exc})") from exc
+        scaler.load_state_dict(resume_state.get("scaler", {}))
+        _set_rng_state(resume_state["rng"], rng, objective)
+        sampler.queues = [list(q) for q in resume_state["sampler"]]
+        start_iter = int(resume_state["iteration"])
+        best_dice, best_iter = resume_state.get("best_dice"), resume_state.get("best_iteration")
+        history = list(resume_state.get("history", []))
+
+    model: nn.Module = objective
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(out_dir, rank) if rank == 0 else logging.NullHandler()
+    meta = {"network": net_cfg.to_dict(), "preset": preset.to_dict(),
+            "split": {"labeled": split.labeled, "unlabeled": split.unlabeled, "validation": split.validation},
+            "data_root": str(cfg.data_root), "seed": cfg.seed, "supervised_only": cfg.supervised_only,
+            "world_size": world}
+
+    def checkpoint(iteration: int) -> Dict[str, Any]:
+        return dict(meta, model=net.state_dict(), optimizer=optimizer.state_dict(),
+                    scaler=scaler.state_dict(), memory_bank=bank.state_dict(),
+                    rng=_rng_state(rng, objective), sampler=[list(q) for q in sampler.queues],
+                    iteration=iteration, best_dice=best_dice, best_iteration=best_iter, history=history)
+
+    if rank == 0:
+        LOG.info("%s training, preset %s, %d labeled / %d unlabeled / %d validation cases, device %s x%d, "
+                 "from iteration %d", "supervised-only" if cfg.supervised_only else "CAML", preset.name,
+                 len(labeled), len(unlabeled), len(validation), device, world, start_iter)
+        if start_iter == 0:
+            (out_dir / "config.json").write_text(json.dumps(meta, indent=2))
+    t0 = time.time()
+    iteration = completed = start_iter
+    snapshot: Optional[Tuple[Any, ...]] = None
+    net.train()
+    try:
+        while iteration < preset.iterations:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            # What an interrupted step must roll back so the checkpoint stays exact.
+            snapshot = (_rng_state(rng, objective), [list(q) for q in sampler.queues], list(bank.slots))
+            li, ui = sampler.next(preset.labeled_batch, n_unlabeled_batch)
+            x, y = make_batch(labeled, unlabeled, li, ui, preset.patch_size, rng)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            iteration += 1
+            lambda_c, lambda_o = loss_weights(preset, iteration, len(labeled))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(preset, iteration - 1)
+            loss, parts = model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o)
+            if not math.isfinite(parts["loss"]):
+                raise FloatingPointError(f"loss became {parts['loss']} at iteration {iteration}; "
+                                         "the last good checkpoint is kept")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            completed, snapshot = iteration, None
+
+            record: Dict[str, Any] = {"iteration": iteration, **parts}
+            if validation and iteration >= preset.val_start and (
+                    iteration % preset.val_interval == 0 or iteration == preset.iterations):
+                if rank == 0:
+                    val = validate(net, validation, preset, device)
+                    record["val_dice"] = val["dice"]
+                    if best_dice is None or val["dice"] > best_dice:
+                        best_dice, best_iter = val["dice"], iteration
+                        save_checkpoint(out_dir / "best.pt", dict(meta, model=net.state_dict(),
+                                                                  iteration=iteration, val=val))
+                    LOG.info("iteration %d validation Dice %.4f (best %.4f at %d)", iteration, val["dice"],
+                             best_dice, best_iter)
+            if iteration % cfg.log_every == 0 or "val_dice" in record or iteration == preset.iterations:
+                history.append(record)
+                if rank == 0:
+                    LOG.info("iteration %d " + " ".join(f"{k} %.4f" for k in parts), iteration,
+                             *parts.values())
+            if rank == 0 and (iteration % preset.checkpoint_interval == 0 or iteration == preset.iterations):
+                save_checkpoint(last_path, checkpoint(iteration))
+            progress(ProgressEvent("train", iteration, preset.iterations,
+                                   values={k: round(v, 5) for k, v in record.items() if k != "iteration"}))
+    except BaseException:
+        # Keep what was learned: a resumable checkpoint at the last completed iteration.
+        if snapshot is not None:
+            _set_rng_state(snapshot[0], rng, objective)
+            sampler.queues = snapshot[1]
+            bank.slots = snapshot[2]
+        if rank == 0 and completed > start_iter and out_dir.exists():
+            save_checkpoint(last_path, checkpoint(completed))
+            LOG.info("stopped at iteration %d; resumable checkpoint written", completed)
+        raise
+    finally:
+        LOG.removeHandler(handler)
+        handler.close()
+    seconds = time.time() - t0
+    if rank == 0:
+        LOG.info("finished %d iterations in %.1f s", iteration - start_iter, seconds)
+    return TrainResult(out_dir, iteration, best_dice, best_iter, seconds, history, net, bank)

@@ -1,0 +1,186 @@
+"""End-to-end training on generated data: learning, exact resume, DDP, and input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from CAMLSegmentationLib.checkpoint import read_checkpoint
+from CAMLSegmentationLib.cli import main as caml
+from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
+from CAMLSegmentationLib.presets import TrainingPreset
+from CAMLSegmentationLib.trainer import TrainConfig, train
+from synthetic import write_la_layout
+
+TINY = TrainingPreset(name="tiny", spacing=None, patch_size=(32, 32, 16), base_filters=4, feat_dim=8,
+                      iterations=6, lr=0.05, memory_per_class=16, num_filtered=256, rampup_interval=1,
+                      rampup_length=4, val_start=1, val_interval=1000, checkpoint_interval=1000)
+
+
+def write_preset(path: Path, preset: TrainingPreset) -> Path:
+    path.write_text(json.dumps(preset.to_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("la")
+    write_la_layout(root, 6, shape=(32, 32, 24))
+    return root
+
+
+def test_short_run_lowers_loss_and_beats_chance(dataset, tmp_path):
+    (tmp_path / "val.list").write_text("case004\ncase005\n")
+    preset = TINY.with_overrides(iterations=60, val_start=60, val_interval=60)
+    result = train(TrainConfig(dataset, tmp_path / "run", preset, labeled=2, val_list=tmp_path / "val.list",
+                               seed=3))
+    losses = [h["loss_s"] for h in result.history if "loss_s" in h]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+    # Chance level: the best trivial answer, everything foreground.
+    from CAMLSegmentationLib.data import load_cases, open_source
+
+    cases = load_cases(open_source(dataset), ["case004", "case005"], None, with_label=True)
+    chance = np.mean([2 * c.label.mean() / (1 + c.label.mean()) for c in cases])
+    assert result.best_dice is not None and result.best_dice > chance + 0.1
+    for name in ("last.pt", "best.pt", "train.log", "config.json"):
+        assert (tmp_path / "run" / name).is_file()
+    assert "loss_o" in result.history[-1] and result.history[-1]["loss_o"] > 0
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
+    straight = train(TrainConfig(dataset, tmp_path / "a", TINY, labeled=2, seed=5))
+    first = train(TrainConfig(dataset, tmp_path / "b", TINY.with_overrides(iterations=3), labeled=2, seed=5))
+    assert first.iterations == 3
+    resumed = train(TrainConfig(dataset, tmp_path / "b", TINY, labeled=2, seed=5, resume=True))
+    assert resumed.iterations == straight.iterations == 6
+    a = read_checkpoint(tmp_path / "a" / "last.pt")
+    b = read_checkpoint(tmp_path / "b" / "last.pt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for sa, sb in zip(a["memory_bank"]["slots"], b["memory_bank"]["slots"]):
+        assert (sa is None) == (sb is None)
+        if sa is not None:
+            assert all(torch.equal(x, y) for x, y in zip(sa, sb))
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    preset = TINY.with_overrides(iterations=3)
+    result = train(TrainConfig(Path(root), Path(out) / "run", preset, labeled=2, seed=11, device="cpu"))
+    torch.save({"model": result.model.state_dict(), "bank": result.memory_bank.state_dict()},
+               Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_gloo_keeps_ranks_identical(dataset, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(dataset), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt")
+    r1 = torch.load(tmp_path / "rank1.pt")
+    for key, value in r0["model"].items():
+        assert torch.equal(value, r1["model"][key]) or "running" in key or "num_batches" in key, key
+    params0 = [v for k, v in r0["model"].items() if "running" not in k and "num_batches" not in k]
+    assert len(params0) > 100
+    # The memory banks were all-gathered: identical on both ranks, and filled by both ranks' cases.
+    slots0, slots1 = r0["bank"]["slots"], r1["bank"]["slots"]
+    for s0, s1 in zip(slots0, slots1):
+        assert (s0 is None) == (s1 is None)
+        if s0 is not None:
+            assert all(torch.equal(x, y) for x, y in zip(s0, s1))
+    # Training moved the weights away from their (shared, seeded) initialisation.
+    torch.manual_seed(11)
+    init = CAMLNet(NetworkConfig(base_filters=4, feat_dim=8)).state_dict()
+    assert not all(torch.equal(init[k], r0["model"][k]) for k in init)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def run_cli(args, capsys):
+    code = caml(["train", "--progress", "none"] + [str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    code, err = run_cli(["--data", tmp_path / "nowhere", "--labeled", "2", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "nowhere" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_case_id(dataset, tmp_path, capsys):
+    (tmp_path / "lab.list").write_text("case000\nnot_a_case\n")
+    code, err = run_cli(["--data", dataset, "--labeled-list", tmp_path / "lab.list", "--out", tmp_path / "out",
+                         "--preset", write_preset(tmp_path / "p.json", TINY)], capsys)
+    assert code == 2 and "not_a_case" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fewer_labeled_than_the_batch(dataset, tmp_path, capsys):
+    code, err = run_cli(["--data", dataset, "--labeled", "1", "--out", tmp_path / "out",
+                         "--preset", write_preset(tmp_path / "p.json", TINY)], capsys)
+    assert code == 2 and "batch" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_binary_label(tmp_path, capsys):
+    import h5py
+
+    write_la_layout(tmp_path / "d", 4, shape=(32, 32, 16))
+    with h5py.File(tmp_path / "d" / "2018LA_Seg_Training Set" / "case001" / "mri_norm2.h5", "r+") as f:
+        lab = f["label"][()]
+        lab[0, 0, 0] = 3
+        f["label"][...] = lab
+    code, err = run_cli(["--data", tmp_path / "d", "--labeled", "2", "--out", tmp_path / "out",
+                         "--preset", write_preset(tmp_path / "p.json", TINY)], capsys)
+    assert code == 2 and "case001" in err and "3" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shape_mismatch(tmp_path, capsys):
+    import h5py
+
+    write_la_layout(tmp_path / "d", 4, shape=(32, 32, 16))
+    path = tmp_path / "d" / "2018LA_Seg_Training Set" / "case000" / "mri_norm2.h5"
+    with h5py.File(path, "r+") as f:
+        del f["label"]
+        f.create_dataset("label", data=np.zeros((32, 32, 15), np.uint8))
+    code, err = run_cli(["--data", tmp_path / "d", "--labeled", "2", "--out", tmp_path / "out",
+                         "--preset", write_preset(tmp_path / "p.json", TINY)], capsys)
+    assert code == 2 and "case000" in err and "shape" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_from_corrupt_or_incompatible_checkpoint(dataset, tmp_path, capsys):
+    preset = write_preset(tmp_path / "p.json", TINY.with_overrides(iterations=2))
+    base = ["--data", dataset, "--out", tmp_path / "out", "--preset", preset]
+    assert run_cli(base + ["--labeled", "2"], capsys)[0] == 0
+    code, err = run_cli(base + ["--labeled", "2"], capsys)  # no --resume: refuse to overwrite
+    assert code == 2 and "--resume" in err
+    code, err = run_cli(base + ["--labeled", "3", "--resume"], capsys)
+    assert code == 2 and "incompatible" in err
+    last = tmp_path / "out" / "last.pt"
+    good = last.read_bytes()
+    last.write_bytes(good[: len(good) // 2])
+    code, err = run_cli(base + ["--labeled", "2", "--resume"], capsys)
+    assert code == 2 and "last.pt" in err and "not a readable" in err
+    assert last.read_bytes() == good[: len(good) // 2]  # nothing overwritten by the failed attempt
+    code, err = run_cli(["--data", dataset, "--out", tmp_path / "empty", "--preset", preset,
+                         "--labeled", "2", "--resume"], capsys)
+    assert code == 2 and "nothing to resume" in err
