@@ -1,21 +1,46 @@
-"""The canonical image container of the engine and the readers that fill it.
+"""The canonical image container of the engine, its readers and the mask writers.
 
 A ``Volume`` holds a float32 array indexed ``[i, j, k]`` (fastest-varying file
 axis first, the ITK/VTK index order) plus its physical geometry. SimpleITK and
 Slicer hand out arrays indexed ``[k, j, i]``; the one transpose happens here,
 at the boundary, and nowhere else.
+
+Readers accept every 3D scalar image SimpleITK reads (NRRD, NIfTI, MetaImage,
+...), a folder holding a DICOM series, and the preprocessed LA ``.h5`` files.
+Writers put a mask on exactly the grid and geometry of a reference volume, as
+a Slicer segmentation (``.seg.nrrd``), NIfTI or plain NRRD, so the mask
+overlays its image in any viewer, flipped and oblique axes included.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .files import atomic_output
+
 #: Voxel size of the preprocessed LA h5 files (not stored in them).
 LA_SPACING = (0.625, 0.625, 0.625)
+
+#: How the segmentation is presented in Slicer: name, colour (RGB 0-1) and
+#: DICOM terminology (SNOMED CT 82471001 "Left atrium structure").
+SEGMENT_NAME = "Left atrium"
+SEGMENT_ID = "left_atrium"
+SEGMENT_COLOR = (0.89, 0.47, 0.34)
+SEGMENT_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list"
+                       "~SCT^123037004^Anatomical Structure~SCT^82471001^Left atrium~^^"
+                       "~Anatomic codes - DICOM master list~^^~^^")
+
+#: File name endings the mask writer understands, longest first.
+MASK_FORMATS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+class ImageError(ValueError):
+    """An input image that cannot be segmented; the message names the file and the problem."""
 
 
 @dataclass
@@ -40,30 +65,85 @@ class Volume:
                 and np.allclose(self.origin, other.origin, atol=tol)
                 and np.allclose(self.direction, other.direction, atol=tol))
 
+    def with_array(self, array: np.ndarray) -> Volume:
+        """A volume on the same grid holding ``array`` (which must have the same shape)."""
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"array of shape {tuple(array.shape)} does not fit a grid of shape {self.shape}")
+        return Volume(array=array, spacing=self.spacing, origin=self.origin,
+                      direction=np.array(self.direction, dtype=float))
+
 
 PathLike = Union[str, Path]
 
 
-def read_image(path: PathLike, pixel_type: Optional[int] = None) -> Volume:
-    """Read any 3D scalar image SimpleITK can read into a ``Volume`` (float32 array)."""
+# --------------------------------------------------------------------------- reading
+
+
+def read_volume(path: PathLike) -> Volume:
+    """Read an image for segmentation: an LA ``.h5``, a DICOM folder or any SimpleITK format.
+
+    The result is validated (3D, one component, no empty axis, finite, not
+    constant); problems raise ``ImageError`` naming the file.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        volume, _ = read_la_h5(path)
+    else:
+        volume = read_image(path)
+    validate_volume(volume, path)
+    return volume
+
+
+def read_image(path: PathLike) -> Volume:
+    """Read a 3D scalar image (any SimpleITK format, or a folder with one DICOM series) as float32."""
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise FileNotFoundError(f"{path}: no such file or folder")
     try:
-        img = sitk.ReadImage(str(path))
+        img = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ValueError(f"{path}: unreadable image ({str(exc).strip().splitlines()[-1]})") from exc
-    if img.GetDimension() != 3:
-        raise ValueError(f"{path}: expected a 3D image, found {img.GetDimension()}D")
+        raise ImageError(f"{path}: unreadable image ({_last_line(exc)})") from exc
+    return volume_from_sitk(img, path)
+
+
+def _read_dicom_folder(path: Path):
+    import SimpleITK as sitk
+
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+    if not series:
+        raise ImageError(f"{path}: a folder, but it holds no DICOM series")
+    # Several series in one folder (localisers, other sequences): take the one with most slices.
+    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def _last_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def volume_from_sitk(img, source: PathLike = "image") -> Volume:
+    """Convert a SimpleITK image to a float32 ``Volume`` (the one KJI -> IJK transpose)."""
+    import SimpleITK as sitk
+
+    dim = img.GetDimension()
+    if dim == 4:
+        raise ImageError(f"{source}: a 4D image (e.g. a time series); expected one 3D volume")
+    if dim != 3:
+        raise ImageError(f"{source}: expected a 3D image, found {dim}D")
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: expected one component per voxel, "
-                         f"found {img.GetNumberOfComponentsPerPixel()}")
-    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+        raise ImageError(f"{source}: a multi-component image ({img.GetNumberOfComponentsPerPixel()} "
+                         f"components per voxel, e.g. RGB or a vector field); expected a scalar image")
+    if 0 in img.GetSize():
+        raise ImageError(f"{source}: an axis of zero length (size {img.GetSize()})")
+    arr = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0).astype(np.float32)
     return Volume(array=np.ascontiguousarray(arr),
-                  spacing=tuple(float(s) for s in img.GetSpacing()),
-                  origin=tuple(float(o) for o in img.GetOrigin()),
+                  spacing=tuple(float(s) for s in img.GetSpacing()),  # type: ignore[arg-type]
+                  origin=tuple(float(o) for o in img.GetOrigin()),  # type: ignore[arg-type]
                   direction=np.array(img.GetDirection(), dtype=float).reshape(3, 3))
 
 
@@ -74,7 +154,143 @@ def read_la_h5(path: PathLike) -> Tuple[Volume, Optional[np.ndarray]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    with h5py.File(path, "r") as f:
-        image = np.asarray(f["image"][()], dtype=np.float32)
-        label = np.asarray(f["label"][()], dtype=np.uint8) if "label" in f else None
+    try:
+        with h5py.File(path, "r") as f:
+            if "image" not in f:
+                raise ImageError(f"{path}: no 'image' dataset (not an LA mri_norm2.h5 file)")
+            image = np.asarray(f["image"][()], dtype=np.float32)
+            label = np.asarray(f["label"][()], dtype=np.uint8) if "label" in f else None
+    except OSError as exc:
+        raise ImageError(f"{path}: unreadable HDF5 file ({_last_line(exc)})") from exc
+    if image.ndim != 3:
+        raise ImageError(f"{path}: expected a 3D 'image' dataset, found shape {image.shape}")
     return Volume(array=image, spacing=LA_SPACING), label
+
+
+def validate_volume(volume: Volume, source: PathLike = "image") -> None:
+    """Raise ``ImageError`` naming ``source`` when the volume cannot be segmented."""
+    a = volume.array
+    if a.ndim != 3:
+        raise ImageError(f"{source}: expected a 3D image, found an array of shape {a.shape}")
+    if 0 in a.shape:
+        raise ImageError(f"{source}: an axis of zero length (shape {a.shape})")
+    finite = np.isfinite(a)
+    if not finite.all():
+        bad = int(a.size - np.count_nonzero(finite))
+        raise ImageError(f"{source}: {bad} voxels are NaN or Inf")
+    if float(a.max()) == float(a.min()):
+        raise ImageError(f"{source}: a constant image (every voxel is {float(a.flat[0]):g}): nothing to segment")
+    if min(volume.spacing) <= 0 or not np.all(np.isfinite(volume.spacing)):
+        raise ImageError(f"{source}: invalid voxel spacing {volume.spacing}")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def to_sitk(array: np.ndarray, reference: Volume):
+    """A SimpleITK image holding ``array[i, j, k]`` with the reference volume's geometry."""
+    import SimpleITK as sitk
+
+    if tuple(array.shape) != reference.shape:
+        raise ValueError(f"array of shape {tuple(array.shape)} is not on the reference grid {reference.shape}")
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    img.SetSpacing([float(s) for s in reference.spacing])
+    img.SetOrigin([float(o) for o in reference.origin])
+    img.SetDirection([float(d) for d in np.asarray(reference.direction, dtype=float).ravel()])
+    return img
+
+
+def mask_format(path: PathLike) -> str:
+    """The writer format picked from a file name (``.seg.nrrd``, ``.nii.gz``, ...); ValueError if unknown."""
+    name = Path(path).name.lower()
+    for ending in MASK_FORMATS:
+        if name.endswith(ending):
+            return ending
+    raise ValueError(f"{path}: unknown output format; use one of {', '.join(MASK_FORMATS)}")
+
+
+def segmentation_metadata(mask: np.ndarray) -> Dict[str, str]:
+    """The NRRD header fields that make a labelmap a one-segment Slicer segmentation."""
+    nonzero = np.nonzero(mask)
+    if nonzero[0].size:
+        extent = " ".join(f"{int(ax.min())} {int(ax.max())}" for ax in nonzero)
+    else:
+        extent = "0 -1 0 -1 0 -1"  # Slicer's notation for an empty segment
+    color = " ".join(f"{c:g}" for c in SEGMENT_COLOR)
+    return {
+        "Segment0_ID": SEGMENT_ID,
+        "Segment0_Name": SEGMENT_NAME,
+        "Segment0_NameAutoGenerated": "0",
+        "Segment0_Color": color,
+        "Segment0_ColorAutoGenerated": "0",
+        "Segment0_LabelValue": "1",
+        "Segment0_Layer": "0",
+        "Segment0_Extent": extent,
+        "Segment0_Tags": f"TerminologyEntry:{SEGMENT_TERMINOLOGY}|",
+        # "Source" is the current name, "Master" what Slicer before 5.2 reads.
+        "Segmentation_SourceRepresentation": "Binary labelmap",
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+
+
+def write_mask(mask: np.ndarray, reference: Volume, path: PathLike) -> Path:
+    """Write a binary mask ``[i, j, k]`` on the reference volume's grid; the format follows the name.
+
+    ``.seg.nrrd`` gives a Slicer segmentation with one segment "Left atrium"
+    (label value 1); ``.nii.gz``/``.nii``/``.nrrd``/``.mha`` give a uint8
+    labelmap. The file appears complete or not at all.
+    """
+    write_outputs([("mask", "mask", mask, Path(path))], reference)
+    return Path(path)
+
+
+def write_image(array: np.ndarray, reference: Volume, path: PathLike) -> Path:
+    """Write a float map (probability, uncertainty) on the reference grid as ``.nrrd``/``.nii.gz``/..."""
+    write_outputs([("image", "image", array, Path(path))], reference)
+    return Path(path)
+
+
+def write_outputs(items: Sequence[Tuple[str, str, np.ndarray, PathLike]], reference: Volume) -> Dict[str, str]:
+    """Write several outputs all-or-nothing and return ``{name: path}``.
+
+    Each item is ``(name, kind, array, path)`` with kind ``"mask"`` (binary,
+    written as uint8 or a Slicer segmentation) or ``"image"`` (float32 map).
+    Every file is first written beside its target under a temporary name; the
+    renames happen only after all writes succeeded, so a failure (bad array,
+    disk full, unwritable folder) leaves none of them behind.
+    """
+    import SimpleITK as sitk
+
+    images = [(name, _output_image(kind, array, reference, Path(path)), Path(path))
+              for name, kind, array, path in items]  # every check before the first byte is written
+    written: Dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        for name, img, path in images:
+            tmp = stack.enter_context(atomic_output(path))
+            try:
+                sitk.WriteImage(img, str(tmp), useCompression=True)
+            except RuntimeError as exc:
+                raise OSError(f"{path}: could not write ({_last_line(exc)})") from exc
+            written[name] = str(path)
+    return written
+
+
+def _output_image(kind: str, array: np.ndarray, reference: Volume, path: Path):
+    fmt = mask_format(path)
+    if fmt == ".mhd":
+        # A .mhd has a companion .raw that a single-file atomic rename cannot carry.
+        raise ValueError(f"{path}: .mhd writes two files; use .mha, .nrrd or .nii.gz")
+    if kind == "mask":
+        labels = (np.asarray(array) > 0).astype(np.uint8)
+        img = to_sitk(labels, reference)
+        if fmt == ".seg.nrrd":
+            for key, value in segmentation_metadata(labels).items():
+                img.SetMetaData(key, value)
+        return img
+    if kind != "image":
+        raise ValueError(f"unknown output kind {kind!r}")
+    if fmt == ".seg.nrrd":
+        raise ValueError(f"{path}: a .seg.nrrd holds a segmentation, not a float map; use .nrrd or .nii.gz")
+    return to_sitk(np.asarray(array, dtype=np.float32), reference)

@@ -1,0 +1,220 @@
+"""The model catalog: which trained models exist, where their weights are, and how to check them.
+
+Two catalogs are merged:
+
+* the bundled one, ``Resources/Models/models.json``, shipped with the
+  extension (models released by the project);
+* the user's one, ``$CAML_HOME/models/models.json`` (``~/.caml`` when
+  ``CAML_HOME`` is unset), where ``caml models register`` puts models trained
+  on this machine.
+
+Each entry names its weights ``file`` relative to its catalog and records the
+file's SHA-256, which is checked before the weights are used: a truncated
+download or a file replaced by hand gives a clear error instead of a quietly
+wrong segmentation. See ``_schema`` in the bundled JSON for every field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .files import atomic_output
+
+PathLike = Union[str, Path]
+SCHEMA_VERSION = 1
+DEFAULT_WINDOW = (112, 112, 80)
+
+
+class CatalogError(ValueError):
+    """A catalog file, entry or weights file that cannot be used."""
+
+
+@dataclass
+class ModelEntry:
+    """One catalog entry; ``path`` is the weights file resolved against the catalog's folder."""
+
+    id: str
+    version: str
+    file: str
+    sha256: str
+    preset: str = ""
+    spacing: Optional[Tuple[float, float, float]] = None
+    window: Tuple[int, int, int] = DEFAULT_WINDOW
+    training_data: str = ""
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    default: bool = False
+    catalog: str = ""  # the models.json this entry came from
+    source: str = "bundled"  # "bundled" or "user"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.catalog).parent / self.file
+
+    def to_json(self) -> Dict[str, Any]:
+        d = asdict(self)
+        for key in ("catalog", "source"):
+            d.pop(key)
+        d["spacing"] = list(self.spacing) if self.spacing is not None else None
+        d["window"] = list(self.window)
+        return d
+
+
+def bundled_catalog_path() -> Path:
+    """``Resources/Models/models.json``: next to the module in an installed Slicer extension,
+    at the repository root in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for base in (here.parent, here.parent.parent):
+        candidate = base / "Resources" / "Models" / "models.json"
+        if candidate.is_file():
+            return candidate
+    return here.parent.parent / "Resources" / "Models" / "models.json"
+
+
+def caml_home() -> Path:
+    """Per-user folder for registered models: ``$CAML_HOME`` or ``~/.caml``."""
+    return Path(os.environ.get("CAML_HOME") or Path.home() / ".caml")
+
+
+def user_catalog_path() -> Path:
+    return caml_home() / "models" / "models.json"
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_catalog(path: PathLike, source: str = "bundled") -> List[ModelEntry]:
+    """Entries of one ``models.json``; a missing file is an empty catalog."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CatalogError(f"{path}: unreadable model catalog ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise CatalogError(f"{path}: a model catalog must be a JSON object with a 'models' list")
+    entries = []
+    for n, raw in enumerate(data["models"]):
+        entries.append(_entry_from_json(raw, path, source, n))
+    return entries
+
+
+def _entry_from_json(raw: Any, catalog: Path, source: str, n: int) -> ModelEntry:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{catalog}: model #{n} is not a JSON object")
+    missing = [k for k in ("id", "version", "file", "sha256") if not raw.get(k)]
+    if missing:
+        raise CatalogError(f"{catalog}: model #{n} ({raw.get('id', 'no id')}) lacks {', '.join(missing)}")
+    try:
+        spacing = raw.get("spacing")
+        window = raw.get("window") or DEFAULT_WINDOW
+        if len(window) != 3 or (spacing is not None and len(spacing) != 3):
+            raise ValueError("spacing and window need three values")
+        return ModelEntry(
+            id=str(raw["id"]), version=str(raw["version"]), file=str(raw["file"]),
+            sha256=str(raw["sha256"]).lower(), preset=str(raw.get("preset", "")),
+            spacing=tuple(float(s) for s in spacing) if spacing is not None else None,  # type: ignore[arg-type]
+            window=tuple(int(w) for w in window),  # type: ignore[arg-type]
+            training_data=str(raw.get("training_data", "")), metrics=dict(raw.get("metrics") or {}),
+            description=str(raw.get("description", "")), default=bool(raw.get("default", False)),
+            catalog=str(catalog), source=source)
+    except (TypeError, ValueError) as exc:
+        raise CatalogError(f"{catalog}: model {raw['id']!r}: {exc}") from exc
+
+
+def load_catalog(paths: Optional[Sequence[Tuple[PathLike, str]]] = None) -> List[ModelEntry]:
+    """Bundled then user entries; an id defined twice is an error (it would be ambiguous)."""
+    if paths is None:
+        paths = [(bundled_catalog_path(), "bundled"), (user_catalog_path(), "user")]
+    entries: List[ModelEntry] = []
+    seen: Dict[str, str] = {}
+    for path, source in paths:
+        for entry in read_catalog(path, source):
+            if entry.id in seen:
+                raise CatalogError(f"model id {entry.id!r} is defined in both {seen[entry.id]} and {path}")
+            seen[entry.id] = str(path)
+            entries.append(entry)
+    return entries
+
+
+def find_model(model_id: str, entries: Optional[List[ModelEntry]] = None) -> ModelEntry:
+    entries = load_catalog() if entries is None else entries
+    for entry in entries:
+        if entry.id == model_id:
+            return entry
+    known = ", ".join(e.id for e in entries) or "none: the catalog is empty"
+    raise CatalogError(f"no model {model_id!r} in the catalog (known: {known})")
+
+
+def default_model(entries: Optional[List[ModelEntry]] = None) -> Optional[ModelEntry]:
+    """The entry marked ``"default": true``, else the first bundled one, else the first user one."""
+    entries = load_catalog() if entries is None else entries
+    for entry in entries:
+        if entry.default:
+            return entry
+    return entries[0] if entries else None
+
+
+def verify(entry: ModelEntry) -> Path:
+    """The weights path after checking it exists and matches the catalog's SHA-256."""
+    path = entry.path
+    if not path.is_file():
+        raise CatalogError(f"{path}: weights of model {entry.id!r} not found (listed in {entry.catalog})")
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise CatalogError(f"{path}: checksum mismatch for model {entry.id!r}: catalog says "
+                           f"sha256 {entry.sha256[:12]}..., the file has {actual[:12]}... "
+                           f"(corrupt or replaced file)")
+    return path
+
+
+def register_model(weights: PathLike, model_id: str, version: str = "1", description: str = "",
+                   training_data: str = "", metrics: Optional[Dict[str, Any]] = None,
+                   catalog_path: Optional[PathLike] = None, default: bool = False) -> ModelEntry:
+    """Copy a trained checkpoint into the user's model folder and list it in the user catalog.
+
+    The preset name, voxel spacing and window are read from the checkpoint
+    (what the trainer stores), so inference later uses what training saw.
+    """
+    from .checkpoint import read_checkpoint
+
+    weights = Path(weights)
+    catalog_path = Path(catalog_path) if catalog_path else user_catalog_path()
+    others = [(bundled_catalog_path(), "bundled")] if catalog_path != bundled_catalog_path() else []
+    existing = load_catalog(others + [(catalog_path, "user")])
+    if any(e.id == model_id for e in existing):
+        raise CatalogError(f"model id {model_id!r} is already in the catalog; choose another id or version")
+    ckpt = read_checkpoint(weights)
+    preset = ckpt.get("preset") or {}
+    window = preset.get("patch_size") or DEFAULT_WINDOW
+    spacing = preset.get("spacing")
+    file_name = f"{model_id}-{version}.pt"
+    target = catalog_path.parent / file_name
+    with atomic_output(target) as tmp:
+        shutil.copyfile(weights, tmp)
+    entry = ModelEntry(id=model_id, version=str(version), file=file_name, sha256=sha256_file(target),
+                       preset=str(preset.get("name", "")),
+                       spacing=tuple(float(s) for s in spacing) if spacing else None,  # type: ignore[arg-type]
+                       window=tuple(int(w) for w in window),  # type: ignore[arg-type]
+                       training_data=training_data, metrics=dict(metrics or ckpt.get("metrics") or {}),
+                       description=description or f"registered from {weights}", default=default,
+                       catalog=str(catalog_path), source="user")
+    data: Dict[str, Any] = {"schema_version": SCHEMA_VERSION, "models": []}
+    if catalog_path.is_file():
+        data = json.loads(catalog_path.read_text(encoding="utf-8"))
+    data["models"].append(entry.to_json())
+    with atomic_output(catalog_path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return entry

@@ -1,0 +1,45 @@
+"""Choosing where the network runs: ``auto``, ``cpu`` or ``cuda`` (``cuda:N`` for one GPU of several)."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+class DeviceError(ValueError):
+    """A device was asked for that this machine or this PyTorch build does not have."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the first CUDA GPU when there is one, else the CPU; ``cuda`` without a GPU is an error.
+
+    Asking for CUDA explicitly and silently getting the CPU would turn a
+    one-second job into minutes without telling anyone, hence the error.
+    """
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            build = "this PyTorch build has no CUDA support" if torch.version.cuda is None else \
+                f"PyTorch was built for CUDA {torch.version.cuda} but finds no usable GPU or driver"
+            raise DeviceError(f"device {name!r} requested but CUDA is not available "
+                              f"(torch {torch.__version__}: {build}); use --device cpu or auto")
+        if ":" in name:
+            index = name.split(":", 1)[1]
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise DeviceError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                  f"device(s), numbered from 0")
+        return torch.device(name)
+    raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def describe(device: torch.device) -> str:
+    """A short human description: ``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 ...)``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

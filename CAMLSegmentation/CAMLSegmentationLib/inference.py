@@ -1,0 +1,359 @@
+"""Sliding-window CAML inference: from a ``Volume`` to a mask on the same grid.
+
+Two layers:
+
+* ``sliding_window``: one function in the style of MONAI's
+  ``sliding_window_inference`` - explicit window size, overlap or strides,
+  blending mode and number of windows per forward pass, no hidden state;
+* ``segment_volume``: the whole job - z-score, resample to the model's voxel
+  size when it has one, sliding window over model V (optionally A too), map
+  the probabilities back onto the input grid, threshold, optionally keep the
+  largest connected component.
+
+The default settings are chosen for speed on a CPU: the fewest windows that
+cover the image with a 25 % overlap, blended with a Gaussian so window seams
+do not show. ``InferenceOptions.official()`` reproduces the evaluation of the
+CAML paper instead (strides 18/18/4, averaged softmax, argmax, no
+post-processing), so scores compare with published numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .checkpoint import load_sub_model, read_checkpoint
+from .devices import resolve_device
+from .network import NetworkConfig, SubModel
+from .preprocess import resample_to_shape, shape_for_spacing, zscore
+from .progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from .volume import Volume, validate_volume
+
+PathLike = Union[str, Path]
+DEFAULT_WINDOW = (112, 112, 80)
+#: Window strides of the official CAML evaluation (``test_3d.py``: stride_xy=18, stride_z=4).
+OFFICIAL_STRIDES = (18, 18, 4)
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- sliding window
+
+
+def window_starts(size: int, window: int, stride: int) -> List[int]:
+    """Window start positions along one axis: every ``stride`` voxels, the last one flush with the end.
+
+    ``ceil((size - window) / stride) + 1`` windows at ``min(n * stride, size - window)``,
+    the formula of the official CAML test code, so its protocol is reproduced exactly.
+    """
+    if size <= window:
+        return [0]
+    count = math.ceil((size - window) / stride) + 1
+    return [min(n * stride, size - window) for n in range(count)]
+
+
+def strides_for_overlap(window: Sequence[int], overlap: float) -> Tuple[int, int, int]:
+    """Stride per axis so that neighbouring windows share ``overlap`` (0 <= overlap < 1) of their width."""
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    return tuple(max(1, int(round(w * (1.0 - overlap)))) for w in window)  # type: ignore[return-value]
+
+
+def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """A separable Gaussian over the window (sigma = ``sigma_scale`` x size), peak 1.
+
+    Predictions near a window's border see less context and are less
+    reliable; weighting them down hides the seams between windows. The floor
+    keeps every voxel's total weight positive where only window borders reach.
+    """
+    weights = torch.ones(())
+    for n in window:
+        x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0
+        sigma = max(sigma_scale * n, 1e-6)
+        g = torch.exp(-0.5 * (x / sigma) ** 2)
+        weights = weights[..., None] * g
+    weights = weights / weights.max()
+    return weights.clamp_min(1e-3).float()
+
+
+def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predictor, *,
+                   overlap: float = 0.25, strides: Optional[Sequence[int]] = None,
+                   blend: str = "gaussian", batch_size: int = 2, pad_value: float = 0.0,
+                   device: Union[str, torch.device] = "cpu", amp: bool = False,
+                   progress: Optional[ProgressCallback] = None,
+                   cancel: Optional[CancelToken] = None) -> torch.Tensor:
+    """Run ``predictor`` over overlapping windows of ``image`` and blend the outputs.
+
+    Args:
+        image: ``[C, I, J, K]`` float tensor on the CPU (the whole volume stays there).
+        window: window size ``(wi, wj, wk)``; an image smaller than it is padded
+            with ``pad_value`` (symmetrically) and the output cropped back.
+        predictor: maps ``[B, C, wi, wj, wk]`` on ``device`` to ``[B, C_out, wi, wj, wk]``.
+        overlap: fraction of a window shared with its neighbour; ignored when ``strides`` is given.
+        strides: explicit window steps per axis (the official protocol uses 18/18/4).
+        blend: ``"gaussian"`` (weighted towards window centres) or ``"constant"`` (plain average).
+        batch_size: windows per forward pass.
+        amp: float16 autocast, used only when ``device`` is CUDA.
+        progress, cancel: called / checked once per forward pass, so a cancel takes
+            effect within one batch of windows.
+
+    Returns:
+        ``[C_out, I, J, K]`` float32 tensor on the CPU.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be [C, I, J, K], got shape {tuple(image.shape)}")
+    if blend not in ("gaussian", "constant"):
+        raise ValueError(f"blend must be 'gaussian' or 'constant', not {blend!r}")
+    device = torch.device(device)
+    progress = progress or no_progress
+    window = tuple(int(w) for w in window)
+    spatial = tuple(image.shape[1:])
+    pad = [max(0, w - n) for w, n in zip(window, spatial)]
+    if any(pad):
+        # F.pad lists the last axis first.
+        image = F.pad(image, [v for p in reversed(pad) for v in (p // 2, p - p // 2)], value=pad_value)
+    padded = tuple(image.shape[1:])
+    steps = tuple(strides) if strides is not None else strides_for_overlap(window, overlap)
+    starts = [(a, b, c) for a in window_starts(padded[0], window[0], steps[0])
+              for b in window_starts(padded[1], window[1], steps[1])
+              for c in window_starts(padded[2], window[2], steps[2])]
+    importance = gaussian_importance(window) if blend == "gaussian" else torch.ones(window)
+    total: Optional[torch.Tensor] = None
+    weight = torch.zeros(padded, dtype=torch.float32)
+    use_amp = amp and device.type == "cuda"
+    progress(ProgressEvent("inference", 0, len(starts), "windows"))
+    for first in range(0, len(starts), batch_size):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        batch_starts = starts[first:first + batch_size]
+        crops = [image[:, a:a + window[0], b:b + window[1], c:c + window[2]] for a, b, c in batch_starts]
+        batch = torch.stack(crops).to(device, non_blocking=True)
+        batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+            out = predictor(batch)
+        out = out.float().cpu()
+        if total is None:
+            total = torch.zeros((out.shape[1],) + padded, dtype=torch.float32)
+        for n, (a, b, c) in enumerate(batch_starts):
+            region = (slice(None), slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
+            total[region] += out[n] * importance
+            weight[region[1:]] += importance
+        progress(ProgressEvent("inference", min(first + batch_size, len(starts)), len(starts), "windows"))
+    assert total is not None
+    total /= weight
+    if any(pad):
+        lo = [p // 2 for p in pad]
+        total = total[:, lo[0]:lo[0] + spatial[0], lo[1]:lo[1] + spatial[1], lo[2]:lo[2] + spatial[2]]
+    return total.contiguous()
+
+
+def count_windows(shape: Sequence[int], window: Sequence[int], strides: Sequence[int]) -> int:
+    """How many windows ``sliding_window`` runs for an image of ``shape`` (after padding)."""
+    return int(np.prod([len(window_starts(max(n, w), w, s)) for n, w, s in zip(shape, window, strides)]))
+
+
+# --------------------------------------------------------------------------- models
+
+
+def optimize_for_inference(net: nn.Module) -> nn.Module:
+    """Fold each BatchNorm into the convolution before it and use channels-last memory, in place.
+
+    In eval mode BatchNorm is a fixed per-channel affine map, so folding it
+    changes results only by rounding (~1e-6) and saves a pass over every
+    activation; channels-last 3D lets oneDNN pick its fast convolution
+    kernels. Together about 1.5-2x on a CPU. The module's state_dict no
+    longer matches a checkpoint afterwards: use it for inference only.
+    """
+    net.eval()
+    for module in list(net.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        for n in range(len(module) - 1):
+            conv, bn = module[n], module[n + 1]
+            if isinstance(conv, (nn.Conv3d, nn.ConvTranspose3d)) and isinstance(bn, nn.BatchNorm3d):
+                module[n] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose3d))
+                module[n + 1] = nn.Identity()
+    return net.to(memory_format=torch.channels_last_3d)
+
+
+@dataclass
+class InferenceModel:
+    """Sub-model V (and A when needed) in eval mode, with the window and voxel size they were trained with."""
+
+    networks: Dict[str, SubModel]
+    window: Tuple[int, int, int] = DEFAULT_WINDOW
+    spacing: Optional[Tuple[float, float, float]] = None
+    name: str = "model"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def _preset_geometry(ckpt: Dict[str, Any]) -> Tuple[Tuple[int, int, int], Optional[Tuple[float, float, float]]]:
+    preset = ckpt.get("preset") or {}
+    window = tuple(int(w) for w in (preset.get("patch_size") or DEFAULT_WINDOW))
+    spacing = preset.get("spacing")
+    return window, (tuple(float(s) for s in spacing) if spacing else None)  # type: ignore[return-value]
+
+
+def load_inference_model(weights: PathLike, device: Union[str, torch.device] = "auto",
+                         with_a: bool = False, window: Optional[Sequence[int]] = None,
+                         spacing: Optional[Sequence[float]] = None,
+                         name: Optional[str] = None) -> InferenceModel:
+    """Load model V (and A if ``with_a``) from a project or official CAML checkpoint.
+
+    Window and voxel size come from the checkpoint's ``preset`` when it has
+    one (the trainer stores it), else ``window``/``spacing`` arguments, else
+    the paper's 112x112x80 window at the image's own voxel size.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    ckpt_window, ckpt_spacing = _preset_geometry(read_checkpoint(weights))
+    networks = {}
+    for which in ("v", "a") if with_a else ("v",):
+        net, _ = load_sub_model(weights, which)
+        networks[which] = optimize_for_inference(net).to(dev)
+    return InferenceModel(networks=networks,
+                          window=tuple(window) if window else ckpt_window,  # type: ignore[arg-type]
+                          spacing=tuple(spacing) if spacing else ckpt_spacing,  # type: ignore[arg-type]
+                          name=name or Path(weights).name, device=dev)
+
+
+def random_model(base_filters: int = 16, window: Sequence[int] = DEFAULT_WINDOW,
+                 device: Union[str, torch.device] = "cpu", with_a: bool = False,
+                 seed: int = 0) -> InferenceModel:
+    """Randomly initialised sub-models: timings and the pipeline, not meaningful masks."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    torch.manual_seed(seed)
+    cfg = NetworkConfig(base_filters=base_filters)
+    networks = {w: optimize_for_inference(SubModel(cfg, w)).to(dev) for w in (("v", "a") if with_a else ("v",))}
+    return InferenceModel(networks=networks, window=tuple(window),  # type: ignore[arg-type]
+                          name=f"random (untrained, {base_filters} filters)", device=dev)
+
+
+# --------------------------------------------------------------------------- the whole job
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How ``segment_volume`` runs; the defaults are the fast setting."""
+
+    overlap: float = 0.25
+    strides: Optional[Tuple[int, int, int]] = None  # overrides overlap
+    blend: str = "gaussian"
+    batch_size: Optional[int] = None  # windows per forward pass; None = 2 on CPU, 4 on CUDA
+    amp: bool = True  # float16 autocast on CUDA only
+    resample: bool = True  # to the model's voxel size, when it has one
+    tta: bool = False  # average over the 8 combinations of axis flips
+    ensemble: bool = False  # average V and A instead of V alone
+    uncertainty: bool = False  # |p_V - p_A| per voxel (runs model A as well)
+    lcc: bool = False  # keep only the largest connected component
+    threshold: float = 0.5
+    protocol: str = "default"
+
+    @classmethod
+    def official(cls) -> InferenceOptions:
+        """The CAML paper's evaluation: model V, strides 18/18/4, averaged softmax, argmax, nothing else.
+
+        With two classes, argmax of the averaged softmax is "foreground probability > 0.5".
+        """
+        return cls(strides=OFFICIAL_STRIDES, blend="constant", resample=False, protocol="official")
+
+    def with_changes(self, **changes: Any) -> InferenceOptions:
+        return replace(self, **changes)
+
+
+@dataclass
+class SegmentationResult:
+    """A mask (uint8, 1 = left atrium) and the maps behind it, all ``[i, j, k]`` on the input grid."""
+
+    mask: np.ndarray
+    probability: np.ndarray
+    uncertainty: Optional[np.ndarray]
+    info: Dict[str, Any]
+
+
+_FLIPS = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+
+
+def make_predictor(networks: Sequence[torch.nn.Module], tta: bool = False) -> Predictor:
+    """A predictor returning each network's foreground probability: ``[B, len(networks), ...]``."""
+
+    def foreground(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        probs = None
+        for dims in (_FLIPS if tta else [()]):
+            xin = x.flip(dims) if dims else x
+            p = torch.softmax(net(xin).float(), dim=1)[:, 1]
+            p = p.flip([d - 1 for d in dims]) if dims else p
+            probs = p if probs is None else probs + p
+        return probs / (len(_FLIPS) if tta else 1)
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([foreground(net, batch) for net in networks], dim=1)
+
+    return predict
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected component (the atrium; specks elsewhere are false positives)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return (labels == int(sizes.argmax())).astype(mask.dtype)
+
+
+def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOptions = InferenceOptions(),
+                   progress: Optional[ProgressCallback] = None,
+                   cancel: Optional[CancelToken] = None) -> SegmentationResult:
+    """Segment the left atrium in ``volume``; the mask lies on exactly the input's grid.
+
+    Raises ``ImageError`` for an image that cannot be segmented (NaN/Inf,
+    constant, empty axis) and ``Cancelled`` when ``cancel`` is set.
+    """
+    progress = progress or no_progress
+    validate_volume(volume, "image")
+    start = time.perf_counter()
+    need_a = options.ensemble or options.uncertainty
+    if need_a and "a" not in model.networks:
+        raise ValueError("ensemble and uncertainty need model A: load the model with with_a=True")
+    order = ["v", "a"] if need_a else ["v"]
+
+    image = zscore(volume.array)
+    target_shape = volume.shape
+    if options.resample and model.spacing is not None:
+        target_shape = shape_for_spacing(volume.shape, volume.spacing, model.spacing)
+        image = resample_to_shape(image, target_shape, mode="linear")
+    strides = options.strides or strides_for_overlap(model.window, options.overlap)
+    batch_size = options.batch_size or (4 if model.device.type == "cuda" else 2)
+    with torch.inference_mode():
+        probs = sliding_window(torch.from_numpy(image)[None], model.window,
+                               make_predictor([model.networks[w] for w in order], options.tta),
+                               strides=strides, blend=options.blend, batch_size=batch_size,
+                               device=model.device, amp=options.amp, progress=progress, cancel=cancel)
+    del image
+    probs_np = probs.numpy()
+    if tuple(probs_np.shape[1:]) != volume.shape:
+        probs_np = resample_to_shape(probs_np, volume.shape, mode="linear")
+    p_v = probs_np[0]
+    probability = probs_np.mean(axis=0) if options.ensemble else p_v
+    uncertainty = np.abs(probs_np[0] - probs_np[1]).astype(np.float32) if options.uncertainty else None
+    mask = (probability > options.threshold).astype(np.uint8)
+    if options.lcc:
+        mask = largest_component(mask)
+    info = {"model": model.name, "protocol": options.protocol, "device": str(model.device),
+            "window": list(model.window), "strides": list(strides),
+            "windows": count_windows(target_shape, model.window, strides),
+            "network_grid": list(target_shape), "input_grid": list(volume.shape),
+            "models": order, "tta": options.tta, "lcc": options.lcc,
+            "seconds": round(time.perf_counter() - start, 3)}
+    return SegmentationResult(mask=mask, probability=np.ascontiguousarray(probability, dtype=np.float32),
+                              uncertainty=uncertainty, info=info)
