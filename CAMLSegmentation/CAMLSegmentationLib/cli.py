@@ -14,7 +14,7 @@ from typing import List, Optional
 from . import __version__
 
 # Modules that provide sub-commands, imported lazily so ``caml --help`` stays fast.
-_COMMAND_MODULES = ["train_cli"]
+_COMMAND_MODULES = ["train_cli", "segment_cli", "evaluate_cli", "models_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

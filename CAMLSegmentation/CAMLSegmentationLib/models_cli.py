@@ -1,0 +1,78 @@
+"""``caml models``: list the model catalog, check weights, register a model trained here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("models", help="list, verify or register trained models",
+                              description="List the model catalog (bundled and user models).")
+    p.add_argument("--json", action="store_true", help="print the catalog as JSON")
+    p.set_defaults(func=list_models)
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    v = sub.add_parser("verify", help="check that each model's weights exist and match their SHA-256")
+    v.add_argument("ids", nargs="*", metavar="ID", help="models to check (default: all)")
+    v.set_defaults(func=verify_models)
+    r = sub.add_parser("register", help="add a trained checkpoint to the user catalog ($CAML_HOME or ~/.caml)")
+    r.add_argument("weights", metavar="FILE", help="checkpoint written by `caml train` (e.g. best.pt)")
+    r.add_argument("--id", required=True, help="model id to use with --model")
+    r.add_argument("--version", default="1")
+    r.add_argument("--description", default="")
+    r.add_argument("--training-data", default="", help="what it was trained on, for the record")
+    r.add_argument("--default", action="store_true", help="use it when no --model is given")
+    r.set_defaults(func=register)
+
+
+def _window(entry: Any) -> str:
+    return "x".join(str(w) for w in entry.window)
+
+
+def list_models(args: argparse.Namespace) -> int:
+    from .catalog import bundled_catalog_path, load_catalog, user_catalog_path
+
+    entries = load_catalog()
+    if getattr(args, "json", False):
+        print(json.dumps([dict(e.to_json(), source=e.source, path=str(e.path)) for e in entries], indent=2))
+        return 0
+    if not entries:
+        print(f"No models in the catalog yet ({bundled_catalog_path()}, {user_catalog_path()}).\n"
+              f"Train one with `caml train`, then `caml models register best.pt --id NAME`, "
+              f"or segment with --weights FILE.")
+        return 0
+    print(f"{'id':<20} {'version':<8} {'preset':<8} {'spacing (mm)':<18} {'window':<12} {'source':<8} description")
+    for e in entries:
+        spacing = "image's own" if e.spacing is None else "x".join(f"{s:g}" for s in e.spacing)
+        mark = " (default)" if e.default else ""
+        print(f"{e.id:<20} {e.version:<8} {e.preset or '-':<8} {spacing:<18} {_window(e):<12} {e.source:<8} "
+              f"{e.description}{mark}")
+    return 0
+
+
+def verify_models(args: argparse.Namespace) -> int:
+    from .catalog import CatalogError, find_model, load_catalog, verify
+
+    entries = load_catalog()
+    chosen = [find_model(i, entries) for i in args.ids] if args.ids else entries
+    failed = 0
+    for entry in chosen:
+        try:
+            path = verify(entry)
+            print(f"ok      {entry.id}: {path}")
+        except CatalogError as exc:
+            failed += 1
+            print(f"FAILED  {exc}")
+    return 1 if failed else 0
+
+
+def register(args: argparse.Namespace) -> int:
+    from .catalog import register_model
+
+    entry = register_model(args.weights, args.id, version=args.version, description=args.description,
+                           training_data=args.training_data, default=args.default)
+    print(f"registered {entry.id} (version {entry.version}) -> {entry.path}\n"
+          f"  window {_window(entry)}, spacing {entry.spacing or 'that of each image'}; "
+          f"use it with `caml segment IN --model {entry.id}`")
+    return 0

@@ -1,0 +1,194 @@
+"""``caml segment``: segment the left atrium in one image file or DICOM folder.
+
+Stdout protocol with ``--progress json`` (what the Slicer module reads): one
+JSON object per line, progress events from ``progress.json_lines``, then
+exactly one final line, ``{"event": "done", "outputs": {...}, "info": {...}}``
+or ``{"event": "error", "message": "..."}``. Nothing is written on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+from .devices import DEVICE_CHOICES
+
+OUTPUT_SUFFIX = "_left_atrium.seg.nrrd"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model / --weights / --device, shared with ``caml evaluate``."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="ID", help="a model id from the catalog (see `caml models`); "
+                                                     "default: the catalog's default model")
+    which.add_argument("--weights", metavar="FILE", help="a checkpoint file instead of a catalog model "
+                                                         "(this project's or an official CAML iter_*.pth)")
+    parser.add_argument("--device", default="auto",
+                        help=f"where the network runs: {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", choices=("default", "official"), default="default",
+                        help="default: fast Gaussian-blended windows; official: the CAML paper's evaluation "
+                             "(strides 18/18/4, averaged softmax, argmax, no post-processing)")
+    parser.add_argument("--overlap", type=float, default=0.25,
+                        help="fraction shared by neighbouring windows, 0 to 0.9 (default 0.25)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per forward pass (default 2 on CPU, 4 on CUDA)")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 axis flips")
+    parser.add_argument("--ensemble", action="store_true", help="average models V and A instead of V alone")
+    parser.add_argument("--lcc", action="store_true", help="keep only the largest connected component")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                        help="bar: for people (stderr); json: JSON lines on stdout for programs")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "segment", help="segment the left atrium in an MRI",
+        description="Segment the left atrium in IN (NRRD, NIfTI, MHA, a DICOM folder or an LA .h5) and "
+                    "write the mask to OUT on exactly the input's grid.")
+    p.add_argument("input", metavar="IN", help="image file or DICOM folder")
+    p.add_argument("output", metavar="OUT", nargs="?",
+                   help=f"mask file: .seg.nrrd (Slicer segmentation), .nii.gz or .nrrd "
+                        f"(default: IN's name + {OUTPUT_SUFFIX}, beside IN)")
+    add_model_arguments(p)
+    add_inference_arguments(p)
+    p.add_argument("--uncertainty", metavar="OUT", help="also write |p_V - p_A| per voxel (.nrrd or .nii.gz); "
+                                                        "runs model A as well")
+    p.add_argument("--probability", metavar="OUT", help="also write the foreground probability (.nrrd/.nii.gz)")
+    p.set_defaults(func=run)
+
+
+def default_output(input_path: Path) -> Path:
+    name = input_path.name
+    for ending in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".h5", ".hdf5", ".dcm"):
+        if name.lower().endswith(ending):
+            name = name[: -len(ending)]
+            break
+    return input_path.parent / (name + OUTPUT_SUFFIX)
+
+
+def options_from_args(args: argparse.Namespace, uncertainty: bool = False):
+    from .inference import InferenceOptions
+
+    if not 0.0 <= args.overlap < 0.95:
+        raise ValueError(f"--overlap must be between 0 and 0.95, got {args.overlap}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    base = InferenceOptions.official() if args.protocol == "official" else InferenceOptions(overlap=args.overlap)
+    if args.protocol == "official" and (args.tta or args.lcc or args.ensemble):
+        raise ValueError("--protocol official is model V without post-processing: "
+                         "it cannot be combined with --tta, --lcc or --ensemble")
+    return base.with_changes(batch_size=args.batch_size, tta=args.tta, lcc=args.lcc,
+                             ensemble=args.ensemble, uncertainty=uncertainty)
+
+
+def load_model_from_args(args: argparse.Namespace, with_a: bool = False):
+    """The model ``--weights`` or ``--model`` names, else the catalog default; UserError when there is none."""
+    from .catalog import default_model, find_model, verify
+    from .cli import UserError
+    from .inference import load_inference_model
+
+    if args.weights:
+        return load_inference_model(args.weights, args.device, with_a=with_a)
+    entry = find_model(args.model) if args.model else default_model()
+    if entry is None:
+        from .catalog import bundled_catalog_path, user_catalog_path
+
+        raise UserError(f"no trained model in the catalog ({bundled_catalog_path()} and {user_catalog_path()} "
+                        f"list none): pass --weights FILE, or register one with `caml models register`")
+    return load_inference_model(verify(entry), args.device, with_a=with_a, window=entry.window,
+                                spacing=entry.spacing, name=f"{entry.id} (version {entry.version})")
+
+
+def progress_callback(mode: str):
+    from .progress import json_lines, no_progress, text_bar
+
+    return {"json": json_lines(sys.stdout), "bar": text_bar(sys.stderr)}.get(mode, no_progress)
+
+
+@contextlib.contextmanager
+def terminate_as_cancel() -> Iterator[None]:
+    """Turn SIGTERM (what a parent sends to stop the job) into ``Cancelled`` so temporary files are removed."""
+    from .progress import Cancelled
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Cancelled("terminated by a signal")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def json_outcome(enabled: bool) -> Iterator[Dict[str, Any]]:
+    """In JSON mode, end stdout with a ``done`` line (fields set by the caller) or an ``error`` line."""
+    from .progress import Cancelled
+
+    final: Dict[str, Any] = {}
+    try:
+        yield final
+    except Cancelled as exc:
+        if enabled:
+            print(json.dumps({"event": "error", "message": str(exc), "cancelled": True}), flush=True)
+        raise
+    except Exception as exc:
+        if enabled:
+            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+        raise
+    if enabled:
+        print(json.dumps(dict({"event": "done"}, **final), default=str), flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli import UserError
+    from .volume import mask_format, read_volume, write_outputs
+
+    json_mode = args.progress == "json"
+    with json_outcome(json_mode) as final, terminate_as_cancel():
+        source = Path(args.input)
+        output = Path(args.output) if args.output else default_output(source)
+        outputs: List[Tuple[str, str, Path]] = [("mask", "mask", output)]
+        if args.uncertainty:
+            outputs.append(("uncertainty", "image", Path(args.uncertainty)))
+        if args.probability:
+            outputs.append(("probability", "image", Path(args.probability)))
+        for _, kind, path in outputs:  # reject bad names before minutes of work
+            fmt = mask_format(path)
+            if kind == "image" and fmt == ".seg.nrrd":
+                raise UserError(f"{path}: a .seg.nrrd holds a segmentation, not a float map; use .nrrd or .nii.gz")
+            if path.resolve() == source.resolve():
+                raise UserError(f"{path}: output would overwrite the input image")
+        options = options_from_args(args, uncertainty=bool(args.uncertainty))
+        volume = read_volume(source)
+        model = load_model_from_args(args, with_a=options.ensemble or options.uncertainty)
+        from .inference import segment_volume
+
+        result = segment_volume(volume, model, options, progress=progress_callback(args.progress))
+        arrays = {"mask": result.mask, "uncertainty": result.uncertainty, "probability": result.probability}
+        try:
+            written = write_outputs([(name, kind, arrays[name], path) for name, kind, path in outputs], volume)
+        except OSError as exc:
+            raise UserError(str(exc)) from exc
+        voxels = int(result.mask.sum())
+        millilitres = voxels * float(volume.spacing[0] * volume.spacing[1] * volume.spacing[2]) / 1000.0
+        final.update(outputs=written, info=dict(result.info, voxels=voxels, volume_ml=round(millilitres, 3)))
+        if not json_mode:
+            info = result.info
+            print(f"{source}: left atrium {voxels} voxels ({millilitres:.1f} ml), model {info['model']}, "
+                  f"{info['windows']} windows on {info['device']} in {info['seconds']:.1f} s")
+            for name, path in written.items():
+                print(f"  {name}: {path}")
+    return 0
