@@ -72,3 +72,15 @@ def tiny_checkpoint(path: Path, window: Sequence[int] = (16, 16, 16), spacing: O
                                "preset": {"name": "tiny", "patch_size": list(window),
                                           "spacing": list(spacing) if spacing else None}})
     return path
+
+
+def one_thread():
+    """Generator for an autouse fixture: tiny networks run fastest on one thread.
+
+    With two threads, OpenMP barriers make each small op wait for a busy
+    second core (other jobs on a 2-core machine): 100x slower, not faster.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

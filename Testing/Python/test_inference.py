@@ -1,0 +1,205 @@
+"""Sliding-window inference and the whole segmentation job, with tiny networks."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from CAMLSegmentationLib.inference import (
+    InferenceModel,
+    InferenceOptions,
+    count_windows,
+    gaussian_importance,
+    largest_component,
+    load_inference_model,
+    make_predictor,
+    optimize_for_inference,
+    segment_volume,
+    sliding_window,
+    strides_for_overlap,
+    window_starts,
+)
+from CAMLSegmentationLib.network import SubModel
+from CAMLSegmentationLib.progress import Cancelled, CancelToken
+from CAMLSegmentationLib.volume import ImageError, Volume
+from inference_helpers import GEOMETRIES, blob_volume, one_thread, tiny_checkpoint, tiny_network
+
+_threads = pytest.fixture(autouse=True)(one_thread)
+
+
+def sub_models(seed: int = 0):
+    """V and A of one tiny dual model, as plain (unfused) sub-models."""
+    net = tiny_network(seed=seed)
+    out = {}
+    for which in ("v", "a"):
+        sub = SubModel(net.config, which)
+        sub.load_state_dict({k: v for k, v in net.state_dict().items() if k in sub.state_dict()})
+        out[which] = sub.eval()
+    return out
+
+
+def inference_model(window=(16, 16, 16), spacing=None, seed: int = 0) -> InferenceModel:
+    nets = {k: optimize_for_inference(copy.deepcopy(v)) for k, v in sub_models(seed).items()}
+    return InferenceModel(networks=nets, window=window, spacing=spacing, name="tiny")
+
+
+def test_window_starts_follow_the_official_formula() -> None:
+    # 175 voxels, window 112, stride 18: ceil(63 / 18) + 1 = 5 windows, the last flush with the end.
+    assert window_starts(175, 112, 18) == [0, 18, 36, 54, 63]
+    assert window_starts(88, 80, 4) == [0, 4, 8]
+    assert window_starts(112, 112, 18) == [0]
+    assert window_starts(50, 112, 18) == [0]  # padded to one window
+    # The official protocol on a typical LA case (175 x 132 x 88): 5 x 3 x 3 windows.
+    assert count_windows((175, 132, 88), (112, 112, 80), (18, 18, 4)) == 45
+    assert count_windows((175, 132, 88), (112, 112, 80), strides_for_overlap((112, 112, 80), 0.25)) == 8
+
+
+def test_gaussian_importance_peaks_in_the_centre() -> None:
+    g = gaussian_importance((9, 7, 5))
+    assert g.shape == (9, 7, 5)
+    assert float(g[4, 3, 2]) == pytest.approx(1.0)
+    assert float(g.min()) > 0
+    assert torch.allclose(g, g.flip(0)) and torch.allclose(g, g.flip(2))
+    assert float(g[0, 3, 2]) < float(g[2, 3, 2]) < float(g[4, 3, 2])
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.6])
+def test_blending_reproduces_a_pointwise_predictor_exactly(blend: str, overlap: float) -> None:
+    # A voxel-wise predictor gives the same value in every window, so any correct blending
+    # (weights normalised per voxel, every voxel covered) must return it unchanged.
+    image = torch.randn(1, 23, 19, 13)
+    out = sliding_window(image, (8, 8, 8), lambda x: torch.cat([2 * x, x ** 2], 1),
+                         overlap=overlap, blend=blend, batch_size=3)
+    assert out.shape == (2, 23, 19, 13)
+    torch.testing.assert_close(out[0], 2 * image[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], image[0] ** 2, rtol=1e-5, atol=1e-5)
+
+
+def test_input_smaller_than_the_window_is_padded_and_cropped_back() -> None:
+    image = torch.randn(1, 5, 16, 3)
+    seen = []
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return x + 1
+
+    out = sliding_window(image, (8, 8, 8), predictor, overlap=0.5)
+    assert seen[0][2:] == (8, 8, 8)
+    assert out.shape == image.shape
+    torch.testing.assert_close(out, image + 1)
+
+
+def test_window_covering_the_whole_volume_equals_one_forward_pass() -> None:
+    raw = sub_models()["v"]
+    fast = optimize_for_inference(copy.deepcopy(raw))
+    image = torch.randn(1, 1, 32, 16, 16)
+    with torch.inference_mode():
+        expected = torch.softmax(raw(image), 1)[:, 1:]
+        for blend in ("gaussian", "constant"):
+            got = sliding_window(image[0], (32, 16, 16), make_predictor([fast]), blend=blend)
+            torch.testing.assert_close(got[None], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_tta_is_exactly_flip_invariant() -> None:
+    fast = optimize_for_inference(sub_models()["v"])
+    predict = make_predictor([fast], tta=True)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        a = predict(x)
+        b = predict(x.flip(2, 4)).flip(2, 4)
+        plain = make_predictor([fast])(x)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(a, plain, atol=1e-4)  # TTA really changes the prediction
+
+
+def test_official_protocol_is_plain_averaging_with_strides_18_18_4() -> None:
+    opts = InferenceOptions.official()
+    assert opts.strides == (18, 18, 4) and opts.blend == "constant"
+    assert not (opts.tta or opts.lcc or opts.ensemble or opts.resample)
+
+
+@pytest.mark.parametrize("geometry", ["axis_aligned", "oblique"])
+def test_segment_volume_returns_a_mask_on_the_input_grid(geometry: str) -> None:
+    volume = blob_volume(direction=GEOMETRIES[geometry])
+    result = segment_volume(volume, inference_model(), InferenceOptions(overlap=0.5))
+    assert result.mask.shape == volume.shape and result.mask.dtype == np.uint8
+    assert set(np.unique(result.mask)) <= {0, 1}
+    assert result.probability.shape == volume.shape
+    assert 0.0 <= result.probability.min() and result.probability.max() <= 1.0
+    np.testing.assert_array_equal(result.mask, (result.probability > 0.5).astype(np.uint8))
+    assert result.uncertainty is None and result.info["models"] == ["v"]
+
+
+def test_resampling_to_the_model_spacing_and_back() -> None:
+    volume = blob_volume(shape=(40, 36, 24))  # spacing 0.8 x 0.8 x 1.5 mm
+    model = inference_model(spacing=(1.6, 1.6, 1.5))
+    result = segment_volume(volume, model)
+    assert result.info["network_grid"] == [20, 18, 24]
+    assert result.mask.shape == volume.shape and result.probability.shape == volume.shape
+    plain = segment_volume(volume, model, InferenceOptions(resample=False))
+    assert plain.info["network_grid"] == [40, 36, 24]
+
+
+def test_ensemble_and_uncertainty_come_from_v_and_a() -> None:
+    volume = blob_volume()
+    model = inference_model()
+    v_only = segment_volume(volume, model)
+    both = segment_volume(volume, model, InferenceOptions(ensemble=True, uncertainty=True))
+    assert both.info["models"] == ["v", "a"]
+    # probability = (pV + pA) / 2 and uncertainty = |pV - pA|, so |pV - probability| = uncertainty / 2.
+    np.testing.assert_allclose(np.abs(v_only.probability - both.probability), both.uncertainty / 2, atol=1e-5)
+    assert both.uncertainty.max() > 0.0
+
+
+def test_uncertainty_needs_model_a() -> None:
+    model = inference_model()
+    del model.networks["a"]
+    with pytest.raises(ValueError, match="model A"):
+        segment_volume(blob_volume(), model, InferenceOptions(uncertainty=True))
+
+
+def test_largest_component_keeps_the_biggest_blob() -> None:
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:5, 2:5, 2:5] = 1  # 27 voxels
+    mask[10:16, 10:16, 10:16] = 1  # 216 voxels
+    mask[18, 0, 0] = 1
+    kept = largest_component(mask)
+    assert int(kept.sum()) == 216 and kept[12, 12, 12] == 1 and kept[3, 3, 3] == 0
+
+
+def test_cancel_stops_within_one_batch_of_windows() -> None:
+    token = CancelToken()
+    calls = []
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x
+
+    def progress(event) -> None:
+        if event.done >= 1:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        sliding_window(torch.randn(1, 40, 40, 40), (8, 8, 8), predictor, overlap=0.5, batch_size=1,
+                       progress=progress, cancel=token)
+    assert len(calls) == 1
+
+
+def test_bad_volumes_are_refused_before_any_work() -> None:
+    model = inference_model()
+    with pytest.raises(ImageError, match="NaN or Inf"):
+        segment_volume(Volume(np.full((8, 8, 8), np.nan, np.float32)), model)
+    with pytest.raises(ImageError, match="constant"):
+        segment_volume(Volume(np.ones((8, 8, 8), np.float32)), model)
+
+
+def test_checkpoint_preset_gives_window_and_spacing(tmp_path) -> None:
+    path = tiny_checkpoint(tmp_path / "m.pt", window=(32, 16, 16), spacing=(1.0, 1.0, 2.0))
+    model = load_inference_model(path, "cpu", with_a=True)
+    assert model.window == (32, 16, 16) and model.spacing == (1.0, 1.0, 2.0)
+    assert set(model.networks) == {"v", "a"}
+    official = load_inference_model(tiny_checkpoint(tmp_path / "iter_15000.pth", official=True), "cpu")
+    assert official.window == (112, 112, 80) and official.spacing is None
