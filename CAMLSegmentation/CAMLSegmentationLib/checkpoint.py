@@ -57,8 +57,11 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         state = _strip_prefix(obj)
-        return {"format": FORMAT, "model": state, "network": infer_network_config(state).to_dict(),
-                "source": "plain state_dict"}
+        try:
+            network = infer_network_config(state).to_dict()
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc  # name the file, as every other error here does
+        return {"format": FORMAT, "model": state, "network": network, "source": "plain state_dict"}
     raise CheckpointError(f"{path}: not a CAML checkpoint (expected a state_dict or a "
                           f"{FORMAT} file, found {type(obj).__name__})")
 
