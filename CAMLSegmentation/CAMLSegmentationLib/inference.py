@@ -327,7 +327,9 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
         raise ValueError("ensemble and uncertainty need model A: load the model with with_a=True")
     order = ["v", "a"] if need_a else ["v"]
 
-    image = zscore(volume.array)
+    # Intensities as training saw them: raw scans are z-scored over the whole volume (as the LA
+    # scans were before cropping); already-normalised LA h5 crops are used as stored.
+    image = np.asarray(volume.array, dtype=np.float32) if volume.normalized else zscore(volume.array)
     target_shape = volume.shape
     if options.resample and model.spacing is not None:
         target_shape = shape_for_spacing(volume.shape, volume.spacing, model.spacing)

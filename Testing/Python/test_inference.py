@@ -203,3 +203,17 @@ def test_checkpoint_preset_gives_window_and_spacing(tmp_path) -> None:
     assert set(model.networks) == {"v", "a"}
     official = load_inference_model(tiny_checkpoint(tmp_path / "iter_15000.pth", official=True), "cpu")
     assert official.window == (112, 112, 80) and official.spacing is None
+
+
+def test_normalised_volumes_are_used_as_stored() -> None:
+    """An LA h5 crop (already normalised) must not be z-scored again; a raw scan must be."""
+    raw = blob_volume()
+    model = inference_model()
+    z = (raw.array - raw.array.mean()) / raw.array.std()
+    shifted = Volume(array=(z + 1.5).astype(np.float32), spacing=raw.spacing, normalized=True)
+    as_raw = Volume(array=shifted.array, spacing=raw.spacing, normalized=False)
+    p_norm = segment_volume(shifted, model).probability
+    p_raw = segment_volume(as_raw, model).probability
+    p_z = segment_volume(Volume(array=z.astype(np.float32), spacing=raw.spacing, normalized=True), model)
+    np.testing.assert_allclose(p_raw, p_z.probability, atol=1e-4)  # raw: z-scored first
+    assert np.abs(p_norm - p_raw).max() > 1e-3  # normalised: the +1.5 offset reaches the network

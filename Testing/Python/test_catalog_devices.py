@@ -1,0 +1,83 @@
+"""Model catalog (bundled schema, user registration, checksums) and device choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from CAMLSegmentationLib.catalog import (
+    CatalogError,
+    bundled_catalog_path,
+    default_model,
+    find_model,
+    load_catalog,
+    read_catalog,
+    register_model,
+    sha256_file,
+    verify,
+)
+from CAMLSegmentationLib.devices import DeviceError, resolve_device
+from inference_helpers import tiny_checkpoint
+
+
+def test_bundled_catalog_is_valid_and_documents_its_schema() -> None:
+    path = bundled_catalog_path()
+    assert path.is_file(), path
+    data = json.loads(path.read_text())
+    for key in ("id", "version", "file", "sha256", "preset", "spacing", "window", "training_data", "metrics"):
+        assert key in data["_schema"]
+    for entry in read_catalog(path):  # every bundled model must be usable
+        assert verify(entry) == entry.path
+
+
+def test_register_reads_preset_and_verifies_checksum(tmp_path: Path) -> None:
+    weights = tiny_checkpoint(tmp_path / "best.pt", window=(32, 32, 16), spacing=(1.25, 1.25, 1.25))
+    catalog = tmp_path / "home" / "models" / "models.json"
+    entry = register_model(weights, "la-tiny", version="3", catalog_path=catalog, metrics={"dice": 0.5})
+    assert entry.path == catalog.parent / "la-tiny-3.pt" and entry.path.is_file()
+    assert entry.sha256 == sha256_file(weights)
+    loaded = read_catalog(catalog, "user")
+    assert len(loaded) == 1
+    e = loaded[0]
+    assert (e.id, e.version, e.preset, e.window, e.spacing) == ("la-tiny", "3", "tiny", (32, 32, 16),
+                                                                 (1.25, 1.25, 1.25))
+    assert e.metrics == {"dice": 0.5}
+    assert verify(e) == e.path
+    assert find_model("la-tiny", loaded) is e and default_model(loaded) is e
+    e.path.write_bytes(b"replaced")
+    with pytest.raises(CatalogError, match="checksum mismatch"):
+        verify(e)
+    e.path.unlink()
+    with pytest.raises(CatalogError, match="not found"):
+        verify(e)
+
+
+def test_bad_catalogs_are_named(tmp_path: Path) -> None:
+    broken = tmp_path / "models.json"
+    broken.write_text("{not json")
+    with pytest.raises(CatalogError, match=str(broken)):
+        read_catalog(broken)
+    broken.write_text(json.dumps({"models": [{"id": "x", "version": "1", "file": "x.pt"}]}))
+    with pytest.raises(CatalogError, match="lacks sha256"):
+        read_catalog(broken)
+    one = {"id": "x", "version": "1", "file": "x.pt", "sha256": "0" * 64}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"models": [one]}))
+    broken.write_text(json.dumps({"models": [one]}))
+    with pytest.raises(CatalogError, match="defined in both"):
+        load_catalog([(broken, "bundled"), (other, "user")])
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            resolve_device("cuda")
+    else:
+        with pytest.raises(DeviceError, match="numbered from 0"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
