@@ -55,7 +55,9 @@ class DataError(ValueError):
 class Case:
     """One loaded case.
 
-    ``image``: float32 ``[i, j, k]``, z-scored over the volume, on a grid of ``spacing`` (mm).
+    ``image``: float32 ``[i, j, k]`` on a grid of ``spacing`` (mm), z-scored: generic images over
+    the whole file; LA images as stored, z-scored over the whole MRI before the release cropped it
+    around the atrium (so an LA crop's own mean is not 0, typically 0.5 to 1.5).
     ``label``: uint8 in {0, 1} of the same shape, or None when not loaded or absent.
     """
 
@@ -473,7 +475,9 @@ def random_rot_flip(image: np.ndarray, label: Optional[np.ndarray],
                     rng: np.random.Generator) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """The official LA augmentation: rot90 by k in 0..3 in the (i, j) plane, then a flip of axis 0 or 1.
 
-    The same transform is applied to ``image`` and ``label`` (which may be None).
+    The same transform is applied to ``image`` and ``label`` (which may be None). As in the
+    official code the flip always happens, so the result is always one of the 4 reflections of
+    the (i, j) plane (rot90(k) + flip(0) equals rot90(k + 2) + flip(1)), never a pure rotation.
     """
     k = int(rng.integers(0, 4))
     axis = int(rng.integers(0, 2))
