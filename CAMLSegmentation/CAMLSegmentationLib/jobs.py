@@ -40,7 +40,8 @@ def python_executable() -> str:
     exe = Path(sys.executable)
     if "slicer" in exe.name.lower() and "python" not in exe.name.lower():
         suffix = ".exe" if os.name == "nt" else ""
-        for candidate in (exe.parent / f"PythonSlicer{suffix}", exe.parent.parent / "bin" / f"PythonSlicer{suffix}"):
+        launcher = f"PythonSlicer{suffix}"
+        for candidate in (exe.parent / launcher, exe.parent.parent / "bin" / launcher):
             if candidate.exists():
                 return str(candidate)
     return sys.executable
@@ -96,7 +97,7 @@ class Job:
         self.error: str = ""
         self._stderr_lines = stderr_lines
         self._stderr: List[str] = []
-        self._events: "queue.Queue[Dict[str, Any]]" = queue.Queue()
+        self._events: queue.Queue[Dict[str, Any]] = queue.Queue()
         self._cancel_requested = False
         self._finished = threading.Event()
         self._lock = threading.Lock()
@@ -108,7 +109,8 @@ class Job:
         """Launch the child in its own process group and start the reader threads."""
         kwargs: Dict[str, Any] = {}
         if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+            kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP
+                                       | getattr(subprocess, "CREATE_NO_WINDOW", 0))
         else:
             kwargs["start_new_session"] = True
         self._process = subprocess.Popen(

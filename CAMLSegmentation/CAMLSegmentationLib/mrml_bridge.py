@@ -182,7 +182,8 @@ def mask_to_segmentation_node(mask: np.ndarray, reference_node: Any, scene: Any,
         segmentation.RemoveSegment(old_id)
     segment_id = segmentation_node.AddSegmentFromBinaryLabelmapRepresentation(labelmap, name, list(color))
     if terminology:
-        segmentation.GetSegment(segment_id).SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology)
+        tag = slicer.vtkSegment.GetTerminologyEntryTagName()
+        segmentation.GetSegment(segment_id).SetTag(tag, terminology)
 
     display = segmentation_node.GetDisplayNode()
     display.SetVisibility(True)
@@ -250,7 +251,7 @@ def crop_volume(volume: Volume, start: Sequence[int], stop: Sequence[int]) -> Vo
 
 
 def paste_mask(mask: np.ndarray, full_shape: Sequence[int], start: Sequence[int]) -> np.ndarray:
-    """A zero uint8 array of ``full_shape`` with ``mask`` placed at voxel ``start`` (undoes ``crop_volume``)."""
+    """Zeros of ``full_shape`` with ``mask`` placed at voxel ``start`` (undoes ``crop_volume``)."""
     full = np.zeros(tuple(int(s) for s in full_shape), dtype=np.uint8)
     sl = tuple(slice(int(a), int(a) + n) for a, n in zip(start, mask.shape))
     full[sl] = mask
