@@ -326,12 +326,11 @@ class CAMLSegmentationLogic(ScriptedLoadableModuleLogic):
 
         return importlib.util.find_spec("torch") is not None
 
-    @classmethod
-    def missingPackages(cls, requirements: Optional[Dict[str, str]] = None) -> List[str]:
+    def missingPackages(self, requirements: Optional[Dict[str, str]] = None) -> List[str]:
         """pip requirements of the engine whose package cannot be imported here."""
         import importlib.util
 
-        requirements = cls.ENGINE_REQUIREMENTS if requirements is None else requirements
+        requirements = self.ENGINE_REQUIREMENTS if requirements is None else requirements
         return [req for name, req in requirements.items() if importlib.util.find_spec(name) is None]
 
     def ensureDependencies(self, confirm: Callable[[str], bool],
