@@ -148,7 +148,8 @@ def test_device_falls_back_to_cpu_and_says_so(logic, requested, cuda, device, sa
 def test_missing_packages_and_one_confirmation(logic, monkeypatch):
     assert logic.missingPackages({"numpy": "numpy>=1", "no_such_pkg_caml": "no-such-pkg-caml>=1"}) == [
         "no-such-pkg-caml>=1"]
-    monkeypatch.setattr(logic, "ENGINE_REQUIREMENTS", {"numpy": "numpy", "no_such_pkg_caml": "no-such-pkg-caml"})
+    requirements = {"numpy": "numpy", "no_such_pkg_caml": "no-such-pkg-caml"}
+    monkeypatch.setattr(logic, "ENGINE_REQUIREMENTS", requirements)
     monkeypatch.setattr(logic, "torchAvailable", lambda: False)
     asked, installed = [], []
     ok = logic.ensureDependencies(lambda text: asked.append(text) or False,
@@ -187,7 +188,8 @@ def test_segment_command_reflects_the_parameters(logic, params, tmp_path):
 
 def test_segment_creates_an_aligned_left_atrium_segment(logic, params, scene):
     seen = []
-    seg = logic.segment(params, progress=lambda run: seen.append(run.fraction), timeout=60, cudaAvailable=False)
+    seg = logic.segment(params, progress=lambda run: seen.append(run.fraction), timeout=60,
+                        cudaAvailable=False)
     assert params.outputSegmentation is seg
     segment_id = seg.GetSegmentation().GetSegmentIdBySegmentName("Left atrium")
     assert segment_id
@@ -217,7 +219,8 @@ def test_roi_limits_the_segmentation_and_it_is_pasted_back(logic, params, scene)
     roi.SetRadiusXYZ(*((corners.max(axis=0) - corners.min(axis=0)) / 2))
     params.roi = roi
     seg = logic.segment(params, timeout=60, cudaAvailable=False)
-    mask = mrml_bridge.segment_to_mask(seg, seg.GetSegmentation().GetSegmentIdBySegmentName("Left atrium"), node)
+    segment_id = seg.GetSegmentation().GetSegmentIdBySegmentName("Left atrium")
+    mask = mrml_bridge.segment_to_mask(seg, segment_id, node)
     start, stop = mrml_bridge.roi_index_bounds(roi, node)
     box = tuple(slice(a, b) for a, b in zip(start, stop))
     expected = np.zeros_like(mask)
