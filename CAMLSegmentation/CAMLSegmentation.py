@@ -1,13 +1,837 @@
-"""3D Slicer scripted module for CAML left-atrium segmentation (filled in by the Slicer-extension work)."""
+"""3D Slicer module: one-click CAML left-atrium segmentation, correction in the Segment Editor.
 
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+Four classes, as in Slicer's scripted-module template:
+
+- ``CAMLSegmentation``: module metadata.
+- ``CAMLSegmentationWidget``: binds ``Resources/UI/CAMLSegmentation.ui`` to the
+  parameter node and forwards clicks to the Logic; it computes nothing.
+- ``CAMLSegmentationLogic``: everything the panel does, usable without it
+  (and without Qt): parameters, dependency checks, device choice, the
+  ``caml segment`` subprocess, turning its output into a segmentation node.
+- ``CAMLSegmentationTest``: the in-Slicer self-test.
+
+Qt, ctk and the scripted-module base classes exist only inside the Slicer
+application. Outside it (the ``slicer-core`` wheels in the test suite) the
+Logic runs on plain MRML, so those imports are guarded below. Heavy imports
+(torch, the engine) happen inside functions: the module loads before torch
+is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import slicer
+import vtk
+
+try:  # the Slicer application
+    import qt
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+    from slicer.util import VTKObservationMixin
+
+    IN_SLICER_APP = True
+except ImportError:  # MRML without a GUI (slicer-core wheels): the Logic and its helpers still work
+    qt = None
+
+    class ScriptedLoadableModule:  # type: ignore[no-redef]
+        def __init__(self, parent: Any) -> None:
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:  # type: ignore[no-redef]
+        pass
+
+    class ScriptedLoadableModuleLogic:  # type: ignore[no-redef]
+        def __init__(self, parent: Any = None) -> None:
+            pass
+
+    class ScriptedLoadableModuleTest:  # type: ignore[no-redef]
+        pass
+
+    class VTKObservationMixin:  # type: ignore[no-redef]
+        def __init__(self) -> None:
+            pass
+
+    IN_SLICER_APP = False
+
+MODULE_NAME = "CAMLSegmentation"
+MODULE_DIR = Path(__file__).resolve().parent
+
+
+def moduleResourcePath(relative: str) -> Path:
+    """Where a resource (``UI/x.ui``, ``Icons/x.png``, ``Models/models.json``) lives.
+
+    Installed by the extension it sits in ``Resources/`` next to this file, which
+    is where Slicer's ``resourcePath()`` looks; in a source checkout (module path
+    added by hand) the top-level ``Resources/`` one folder up is used.
+    """
+    installed = MODULE_DIR / "Resources" / relative
+    if installed.exists():
+        return installed
+    source = MODULE_DIR.parent / "Resources" / relative
+    return source if source.exists() else installed
+
+
+#
+# CAMLSegmentation
+#
 
 
 class CAMLSegmentation(ScriptedLoadableModule):
-    def __init__(self, parent):
+    def __init__(self, parent: Any) -> None:
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "CAML Segmentation"
         self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
         self.parent.contributors = ["CAMLSegmentation contributors"]
-        self.parent.helpText = "Left-atrium segmentation of MRI with CAML."
-        self.parent.acknowledgementText = "CAML: Gao et al., MICCAI 2023 (arXiv 2307.06312)."
+        self.parent.helpText = (
+            "Segments the left atrium in an MRI with CAML (Correlation-Aware Mutual Learning). "
+            "Pick a volume, press Segment, then Correct the result in the Segment Editor. "
+            "Research use only, not a medical device.")
+        self.parent.acknowledgementText = (
+            "CAML: Gao S., Zhang Z., Ma J., Li Z., Zhang S., Correlation-Aware Mutual Learning for "
+            "Semi-supervised Medical Image Segmentation, MICCAI 2023 (arXiv 2307.06312).")
+        if qt is not None:
+            icon = moduleResourcePath("Icons/CAMLSegmentation.png")
+            if icon.exists():
+                self.parent.icon = qt.QIcon(str(icon))
+
+
+#
+# Parameters
+#
+
+#: Speed vs quality: sliding-window overlap and test-time augmentation (flips).
+QUALITY_PRESETS: Dict[str, Dict[str, Any]] = {
+    "fast": {"overlap": 0.25, "tta": False},
+    "balanced": {"overlap": 0.5, "tta": False},
+    "best": {"overlap": 0.5, "tta": True},
+}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class CAMLSegmentationParameters:
+    """Typed access to the module's parameter node (a ``vtkMRMLScriptedModuleNode``).
+
+    The node is the single source of the panel's state and is saved with the scene.
+    """
+
+    _NODE_ROLES = {"inputVolume": "InputVolume", "roi": "ROI",
+                   "outputSegmentation": "OutputSegmentation", "uncertaintyVolume": "UncertaintyVolume"}
+    _DEFAULTS = {"model": "", "device": "auto", "quality": "balanced",
+                 "overlap": str(QUALITY_PRESETS["balanced"]["overlap"]), "tta": "false",
+                 "uncertainty": "false", "largestComponent": "true"}
+
+    def __init__(self, node: Any) -> None:
+        object.__setattr__(self, "node", node)
+
+    def setDefaults(self) -> None:
+        for key, value in self._DEFAULTS.items():
+            if not self.node.GetParameter(key):
+                self.node.SetParameter(key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._NODE_ROLES:
+            return self.node.GetNodeReference(self._NODE_ROLES[name])
+        if name in ("overlap",):
+            return float(self.node.GetParameter(name) or self._DEFAULTS[name])
+        if name in ("tta", "uncertainty", "largestComponent"):
+            return (self.node.GetParameter(name) or self._DEFAULTS[name]) == "true"
+        if name in self._DEFAULTS:
+            return self.node.GetParameter(name) or self._DEFAULTS[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._NODE_ROLES:
+            self.node.SetNodeReferenceID(self._NODE_ROLES[name], value.GetID() if value is not None else None)
+            return
+        if name not in self._DEFAULTS:
+            raise AttributeError(name)
+        if name == "device" and value not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, not {value!r}")
+        if name == "quality" and value not in QUALITY_PRESETS:
+            raise ValueError(f"quality must be one of {sorted(QUALITY_PRESETS)}, not {value!r}")
+        if name == "overlap" and not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), not {value!r}")
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        self.node.SetParameter(name, text)
+
+
+#
+# A segmentation run (one subprocess)
+#
+
+
+class SegmentationRun:
+    """State of one ``caml segment`` job started by ``CAMLSegmentationLogic.startSegmentation``."""
+
+    def __init__(self, job: Any, workDir: Path, inputNode: Any, outputNode: Any,
+                 engineInput: Any, cropStart: Tuple[int, int, int], fullShape: Tuple[int, int, int],
+                 outputPath: Path, uncertaintyPath: Optional[Path], deviceMessage: str) -> None:
+        self.job = job
+        #: The Volume the engine was given (cropped to the ROI); its output must be on this grid.
+        self.engineInput = engineInput
+        self.workDir = workDir
+        self.inputNode = inputNode
+        self.outputNode = outputNode
+        self.cropStart = cropStart
+        self.fullShape = fullShape
+        self.outputPath = outputPath
+        self.uncertaintyPath = uncertaintyPath
+        self.deviceMessage = deviceMessage
+        self.fraction = 0.0
+        self.status = deviceMessage or "Starting..."
+        self.log: List[str] = []
+
+    @property
+    def running(self) -> bool:
+        return self.job.running
+
+    def poll(self) -> List[Dict[str, Any]]:
+        """New events from the child; updates ``fraction``, ``status`` and ``log``."""
+        events = self.job.poll()
+        for event in events:
+            fraction, status = describeEvent(event)
+            if fraction is not None:
+                self.fraction = fraction
+            if status:
+                self.status = status
+            if event.get("event") == "log":
+                self.log.append(str(event.get("message", "")))
+        return events
+
+
+def describeEvent(event: Dict[str, Any]) -> Tuple[Optional[float], str]:
+    """What a progress-protocol event means for the panel: (progress fraction or None, status line)."""
+    kind = event.get("event")
+    if kind == "progress":
+        total = event.get("total") or 0
+        done = event.get("done") or 0
+        fraction = min(max(done / total, 0.0), 1.0) if total else None
+        stage = str(event.get("stage", "")).replace("_", " ")
+        message = str(event.get("message", "") or "")
+        text = f"{stage.capitalize()}: {done}/{total}" if total else stage.capitalize()
+        return fraction, f"{text} {message}".strip()
+    if kind == "done":
+        return 1.0, "Segmentation computed, loading it..."
+    if kind == "error":
+        return None, f"Error: {event.get('message', '')}"
+    if kind == "finished":
+        state = event.get("state")
+        return (1.0 if state == "done" else None), {"done": "Done.", "cancelled": "Cancelled."}.get(
+            state, f"Failed: {event.get('message', '')}")
+    return None, ""
+
+
+#
+# CAMLSegmentationLogic
+#
+
+
+class CAMLSegmentationLogic(ScriptedLoadableModuleLogic):
+    """All behaviour of the module; works on any MRML scene, with or without the Slicer GUI."""
+
+    #: Python packages the engine needs besides torch (import name -> pip requirement).
+    ENGINE_REQUIREMENTS = {"numpy": "numpy>=1.21", "scipy": "scipy>=1.7", "SimpleITK": "SimpleITK>=2.1",
+                           "h5py": "h5py>=3.0"}
+    #: Packages Slicer bundles: never reinstalled or upgraded from here.
+    SLICER_BUNDLED = ("numpy", "SimpleITK", "requests")
+
+    def __init__(self, scene: Any = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.scene = scene if scene is not None else slicer.mrmlScene
+        #: argv prefix that runs ``caml`` (replaceable, e.g. by a test's stand-in engine).
+        self.engineCommand: Optional[List[str]] = None
+
+    # -- parameters --------------------------------------------------------------
+    def getParameterNode(self) -> CAMLSegmentationParameters:
+        """The module's singleton parameter node in ``self.scene``, with defaults filled in."""
+        node = None
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode")):
+            candidate = self.scene.GetNthNodeByClass(i, "vtkMRMLScriptedModuleNode")
+            if candidate.GetModuleName() == MODULE_NAME:
+                node = candidate
+                break
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetName(f"{MODULE_NAME}Parameters")
+            node.SetModuleName(MODULE_NAME)
+            node.SetSingletonTag(MODULE_NAME)
+            node = self.scene.AddNode(node)
+        params = CAMLSegmentationParameters(node)
+        params.setDefaults()
+        if not params.model:
+            models = self.availableModels()
+            if models:
+                params.model = models[0]["id"]
+        return params
+
+    @staticmethod
+    def applyQualityPreset(params: CAMLSegmentationParameters, quality: str) -> None:
+        """Set quality and the overlap / TTA it stands for."""
+        params.quality = quality
+        params.overlap = QUALITY_PRESETS[quality]["overlap"]
+        params.tta = QUALITY_PRESETS[quality]["tta"]
+
+    # -- models ------------------------------------------------------------------
+    @staticmethod
+    def userCatalogPath() -> Path:
+        """The catalog of user-trained models (``CAML_HOME`` or ``~/.caml``)."""
+        home = Path(os.environ.get("CAML_HOME", Path.home() / ".caml"))
+        return home / "models" / "models.json"
+
+    def availableModels(self, catalogs: Optional[Sequence[Path]] = None) -> List[Dict[str, Any]]:
+        """Bundled then user-trained models: dicts with ``id``, ``label`` and ``source``.
+
+        Unreadable or missing catalogs are skipped (logged), never fatal for the panel.
+        """
+        if catalogs is None:
+            catalogs = [moduleResourcePath("Models/models.json"), self.userCatalogPath()]
+        models: List[Dict[str, Any]] = []
+        seen = set()
+        for index, path in enumerate(catalogs):
+            source = "bundled" if index == 0 else "user"
+            try:
+                entries = json.loads(Path(path).read_text()).get("models", [])
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, AttributeError) as exc:
+                logging.warning("CAMLSegmentation: ignoring model catalog %s: %s", path, exc)
+                continue
+            for entry in entries:
+                model_id = entry.get("id") if isinstance(entry, dict) else None
+                if not model_id or model_id in seen:
+                    continue
+                seen.add(model_id)
+                version = entry.get("version")
+                label = f"{model_id} ({'v' + str(version) + ', ' if version else ''}{source})"
+                models.append({"id": model_id, "label": label, "source": source, "entry": entry})
+        return models
+
+    # -- dependencies ------------------------------------------------------------
+    @staticmethod
+    def torchAvailable() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+
+    def missingPackages(self, requirements: Optional[Dict[str, str]] = None) -> List[str]:
+        """pip requirements of the engine whose package cannot be imported here."""
+        import importlib.util
+
+        requirements = self.ENGINE_REQUIREMENTS if requirements is None else requirements
+        return [req for name, req in requirements.items() if importlib.util.find_spec(name) is None]
+
+    def ensureDependencies(self, confirm: Callable[[str], bool],
+                           installTorch: Optional[Callable[[], Any]] = None,
+                           pipInstall: Optional[Callable[[List[str]], Any]] = None) -> bool:
+        """Offer, with one confirmation, to install what is missing; True when all is there.
+
+        torch comes from the PyTorch extension (which picks the CUDA build for the
+        driver); the other packages from pip, never touching the ones Slicer bundles.
+        """
+        needTorch = not self.torchAvailable()
+        packages = [p for p in self.missingPackages()
+                    if not any(p.startswith(b) for b in self.SLICER_BUNDLED)]
+        if not needTorch and not packages:
+            return True
+        what = (["PyTorch (through the PyTorch extension)"] if needTorch else []) + packages
+        if not confirm("CAML Segmentation needs these Python packages, which will be downloaded and "
+                       "installed now (this can take several minutes):\n\n  " + "\n  ".join(what)):
+            return False
+        if needTorch:
+            (installTorch or self._installTorchWithPyTorchExtension)()
+        if packages:
+            (pipInstall or self._pipInstall)(packages)
+        return self.torchAvailable() and not [p for p in self.missingPackages()
+                                              if not any(p.startswith(b) for b in self.SLICER_BUNDLED)]
+
+    @staticmethod
+    def _installTorchWithPyTorchExtension() -> None:
+        try:
+            import PyTorchUtils
+        except ImportError as exc:
+            raise RuntimeError("The PyTorch extension is required: install 'PyTorch' from the "
+                               "Extensions Manager and restart Slicer.") from exc
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+        if torch is None:
+            raise RuntimeError("PyTorch could not be installed.")
+
+    @staticmethod
+    def _pipInstall(requirements: List[str]) -> None:
+        try:
+            import slicer.pydeps as pydeps  # Slicer >= 5.11
+            from packaging.requirements import Requirement
+
+            pydeps.pip_ensure([Requirement(r) for r in requirements], requester=MODULE_NAME)
+        except ImportError:
+            slicer.util.pip_install(requirements)
+
+    # -- device ------------------------------------------------------------------
+    @staticmethod
+    def cudaAvailable() -> bool:
+        try:
+            import torch
+        except ImportError:
+            return False
+        return bool(torch.cuda.is_available())
+
+    def resolveDevice(self, requested: str, cudaAvailable: Optional[bool] = None) -> Tuple[str, str]:
+        """(device to pass to ``caml``, message for the status line); falls back to the CPU and says so."""
+        if requested not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, not {requested!r}")
+        if requested == "cpu":
+            return "cpu", "Running on the CPU."
+        cuda = self.cudaAvailable() if cudaAvailable is None else cudaAvailable
+        if cuda:
+            return "cuda", "Running on the GPU."
+        if requested == "cuda":
+            return "cpu", "GPU requested but PyTorch sees no CUDA GPU: falling back to the CPU (slower)."
+        return "cpu", "No CUDA GPU found: running on the CPU (slower)."
+
+    # -- the segmentation job ----------------------------------------------------
+    def segmentCommand(self, inputPath: Path, outputPath: Path, params: CAMLSegmentationParameters,
+                       device: str, uncertaintyPath: Optional[Path] = None) -> List[str]:
+        """argv of the ``caml segment`` run the parameters describe."""
+        from CAMLSegmentationLib.jobs import caml_command
+
+        args = ["segment", str(inputPath), str(outputPath), "--device", device,
+                "--overlap", f"{params.overlap:g}", "--progress", "json"]
+        if params.model:
+            args += ["--model", params.model]
+        if params.tta:
+            args.append("--tta")
+        if params.largestComponent:
+            args.append("--lcc")
+        if uncertaintyPath is not None:
+            args += ["--uncertainty", str(uncertaintyPath)]
+        prefix = self.engineCommand
+        return [*prefix, *args] if prefix else caml_command(*args)
+
+    def startSegmentation(self, params: CAMLSegmentationParameters,
+                          cudaAvailable: Optional[bool] = None) -> SegmentationRun:
+        """Write the input (cropped to the ROI), start ``caml segment`` in the background, return the run."""
+        from CAMLSegmentationLib import mrml_bridge
+        from CAMLSegmentationLib.jobs import Job
+
+        inputNode = params.inputVolume
+        if inputNode is None or inputNode.GetImageData() is None:
+            raise ValueError("Select an input volume first.")
+        volume = mrml_bridge.volume_from_node(inputNode)
+        start, stop = (0, 0, 0), volume.shape
+        if params.roi is not None:
+            start, stop = mrml_bridge.roi_index_bounds(params.roi, inputNode)
+            volume = mrml_bridge.crop_volume(volume, start, stop)
+        device, deviceMessage = self.resolveDevice(params.device, cudaAvailable)
+
+        workDir = Path(tempfile.mkdtemp(prefix="caml-segment-"))
+        try:
+            inputPath = workDir / "input.nrrd"
+            writeVolume(volume, inputPath)
+            outputPath = workDir / "segmentation.nrrd"
+            uncertaintyPath = workDir / "uncertainty.nrrd" if params.uncertainty else None
+            argv = self.segmentCommand(inputPath, outputPath, params, device, uncertaintyPath)
+            outputs = [outputPath] + ([uncertaintyPath] if uncertaintyPath else [])
+            job = Job(argv, outputs=outputs, cwd=workDir).start()
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        fullShape = tuple(int(d) for d in inputNode.GetImageData().GetDimensions())
+        return SegmentationRun(job, workDir, inputNode, params.outputSegmentation, volume, start, fullShape,
+                               outputPath, uncertaintyPath, deviceMessage)
+
+    def cancel(self, run: SegmentationRun) -> None:
+        """Kill the job and its children; nothing is added to the scene."""
+        run.job.cancel()
+        run.job.wait(timeout=30)
+        shutil.rmtree(run.workDir, ignore_errors=True)
+
+    def finishSegmentation(self, run: SegmentationRun,
+                           params: Optional[CAMLSegmentationParameters] = None) -> Any:
+        """Turn a finished run into the "Left atrium" segment (and the uncertainty volume); returns the node.
+
+        Raises ``RuntimeError`` if the job failed or was cancelled; the scene is then unchanged.
+        """
+        from CAMLSegmentationLib import mrml_bridge
+        from CAMLSegmentationLib.volume import read_image
+
+        try:
+            state = run.job.wait()
+            run.poll()
+            if state != "done":
+                raise RuntimeError(f"Segmentation {state}: {run.job.error}" if run.job.error
+                                   else f"Segmentation {state}.")
+            result = read_image(run.outputPath)
+            if not result.same_geometry(run.engineInput, tol=1e-3):
+                raise RuntimeError(f"the engine's mask ({result.shape} voxels) is not on the input's grid "
+                                   f"({run.engineInput.shape} voxels)")
+            mask = mrml_bridge.paste_mask((result.array > 0.5).astype("uint8"), run.fullShape, run.cropStart)
+            segNode, _ = mrml_bridge.mask_to_segmentation_node(
+                mask, run.inputNode, self.scene, segmentation_node=run.outputNode)
+            if run.outputNode is None:
+                segNode.SetName(self.scene.GenerateUniqueName(f"{run.inputNode.GetName()} left atrium"))
+            if params is not None:
+                params.outputSegmentation = segNode
+            if run.uncertaintyPath is not None and run.uncertaintyPath.exists():
+                uncertaintyNode = self.loadUncertainty(run, read_image(run.uncertaintyPath),
+                                                       params.uncertaintyVolume if params else None)
+                if params is not None:
+                    params.uncertaintyVolume = uncertaintyNode
+            return segNode
+        finally:
+            shutil.rmtree(run.workDir, ignore_errors=True)
+
+    def loadUncertainty(self, run: SegmentationRun, uncertainty: Any, node: Any = None) -> Any:
+        """Put the uncertainty map (on the cropped grid) into a volume node on the input's full grid."""
+        import numpy as np
+        from CAMLSegmentationLib import mrml_bridge
+
+        if not uncertainty.same_geometry(run.engineInput, tol=1e-3):
+            raise RuntimeError("the engine's uncertainty map is not on the input's grid")
+
+        full = mrml_bridge.volume_from_node(run.inputNode)
+        values = np.zeros(run.fullShape, dtype=np.float32)
+        sl = tuple(slice(s, s + n) for s, n in zip(run.cropStart, uncertainty.shape))
+        values[sl] = uncertainty.array
+        full.array = values
+        if node is None:
+            node = mrml_bridge.volume_to_node(
+                full, self.scene, self.scene.GenerateUniqueName(f"{run.inputNode.GetName()} uncertainty"))
+        else:
+            mrml_bridge.volume_to_node(full, self.scene, node=node)
+        node.SetAndObserveTransformNodeID(run.inputNode.GetTransformNodeID())
+        self.setupUncertaintyDisplay(node)
+        return node
+
+    @staticmethod
+    def setupUncertaintyDisplay(node: Any) -> None:
+        """Show the map as a 0..1 heat overlay (the Widget puts it in the slice foreground)."""
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        scene = node.GetScene()
+        for colorId in ("vtkMRMLColorTableNodeFileColdToHotRainbow.txt", "vtkMRMLColorTableNodeRed"):
+            if scene is not None and scene.GetNodeByID(colorId) is not None:
+                display.SetAndObserveColorNodeID(colorId)
+                break
+
+    def segment(self, params: CAMLSegmentationParameters,
+                progress: Optional[Callable[[SegmentationRun], None]] = None,
+                timeout: Optional[float] = None, cudaAvailable: Optional[bool] = None) -> Any:
+        """Blocking convenience for scripts and tests: start, follow, finish; returns the segment's node."""
+        run = self.startSegmentation(params, cudaAvailable=cudaAvailable)
+        deadline = None if timeout is None else time.time() + timeout
+        while run.running:
+            run.poll()
+            if progress is not None:
+                progress(run)
+            if deadline is not None and time.time() > deadline:
+                self.cancel(run)
+                raise TimeoutError(f"segmentation did not finish within {timeout} s")
+            run.job.wait(0.1)
+        return self.finishSegmentation(run, params)
+
+    # -- correction --------------------------------------------------------------
+    def prepareCorrection(self, segmentationNode: Any, volumeNode: Any) -> Any:
+        """A Segment Editor parameter node set up to edit the left-atrium segment on the input volume."""
+        from CAMLSegmentationLib.mrml_bridge import LEFT_ATRIUM_NAME
+
+        if segmentationNode is None:
+            raise ValueError("Segment first: there is no segmentation to correct.")
+        editorNode = self.scene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
+        if editorNode is None:
+            editorNode = slicer.vtkMRMLSegmentEditorNode()
+            editorNode.SetSingletonTag("SegmentEditor")
+            editorNode = self.scene.AddNode(editorNode)
+        editorNode.SetAndObserveSegmentationNode(segmentationNode)
+        if volumeNode is not None:
+            editorNode.SetAndObserveSourceVolumeNode(volumeNode)
+        segmentId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(LEFT_ATRIUM_NAME)
+        if segmentId:
+            editorNode.SetSelectedSegmentID(segmentId)
+        return editorNode
+
+
+def writeVolume(volume: Any, path: Path) -> None:
+    """Write an engine ``Volume`` (LPS geometry) for ``caml`` to read, with SimpleITK like the engine."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(volume.array).transpose(2, 1, 0)))
+    image.SetSpacing([float(s) for s in volume.spacing])
+    image.SetOrigin([float(o) for o in volume.origin])
+    image.SetDirection([float(d) for d in np.asarray(volume.direction, dtype=float).ravel()])
+    sitk.WriteImage(image, str(path), True)
+
+
+def makeTestVolume(scene: Any, shape: Tuple[int, int, int] = (48, 40, 32)) -> Any:
+    """A synthetic MRI-like volume: a bright ellipsoid ("atrium") in noise, oblique geometry."""
+    import numpy as np
+    from CAMLSegmentationLib import mrml_bridge
+    from CAMLSegmentationLib.volume import Volume
+
+    rng = np.random.default_rng(7)
+    i, j, k = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    centre = np.array(shape, dtype=np.float32) / 2
+    inside = (((i - centre[0]) / (shape[0] / 4)) ** 2 + ((j - centre[1]) / (shape[1] / 5)) ** 2
+              + ((k - centre[2]) / (shape[2] / 4)) ** 2) <= 1.0
+    array = (rng.normal(100.0, 10.0, size=shape) + 300.0 * inside).astype(np.float32)
+    angle = np.radians(20.0)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
+                          [0.0, 0.0, 1.0]])
+    volume = Volume(array=array, spacing=(0.9, 0.9, 1.2), origin=(-20.0, 15.0, -30.0), direction=direction)
+    return mrml_bridge.volume_to_node(volume, scene, "CAMLTestVolume")
+
+
+#
+# CAMLSegmentationWidget
+#
+
+
+class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: binds the .ui to the parameter node, forwards clicks to the Logic, shows progress."""
+
+    def __init__(self, parent: Any = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[CAMLSegmentationLogic] = None
+        self._params: Optional[CAMLSegmentationParameters] = None
+        self._updatingGUI = False
+        self._run: Optional[SegmentationRun] = None
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(str(moduleResourcePath("UI/CAMLSegmentation.ui")))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CAMLSegmentationLogic()
+
+        self.ui.deviceSelector.clear()
+        for label, value in (("Auto (GPU if available)", "auto"), ("CPU", "cpu"), ("GPU (CUDA)", "cuda")):
+            self.ui.deviceSelector.addItem(label, value)
+        self.ui.qualitySelector.clear()
+        for label, value in (("Fast", "fast"), ("Balanced", "balanced"), ("Best (test-time flips)", "best")):
+            self.ui.qualitySelector.addItem(label, value)
+        self._fillModels()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        ui = self.ui
+        for selector in (ui.inputVolumeSelector, ui.roiSelector, ui.outputSegmentationSelector):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+        for combo in (self.ui.modelSelector, self.ui.deviceSelector):
+            combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.qualitySelector.connect("currentIndexChanged(int)", self.onQualityChanged)
+        self.ui.overlapSlider.connect("valueChanged(double)", self.updateParameterNodeFromGUI)
+        for box in (self.ui.ttaCheckBox, self.ui.uncertaintyCheckBox, self.ui.lccCheckBox):
+            box.connect("toggled(bool)", self.updateParameterNodeFromGUI)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.correctButton.connect("clicked(bool)", self.onCorrectButton)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self.onTimer)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._run is not None and self._run.running:
+            self.logic.cancel(self._run)
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self._fillModels()
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._params is not None:
+            self.removeObserver(self._params.node, vtk.vtkCommand.ModifiedEvent,
+                                self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller: Any, event: Any) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        params = self.logic.getParameterNode()
+        if params.inputVolume is None:
+            params.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        self.setParameterNode(params)
+
+    def setParameterNode(self, params: Optional[CAMLSegmentationParameters]) -> None:
+        if self._params is not None:
+            self.removeObserver(self._params.node, vtk.vtkCommand.ModifiedEvent,
+                                self.updateGUIFromParameterNode)
+        self._params = params
+        if params is not None:
+            self.addObserver(params.node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    def _fillModels(self) -> None:
+        self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.clear()
+        for model in self.logic.availableModels():
+            self.ui.modelSelector.addItem(model["label"], model["id"])
+        self.ui.modelSelector.blockSignals(False)
+
+    def updateGUIFromParameterNode(self, caller: Any = None, event: Any = None) -> None:
+        p = self._params
+        if p is None or self._updatingGUI:
+            return
+        self._updatingGUI = True
+        try:
+            self.ui.inputVolumeSelector.setCurrentNode(p.inputVolume)
+            self.ui.roiSelector.setCurrentNode(p.roi)
+            self.ui.outputSegmentationSelector.setCurrentNode(p.outputSegmentation)
+            self.ui.modelSelector.setCurrentIndex(self.ui.modelSelector.findData(p.model))
+            self.ui.deviceSelector.setCurrentIndex(self.ui.deviceSelector.findData(p.device))
+            self.ui.qualitySelector.setCurrentIndex(self.ui.qualitySelector.findData(p.quality))
+            self.ui.overlapSlider.value = p.overlap
+            self.ui.ttaCheckBox.checked = p.tta
+            self.ui.uncertaintyCheckBox.checked = p.uncertainty
+            self.ui.lccCheckBox.checked = p.largestComponent
+            running = self._run is not None and self._run.running
+            self.ui.segmentButton.text = "Cancel" if running else "Segment"
+            self.ui.segmentButton.enabled = running or (p.inputVolume is not None and bool(p.model))
+            self.ui.segmentButton.toolTip = ("Stop the running segmentation" if running else
+                                             "Segment the left atrium" if p.inputVolume is not None
+                                             else "Select an input volume")
+            self.ui.correctButton.enabled = not running and p.outputSegmentation is not None
+            for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton,
+                           self.ui.outputsCollapsibleButton):
+                widget.enabled = not running
+        finally:
+            self._updatingGUI = False
+
+    def updateParameterNodeFromGUI(self, *args: Any) -> None:
+        p = self._params
+        if p is None or self._updatingGUI:
+            return
+        wasModifying = p.node.StartModify()
+        try:
+            p.inputVolume = self.ui.inputVolumeSelector.currentNode()
+            p.roi = self.ui.roiSelector.currentNode()
+            p.outputSegmentation = self.ui.outputSegmentationSelector.currentNode()
+            if self.ui.modelSelector.currentIndex >= 0:
+                p.model = self.ui.modelSelector.currentData
+            p.device = self.ui.deviceSelector.currentData or "auto"
+            p.overlap = self.ui.overlapSlider.value
+            p.tta = self.ui.ttaCheckBox.checked
+            p.uncertainty = self.ui.uncertaintyCheckBox.checked
+            p.largestComponent = self.ui.lccCheckBox.checked
+        finally:
+            p.node.EndModify(wasModifying)
+
+    def onQualityChanged(self, index: int) -> None:
+        if self._params is None or self._updatingGUI or index < 0:
+            return
+        self.logic.applyQualityPreset(self._params, self.ui.qualitySelector.itemData(index))
+
+    def onSegmentButton(self) -> None:
+        if self._run is not None and self._run.running:
+            self.logic.cancel(self._run)
+            return  # the timer sees the job end and resets the panel
+        with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
+            if not self.logic.ensureDependencies(slicer.util.confirmOkCancelDisplay):
+                self.ui.statusLabel.text = "Missing Python packages: segmentation not started."
+                return
+            self._run = self.logic.startSegmentation(self._params)
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = self._run.status
+            self._timer.start()
+            self.updateGUIFromParameterNode()
+
+    def onTimer(self) -> None:
+        run = self._run
+        if run is None:
+            self._timer.stop()
+            return
+        run.poll()
+        self.ui.progressBar.value = int(round(100 * run.fraction))
+        self.ui.statusLabel.text = run.status
+        if run.running:
+            return
+        self._timer.stop()
+        self._run = None
+        if run.job.state == "cancelled":
+            self.ui.statusLabel.text = "Cancelled: nothing was added to the scene."
+            self.ui.progressBar.value = 0
+        else:
+            with slicer.util.tryWithErrorDisplay("Segmentation failed.", waitCursor=True):
+                segNode = self.logic.finishSegmentation(run, self._params)
+                self.ui.statusLabel.text = f"Done. {run.deviceMessage}"
+                slicer.util.setSliceViewerLayers(background=run.inputNode, fit=True)
+                if self._params.uncertaintyVolume is not None and self._params.uncertainty:
+                    slicer.util.setSliceViewerLayers(foreground=self._params.uncertaintyVolume,
+                                                     foregroundOpacity=0.4)
+                segNode.GetDisplayNode().SetVisibility(True)
+        self.updateGUIFromParameterNode()
+
+    def onCorrectButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Cannot open the Segment Editor.", waitCursor=True):
+            p = self._params
+            editorNode = self.logic.prepareCorrection(p.outputSegmentation, p.inputVolume)
+            slicer.util.selectModule("SegmentEditor")
+            editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+            editor.setMRMLSegmentEditorNode(editorNode)
+            editor.setSegmentationNode(editorNode.GetSegmentationNode())
+            editor.setSourceVolumeNode(editorNode.GetSourceVolumeNode())
+
+
+#
+# CAMLSegmentationTest
+#
+
+
+class CAMLSegmentationTest(ScriptedLoadableModuleTest):
+    """Self-test run in Slicer (Developer mode > Reload and Test, or the generic extension tests)."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_SegmentGeneratedVolume()
+
+    def test_SegmentGeneratedVolume(self) -> None:
+        self.delayDisplay("Generating a test volume")
+        logic = CAMLSegmentationLogic()
+        params = logic.getParameterNode()
+        if not logic.torchAvailable() or logic.missingPackages() or not params.model:
+            self.delayDisplay("Skipped: PyTorch, the engine's packages or a bundled model is missing")
+            return
+        volumeNode = makeTestVolume(slicer.mrmlScene)
+        params.inputVolume = volumeNode
+        logic.applyQualityPreset(params, "fast")
+        params.device = "cpu"
+
+        self.delayDisplay("Segmenting (CPU)")
+        segNode = logic.segment(params, timeout=600)
+
+        from CAMLSegmentationLib import mrml_bridge
+
+        segmentId = segNode.GetSegmentation().GetSegmentIdBySegmentName(mrml_bridge.LEFT_ATRIUM_NAME)
+        self.assertTrue(segmentId)
+        self.assertIs(segNode.GetNodeReference(segNode.GetReferenceImageGeometryReferenceRole()), volumeNode)
+        mask = mrml_bridge.segment_to_mask(segNode, segmentId, volumeNode)
+        self.assertEqual(mask.shape, tuple(volumeNode.GetImageData().GetDimensions()))
+        self.assertIs(params.outputSegmentation, segNode)
+        self.delayDisplay("Test passed")

@@ -49,6 +49,7 @@ class TrainingPreset:
     memory_per_class: int = 256
     num_filtered: int = 12800
     occ_temperature: float = 0.1
+    occ_heads_on: str = "agreeing"  # "agreeing" (official: every V/A-agreeing unlabeled voxel) or "selected"
     # bookkeeping
     val_interval: int = 200
     val_start: int = 800
@@ -90,6 +91,8 @@ class TrainingPreset:
                              "(four 2x downsamplings)")
         if preset.lr_schedule not in ("constant", "poly"):
             raise ValueError(f"lr_schedule must be 'constant' or 'poly', not {preset.lr_schedule!r}")
+        if preset.occ_heads_on not in ("agreeing", "selected"):
+            raise ValueError(f"occ_heads_on must be 'agreeing' or 'selected', not {preset.occ_heads_on!r}")
         return preset
 
 

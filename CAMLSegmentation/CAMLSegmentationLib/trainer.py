@@ -170,12 +170,23 @@ class CAMLObjective(nn.Module):
             return self._zero_through_heads()
         uv = feat_v.permute(0, 2, 3, 4, 1)[agree]
         ua = feat_a.permute(0, 2, 3, 4, 1)[agree]
-        # Every agreeing voxel goes through the heads (their BatchNorm statistics
-        # are taken over all of them, as in the official code); V's label and
-        # confidence pick the same rows for both models.
+        # V's label and confidence pick the same rows for both models.
+        picks = select_confident(pred_v[agree], conf_v[agree], net.config.num_classes, p.num_filtered)
+        if p.occ_heads_on == "selected":
+            # Only the picked voxels go through the heads: the loss uses no
+            # others, but the heads' BatchNorm statistics then come from the
+            # picked voxels alone. Several times cheaper on a CPU.
+            rows = torch.cat(picks)
+            uv, ua = uv[rows], ua[rows]
+            offsets = torch.cumsum(torch.tensor([0] + [int(q.numel()) for q in picks[:-1]]), 0)
+            picks = [torch.arange(int(o), int(o) + int(q.numel()), device=rows.device)
+                     for o, q in zip(offsets, picks)]
+            if uv.shape[0] < 2:
+                return self._zero_through_heads()
+        # Otherwise every agreeing voxel goes through the heads, so their
+        # BatchNorm statistics are taken over all of them (official code).
         pred_feat_v = net.prediction_head1(net.projection_head1(uv))
         pred_feat_a = net.prediction_head2(net.projection_head2(ua))
-        picks = select_confident(pred_v[agree], conf_v[agree], net.config.num_classes, p.num_filtered)
         corr_v = omni_correlation(pred_feat_v, picks, memory, p.occ_temperature)
         corr_a = omni_correlation(pred_feat_a, picks, memory, p.occ_temperature)
         if corr_v is None or corr_a is None:

@@ -53,10 +53,11 @@ def test_short_run_lowers_loss_and_beats_chance(dataset, tmp_path):
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
-    straight = train(TrainConfig(dataset, tmp_path / "a", TINY, labeled=2, seed=5))
-    first = train(TrainConfig(dataset, tmp_path / "b", TINY.with_overrides(iterations=3), labeled=2, seed=5))
+    straight = train(TrainConfig(dataset, tmp_path / "a", TINY, labeled=2, seed=5, log_every=1))
+    first = train(TrainConfig(dataset, tmp_path / "b", TINY.with_overrides(iterations=3), labeled=2, seed=5,
+                              log_every=1))
     assert first.iterations == 3
-    resumed = train(TrainConfig(dataset, tmp_path / "b", TINY, labeled=2, seed=5, resume=True))
+    resumed = train(TrainConfig(dataset, tmp_path / "b", TINY, labeled=2, seed=5, resume=True, log_every=1))
     assert resumed.iterations == straight.iterations == 6
     a = read_checkpoint(tmp_path / "a" / "last.pt")
     b = read_checkpoint(tmp_path / "b" / "last.pt")

@@ -1,0 +1,513 @@
+"""Training data: where the cases are, which are labeled, how they are loaded and augmented.
+
+Two folder layouts are recognised by :func:`open_source` (README-data.md has the details):
+
+- **LA**: the preprocessed left-atrium release, ``<root>/train.list`` and
+  ``<root>/2018LA_Seg_Training Set/<id>/mri_norm2.h5`` (already z-scored, 0.625 mm).
+- **generic**: image files SimpleITK reads, ``<root>/images/<id>.<ext>`` with
+  optional ``<root>/labels/<id>.<ext>`` (or nnU-Net's ``imagesTr/<id>_0000.<ext>``
+  and ``labelsTr/<id>.<ext>``); an optional ``<root>/train.list`` fixes the case
+  set and its order. A case without a label file is unlabeled-only.
+
+Every problem with the data is a :class:`DataError` whose message names the
+file, folder or case at fault, so a training job fails before it starts rather
+than hours into it. Augmentation draws all its randomness from the
+``numpy.random.Generator`` it is given, so a trainer that saves the generator's
+state resumes with exactly the same crops.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .preprocess import resample_to_shape, shape_for_spacing, zscore
+from .progress import CancelToken, ProgressCallback, ProgressEvent
+from .volume import Volume, read_image, read_la_h5
+
+PathLike = Union[str, Path]
+
+#: Folder of the LA release holding one sub-folder per case (the spaces are part of the name).
+LA_CASES_FOLDER = "2018LA_Seg_Training Set"
+LA_FILE_NAME = "mri_norm2.h5"
+#: Optional file fixing the case set and order (the LA release always has one).
+ORDER_FILE = "train.list"
+#: Image file extensions of the generic layout, longest first so ``.nii.gz`` wins over ``.gz``.
+IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
+#: (images folder, labels folder, channel suffix of image names) for the generic layouts.
+GENERIC_FOLDERS = (("images", "labels", ""), ("imagesTr", "labelsTr", "_0000"))
+
+# Geometry agreement between an image and its label file: mm for spacing and
+# origin (NIfTI stores them as float32), unitless for the direction cosines.
+_GEOMETRY_TOL_MM = 1e-3
+_DIRECTION_TOL = 1e-4
+
+
+class DataError(ValueError):
+    """A problem with the training data; the message names the file, folder or case and the problem."""
+
+
+@dataclass
+class Case:
+    """One loaded case.
+
+    ``image``: float32 ``[i, j, k]`` on a grid of ``spacing`` (mm), z-scored: generic images over
+    the whole file; LA images as stored, z-scored over the whole MRI before the release cropped it
+    around the atrium (so an LA crop's own mean is not 0, typically 0.5 to 1.5).
+    ``label``: uint8 in {0, 1} of the same shape, or None when not loaded or absent.
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: Optional[np.ndarray]
+    spacing: Tuple[float, float, float]
+
+
+@dataclass
+class Split:
+    """Case ids per role. Validation cases stay in ``unlabeled`` too: training sees only their images."""
+
+    labeled: List[str]
+    unlabeled: List[str]
+    validation: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, List[str]]:
+        return {"labeled": list(self.labeled), "unlabeled": list(self.unlabeled),
+                "validation": list(self.validation)}
+
+
+# --------------------------------------------------------------------------- id lists
+
+
+def read_id_list(path: PathLike) -> List[str]:
+    """Case ids of a text file, one per line; blank lines and ``#`` comments are ignored.
+
+    Raises DataError when the file is missing, holds no id, or repeats an id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: case list not found")
+    ids: List[str] = []
+    seen: Dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        case_id = line.split("#", 1)[0].strip()
+        if not case_id:
+            continue
+        if case_id in seen:
+            raise DataError(f"{path}: case id {case_id!r} appears twice (lines {seen[case_id]} and {lineno})")
+        seen[case_id] = lineno
+        ids.append(case_id)
+    if not ids:
+        raise DataError(f"{path}: case list is empty (no ids, only blank or '#' lines)")
+    return ids
+
+
+def _natural_key(text: str) -> List[Union[int, str]]:
+    # "case2" before "case10", as people number their cases.
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class CaseSource:
+    """A folder of cases. Subclasses find the files; ``load`` validates and preprocesses one case."""
+
+    root: Path
+    layout: str = ""
+
+    def __init__(self, root: PathLike) -> None:
+        self.root = Path(root)
+        self._ids: List[str] = []
+        self._known: set = set()
+
+    def case_ids(self) -> List[str]:
+        """All case ids in the dataset's standard order (``train.list`` when there is one)."""
+        return list(self._ids)
+
+    def has_label(self, case_id: str) -> bool:
+        raise NotImplementedError
+
+    def describe(self, case_id: str) -> str:
+        """The file (or files) holding a case, for messages."""
+        raise NotImplementedError
+
+    def _read(self, case_id: str, with_label: bool) -> Tuple[Volume, Optional[np.ndarray], bool]:
+        """(image volume, label array or None, whether the image still needs z-scoring)."""
+        raise NotImplementedError
+
+    def _set_ids(self, ids: List[str]) -> None:
+        self._ids = list(ids)
+        self._known = set(ids)
+
+    def _check_known(self, case_id: str) -> None:
+        if case_id not in self._known:
+            raise DataError(f"{self.root}: unknown case id {case_id!r}")
+
+    def load(self, case_id: str, target_spacing: Optional[Sequence[float]] = None,
+             with_label: bool = True) -> Case:
+        """Read, check and preprocess one case; see :func:`load_cases`."""
+        self._check_known(case_id)
+        volume, label, needs_zscore = self._read(case_id, with_label)
+        where = self.describe(case_id)
+        image = volume.array
+        if image.ndim != 3:
+            raise DataError(f"{where}: expected a 3D image, found shape {image.shape}")
+        if not np.isfinite(image).all():
+            raise DataError(f"{where}: image has NaN or Inf voxels")
+        if float(image.max()) - float(image.min()) <= 1e-8 * max(1.0, float(np.abs(image).max())):
+            raise DataError(f"{where}: image is constant (value {float(image.flat[0]):g}): nothing to learn")
+        image = zscore(image) if needs_zscore else np.asarray(image, dtype=np.float32)
+        if label is not None:
+            label = _check_label(label, image.shape, where)
+
+        spacing = tuple(float(s) for s in volume.spacing)
+        if target_spacing is not None:
+            target = tuple(float(s) for s in target_spacing)
+            if len(target) != 3 or min(target) <= 0:
+                raise DataError(f"target spacing must be three positive numbers, got {target_spacing!r}")
+            if not np.allclose(spacing, target, rtol=0, atol=1e-6):
+                shape = shape_for_spacing(image.shape, spacing, target)
+                image = resample_to_shape(image, shape, "linear").astype(np.float32, copy=False)
+                if label is not None:
+                    label = resample_to_shape(label, shape, "nearest").astype(np.uint8, copy=False)
+                spacing = target
+        return Case(case_id=case_id, image=np.ascontiguousarray(image),
+                    label=None if label is None else np.ascontiguousarray(label),
+                    spacing=spacing)  # type: ignore[arg-type]
+
+
+def _check_label(label: np.ndarray, image_shape: Tuple[int, ...], where: str) -> np.ndarray:
+    if tuple(label.shape) != tuple(image_shape):
+        raise DataError(f"{where}: label shape {tuple(label.shape)} differs from image shape "
+                        f"{tuple(image_shape)}")
+    values = np.unique(label)
+    bad = values[(values != 0) & (values != 1)]
+    if bad.size:
+        shown = ", ".join(f"{v:g}" for v in values[:10].astype(float))
+        more = f" and {values.size - 10} more" if values.size > 10 else ""
+        raise DataError(f"{where}: label must be binary (0 = background, 1 = left atrium); "
+                        f"found values {shown}{more}")
+    return label.astype(np.uint8, copy=False)
+
+
+class LASource(CaseSource):
+    """The preprocessed LA release: ``train.list`` + ``2018LA_Seg_Training Set/<id>/mri_norm2.h5``."""
+
+    layout = "LA"
+
+    def __init__(self, root: PathLike) -> None:
+        super().__init__(root)
+        ids = read_id_list(self.root / ORDER_FILE)
+        missing = [i for i in ids if not self._path(i).is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DataError(f"{self.root}: {len(missing)} case(s) of {ORDER_FILE} have no "
+                            f"'{LA_CASES_FOLDER}/<id>/{LA_FILE_NAME}': {shown}")
+        self._set_ids(ids)
+        self._labeled: Dict[str, bool] = {}
+
+    def _path(self, case_id: str) -> Path:
+        return self.root / LA_CASES_FOLDER / case_id / LA_FILE_NAME
+
+    def describe(self, case_id: str) -> str:
+        return str(self._path(case_id))
+
+    def has_label(self, case_id: str) -> bool:
+        self._check_known(case_id)
+        if case_id not in self._labeled:
+            import h5py
+
+            try:
+                with h5py.File(self._path(case_id), "r") as f:
+                    self._labeled[case_id] = "label" in f
+            except OSError as exc:
+                raise DataError(f"{self._path(case_id)}: unreadable HDF5 file ({exc})") from exc
+        return self._labeled[case_id]
+
+    def _read(self, case_id: str, with_label: bool) -> Tuple[Volume, Optional[np.ndarray], bool]:
+        path = self._path(case_id)
+        try:
+            volume, label = read_la_h5(path)
+        except KeyError as exc:
+            raise DataError(f"{path}: no 'image' dataset in the HDF5 file") from exc
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: unreadable HDF5 file ({exc})") from exc
+        if with_label and label is None:
+            raise DataError(f"{path}: no 'label' dataset (case {case_id} is unlabeled)")
+        return volume, (label if with_label else None), False
+
+
+class FolderSource(CaseSource):
+    """Image files SimpleITK reads: ``images/<id>.<ext>`` + ``labels/<id>.<ext>`` (or imagesTr/labelsTr)."""
+
+    layout = "generic"
+
+    def __init__(self, root: PathLike, images_dir: str, labels_dir: str, channel_suffix: str) -> None:
+        super().__init__(root)
+        self.images_dir = self.root / images_dir
+        self.labels_dir = self.root / labels_dir
+        self._images = self._scan(self.images_dir, channel_suffix)
+        self._labels = self._scan(self.labels_dir, "") if self.labels_dir.is_dir() else {}
+        if not self._images:
+            raise DataError(f"{self.images_dir}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        orphans = sorted(set(self._labels) - set(self._images), key=_natural_key)
+        if orphans:
+            raise DataError(f"{self.labels_dir}: label file(s) without an image in {self.images_dir}: "
+                            + ", ".join(self._labels[i].name for i in orphans[:5]))
+        order = self.root / ORDER_FILE
+        if order.is_file():
+            ids = read_id_list(order)
+            missing = [i for i in ids if i not in self._images]
+            if missing:
+                raise DataError(f"{order}: case id(s) with no image in {self.images_dir}: "
+                                + ", ".join(missing[:5]))
+            self._set_ids(ids)
+        else:
+            self._set_ids(sorted(self._images, key=_natural_key))
+
+    @staticmethod
+    def _scan(folder: Path, channel_suffix: str) -> Dict[str, Path]:
+        found: Dict[str, Path] = {}
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            ext = next((e for e in IMAGE_EXTENSIONS if path.name.lower().endswith(e)), None)
+            if ext is None:
+                continue  # .raw/.zraw data files of .mhd headers, notes, ...
+            case_id = path.name[: -len(ext)]
+            if channel_suffix:
+                channel = re.search(r"_(\d{4})$", case_id)
+                if channel is None:
+                    raise DataError(f"{path}: nnU-Net image names end in '_0000' before the extension")
+                if channel.group(1) != "0000":
+                    raise DataError(f"{path}: extra input channel {channel.group(1)}; CAML segments a "
+                                    "single MRI channel (only '_0000' images)")
+                case_id = case_id[: -len(channel_suffix)]
+            if case_id in found:
+                raise DataError(f"{folder}: case {case_id!r} has two files: {found[case_id].name} "
+                                f"and {path.name}")
+            found[case_id] = path
+        return found
+
+    def image_path(self, case_id: str) -> Path:
+        self._check_known(case_id)
+        return self._images[case_id]
+
+    def label_path(self, case_id: str) -> Optional[Path]:
+        self._check_known(case_id)
+        return self._labels.get(case_id)
+
+    def describe(self, case_id: str) -> str:
+        label = self._labels.get(case_id)
+        return f"{self._images[case_id]}" + (f" (label {label})" if label is not None else "")
+
+    def has_label(self, case_id: str) -> bool:
+        self._check_known(case_id)
+        return case_id in self._labels
+
+    def _read(self, case_id: str, with_label: bool) -> Tuple[Volume, Optional[np.ndarray], bool]:
+        image_path = self._images[case_id]
+        volume = _read_volume(image_path)
+        if not with_label:
+            return volume, None, True
+        label_path = self._labels.get(case_id)
+        if label_path is None:
+            raise DataError(f"{image_path}: case {case_id} has no label file in {self.labels_dir}")
+        label = _read_volume(label_path)
+        if label.shape != volume.shape:
+            raise DataError(f"{label_path}: label shape {label.shape} differs from image shape "
+                            f"{volume.shape} of {image_path.name}")
+        problems = []
+        if not np.allclose(label.spacing, volume.spacing, rtol=0, atol=_GEOMETRY_TOL_MM):
+            problems.append(f"spacing {_fmt(label.spacing)} vs {_fmt(volume.spacing)}")
+        if not np.allclose(label.origin, volume.origin, rtol=0, atol=_GEOMETRY_TOL_MM):
+            problems.append(f"origin {_fmt(label.origin)} vs {_fmt(volume.origin)}")
+        if not np.allclose(label.direction, volume.direction, rtol=0, atol=_DIRECTION_TOL):
+            problems.append("direction " + _fmt(np.ravel(label.direction)) + " vs "
+                            + _fmt(np.ravel(volume.direction)))
+        if problems:
+            raise DataError(f"{label_path}: label geometry differs from image {image_path.name}: "
+                            + "; ".join(problems))
+        return volume, label.array, True
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def _read_volume(path: Path) -> Volume:
+    try:
+        return read_image(path)
+    except (ValueError, FileNotFoundError) as exc:
+        message = str(exc)
+        raise DataError(message if str(path) in message else f"{path}: {message}") from exc
+
+
+def open_source(root: PathLike) -> CaseSource:
+    """Recognise the layout of a data folder and list its cases (no image is read yet).
+
+    LA layout when ``root`` holds ``train.list`` and ``2018LA_Seg_Training Set/``; otherwise the
+    generic layout, ``images/`` (+ ``labels/``) or nnU-Net's ``imagesTr/`` (+ ``labelsTr/``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    if (root / LA_CASES_FOLDER).is_dir():
+        return LASource(root)
+    for images_dir, labels_dir, suffix in GENERIC_FOLDERS:
+        if (root / images_dir).is_dir():
+            return FolderSource(root, images_dir, labels_dir, suffix)
+    raise DataError(f"{root}: no recognisable cases: expected '{LA_CASES_FOLDER}/<id>/{LA_FILE_NAME}' "
+                    f"with {ORDER_FILE} (LA layout), 'images/<id>.nrrd|.nii.gz|...' with optional "
+                    "'labels/<id>.<ext>', or nnU-Net 'imagesTr/<id>_0000.<ext>' + 'labelsTr/<id>.<ext>'")
+
+
+# --------------------------------------------------------------------------- split
+
+
+def make_split(source: CaseSource, labeled: Optional[int] = None,
+               labeled_list: Optional[PathLike] = None, val_list: Optional[PathLike] = None,
+               min_labeled: int = 1, val_last: Optional[int] = None) -> Split:
+    """Labeled / unlabeled / validation case ids.
+
+    Exactly one of ``labeled`` (the first N cases, in ``case_ids()`` order, that have a label; on LA
+    exactly "the first N of train.list") and ``labeled_list`` (a file of ids). Validation comes from
+    ``val_list`` (a file of ids) or ``val_last`` (the last N labeled cases of the order), or is empty.
+    Unlabeled is every case that is not labeled, validation cases included: training uses only
+    their images, their labels serve model selection alone. ``min_labeled`` is the labeled batch size.
+    """
+    ids = source.case_ids()
+    if (labeled is None) == (labeled_list is None):
+        raise DataError("give exactly one of: a number of labeled cases, or a labeled case list")
+    if val_list is not None and val_last is not None:
+        raise DataError("give at most one of: a validation case list, or a number of last cases "
+                        "to validate on")
+
+    if labeled_list is not None:
+        labeled_ids = _checked_list(source, labeled_list, "labeled")
+    else:
+        assert labeled is not None
+        if labeled < 0:
+            raise DataError(f"number of labeled cases must be positive, got {labeled}")
+        available = [i for i in ids if source.has_label(i)]
+        if labeled > len(available):
+            raise DataError(f"{source.root}: {labeled} labeled cases asked for, but only {len(available)} "
+                            f"of the {len(ids)} cases have a label")
+        labeled_ids = available[:labeled]
+    if len(labeled_ids) < min_labeled:
+        raise DataError(f"{len(labeled_ids)} labeled case(s), but training takes {min_labeled} labeled "
+                        f"case(s) per batch: label at least {min_labeled} cases or use a preset with a "
+                        "smaller labeled batch")
+
+    if val_list is not None:
+        validation = _checked_list(source, val_list, "validation")
+    elif val_last:
+        if val_last < 0:
+            raise DataError(f"number of validation cases must be positive, got {val_last}")
+        available = [i for i in ids if source.has_label(i)]
+        if val_last > len(available):
+            raise DataError(f"{source.root}: {val_last} validation cases asked for, but only "
+                            f"{len(available)} cases have a label")
+        validation = available[len(available) - val_last:]
+    else:
+        validation = []
+    both = [i for i in validation if i in set(labeled_ids)]
+    if both:
+        where = f" ({val_list})" if val_list is not None else ""
+        raise DataError(f"validation case(s) also labeled for training{where}: {', '.join(both[:5])}; "
+                        "a model must not be selected on cases it was trained on")
+
+    labeled_set = set(labeled_ids)
+    unlabeled = [i for i in ids if i not in labeled_set]
+    return Split(labeled=labeled_ids, unlabeled=unlabeled, validation=validation)
+
+
+def _checked_list(source: CaseSource, path: PathLike, role: str) -> List[str]:
+    ids = read_id_list(path)  # raises on duplicates
+    known = set(source.case_ids())
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise DataError(f"{path}: unknown case id(s) {', '.join(repr(i) for i in unknown[:5])} "
+                        f"(not in {source.root})")
+    unlabeled = [i for i in ids if not source.has_label(i)]
+    if unlabeled:
+        raise DataError(f"{path}: {role} case(s) without a label: {', '.join(unlabeled[:5])}")
+    return ids
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_cases(source: CaseSource, ids: Sequence[str], target_spacing: Optional[Sequence[float]] = None,
+               with_label: bool = True, progress: Optional[ProgressCallback] = None,
+               cancel: Optional[CancelToken] = None) -> List[Case]:
+    """Load, check and preprocess the cases ``ids`` of ``source``, in that order.
+
+    Checks (a DataError names the file): 3D single-component image, no NaN/Inf, not constant;
+    label of the image's shape and (generic layout) geometry, with values 0 and 1 only.
+    Generic images are z-scored over the volume (the LA files already are). With
+    ``target_spacing`` differing from a case's spacing, the image is resampled linearly and the
+    label by nearest neighbour to the grid of the same extent at that spacing.
+    ``progress`` receives ``ProgressEvent("load", done, total)`` before the first and after each case.
+    """
+    total = len(ids)
+    if progress is not None:
+        progress(ProgressEvent("load", 0, total))
+    cases = []
+    for n, case_id in enumerate(ids, start=1):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        cases.append(source.load(case_id, target_spacing, with_label=with_label))
+        if progress is not None:
+            progress(ProgressEvent("load", n, total, message=case_id))
+    return cases
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def random_rot_flip(image: np.ndarray, label: Optional[np.ndarray],
+                    rng: np.random.Generator) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The official LA augmentation: rot90 by k in 0..3 in the (i, j) plane, then a flip of axis 0 or 1.
+
+    The same transform is applied to ``image`` and ``label`` (which may be None). As in the
+    official code the flip always happens, so the result is always one of the 4 reflections of
+    the (i, j) plane (rot90(k) + flip(0) equals rot90(k + 2) + flip(1)), never a pure rotation.
+    """
+    k = int(rng.integers(0, 4))
+    axis = int(rng.integers(0, 2))
+    image = np.ascontiguousarray(np.flip(np.rot90(image, k, axes=(0, 1)), axis=axis))
+    if label is not None:
+        label = np.ascontiguousarray(np.flip(np.rot90(label, k, axes=(0, 1)), axis=axis))
+    return image, label
+
+
+def random_crop(image: np.ndarray, label: Optional[np.ndarray], patch_size: Sequence[int],
+                rng: np.random.Generator) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """A uniformly random ``patch_size`` crop of ``image`` and ``label`` (which may be None).
+
+    An axis no longer than the patch is first padded with zeros by ``(patch - size) // 2 + 3``
+    voxels on each side, as the official code does (zero is the mean of a z-scored image).
+    Unlike the official code, the crop may also start at the last possible offset.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != image.ndim or min(patch) < 1:
+        raise ValueError(f"patch size {patch_size!r} does not fit a {image.ndim}D image")
+    if label is not None and label.shape != image.shape:
+        raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+    pad = [((p - s) // 2 + 3,) * 2 if s <= p else (0, 0) for s, p in zip(image.shape, patch)]
+    if any(before for before, _ in pad):
+        image = np.pad(image, pad, mode="constant", constant_values=0)
+        if label is not None:
+            label = np.pad(label, pad, mode="constant", constant_values=0)
+    start = [int(rng.integers(0, s - p + 1)) for s, p in zip(image.shape, patch)]
+    window = tuple(slice(b, b + p) for b, p in zip(start, patch))
+    image = np.ascontiguousarray(image[window])
+    if label is not None:
+        label = np.ascontiguousarray(label[window])
+    return image, label
