@@ -263,8 +263,10 @@ class InferenceOptions:
         """The CAML paper's evaluation: model V, strides 18/18/4, averaged softmax, argmax, nothing else.
 
         With two classes, argmax of the averaged softmax is "foreground probability > 0.5".
+        Resampling stays on: it is a no-op for models trained at the LA voxel size (the
+        paper's), and a model trained at another voxel size must see that size.
         """
-        return cls(strides=OFFICIAL_STRIDES, blend="constant", resample=False, protocol="official")
+        return cls(strides=OFFICIAL_STRIDES, blend="constant", protocol="official")
 
     def with_changes(self, **changes: Any) -> InferenceOptions:
         return replace(self, **changes)

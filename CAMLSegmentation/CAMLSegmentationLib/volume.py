@@ -140,8 +140,9 @@ def volume_from_sitk(img, source: PathLike = "image") -> Volume:
     if dim != 3:
         raise ImageError(f"{source}: expected a 3D image, found {dim}D")
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError(f"{source}: a multi-component image ({img.GetNumberOfComponentsPerPixel()} "
-                         f"components per voxel, e.g. RGB or a vector field); expected a scalar image")
+        raise ImageError(f"{source}: expected one component per voxel, found "
+                         f"{img.GetNumberOfComponentsPerPixel()} (a multi-component image, e.g. RGB "
+                         f"or a vector field)")
     if 0 in img.GetSize():
         raise ImageError(f"{source}: an axis of zero length (size {img.GetSize()})")
     arr = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0).astype(np.float32)

@@ -118,7 +118,8 @@ def test_tta_is_exactly_flip_invariant() -> None:
 def test_official_protocol_is_plain_averaging_with_strides_18_18_4() -> None:
     opts = InferenceOptions.official()
     assert opts.strides == (18, 18, 4) and opts.blend == "constant"
-    assert not (opts.tta or opts.lcc or opts.ensemble or opts.resample)
+    assert not (opts.tta or opts.lcc or opts.ensemble or opts.uncertainty)
+    assert opts.threshold == 0.5
 
 
 @pytest.mark.parametrize("geometry", ["axis_aligned", "oblique"])
