@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 OUT_DIR = Path("demo-output")
 
 
-def synthetic_image(path: Path, shape=(112, 96, 64), seed: int = 0) -> Path:
+def synthetic_image(path: Path, shape: Sequence[int] = (112, 96, 64), seed: int = 0) -> Path:
     """Write a noisy volume with one bright ellipsoid, 0.625 mm voxels, axes rotated 20 degrees about z."""
     from .volume import Volume, write_image
 
@@ -27,7 +27,7 @@ def synthetic_image(path: Path, shape=(112, 96, 64), seed: int = 0) -> Path:
     grid = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
     centre, radii = [0.5 * n for n in shape], [0.22 * n for n in shape]
     inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
-    image = 100.0 + 80.0 * inside + rng.normal(0.0, 20.0, size=shape)
+    image = 100.0 + 80.0 * inside + rng.normal(0.0, 20.0, size=tuple(shape))
     a = np.deg2rad(20.0)
     direction = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
     volume = Volume(image.astype(np.float32), spacing=(0.625, 0.625, 0.625), origin=(-30.0, -25.0, 10.0),

@@ -15,9 +15,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 
 from .devices import DEVICE_CHOICES
+
+if TYPE_CHECKING:  # the CLI imports torch only once a command runs, so `caml --help` stays fast
+    from .inference import InferenceModel, InferenceOptions
+    from .progress import ProgressCallback
 
 OUTPUT_SUFFIX = "_left_atrium.seg.nrrd"
 
@@ -74,7 +78,7 @@ def default_output(input_path: Path) -> Path:
     return input_path.parent / (name + OUTPUT_SUFFIX)
 
 
-def options_from_args(args: argparse.Namespace, uncertainty: bool = False):
+def options_from_args(args: argparse.Namespace, uncertainty: bool = False) -> InferenceOptions:
     from .inference import InferenceOptions
 
     if not 0.0 <= args.overlap < 0.95:
@@ -89,7 +93,7 @@ def options_from_args(args: argparse.Namespace, uncertainty: bool = False):
                              ensemble=args.ensemble, uncertainty=uncertainty)
 
 
-def load_model_from_args(args: argparse.Namespace, with_a: bool = False):
+def load_model_from_args(args: argparse.Namespace, with_a: bool = False) -> InferenceModel:
     """The model ``--weights`` or ``--model`` names, else the catalog default; UserError when there is none."""
     from .catalog import default_model, find_model, verify
     from .cli import UserError
@@ -107,7 +111,7 @@ def load_model_from_args(args: argparse.Namespace, with_a: bool = False):
                                 spacing=entry.spacing, name=f"{entry.id} (version {entry.version})")
 
 
-def progress_callback(mode: str):
+def progress_callback(mode: str) -> ProgressCallback:
     from .progress import json_lines, no_progress, text_bar
 
     return {"json": json_lines(sys.stdout), "bar": text_bar(sys.stderr)}.get(mode, no_progress)

@@ -17,11 +17,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .files import atomic_output
+
+if TYPE_CHECKING:  # SimpleITK is imported where it is used, so importing this module stays cheap
+    import SimpleITK as sitk
 
 #: Voxel size of the preprocessed LA h5 files (not stored in them).
 LA_SPACING = (0.625, 0.625, 0.625)
@@ -112,7 +115,7 @@ def read_image(path: PathLike) -> Volume:
     return volume_from_sitk(img, path)
 
 
-def _read_dicom_folder(path: Path):
+def _read_dicom_folder(path: Path) -> sitk.Image:
     import SimpleITK as sitk
 
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
@@ -130,7 +133,7 @@ def _last_line(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def volume_from_sitk(img, source: PathLike = "image") -> Volume:
+def volume_from_sitk(img: sitk.Image, source: PathLike = "image") -> Volume:
     """Convert a SimpleITK image to a float32 ``Volume`` (the one KJI -> IJK transpose)."""
     import SimpleITK as sitk
 
@@ -194,7 +197,7 @@ def validate_volume(volume: Volume, source: PathLike = "image") -> None:
 # --------------------------------------------------------------------------- writing
 
 
-def to_sitk(array: np.ndarray, reference: Volume):
+def to_sitk(array: np.ndarray, reference: Volume) -> sitk.Image:
     """A SimpleITK image holding ``array[i, j, k]`` with the reference volume's geometry."""
     import SimpleITK as sitk
 
@@ -284,7 +287,7 @@ def write_outputs(items: Sequence[Tuple[str, str, np.ndarray, PathLike]], refere
     return written
 
 
-def _output_image(kind: str, array: np.ndarray, reference: Volume, path: Path):
+def _output_image(kind: str, array: np.ndarray, reference: Volume, path: Path) -> sitk.Image:
     fmt = mask_format(path)
     if fmt == ".mhd":
         # A .mhd has a companion .raw that a single-file atomic rename cannot carry.
