@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_inference.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

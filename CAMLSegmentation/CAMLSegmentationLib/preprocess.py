@@ -14,7 +14,12 @@ import torch.nn.functional as F
 
 
 def zscore(array: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance over the whole volume (what the LA h5 files hold), as float32."""
+    """Zero mean, unit variance over the whole volume, as float32.
+
+    The LA h5 files were normalised this way over the whole scan *before* being
+    cropped around the atrium, so whole scans are normalised here and LA crops
+    are used as stored (``Volume.normalized``).
+    """
     a = np.asarray(array, dtype=np.float32)
     if not np.isfinite(a).all():
         raise ValueError("image has NaN or Inf voxels")

@@ -54,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data_root=args.data, out_dir=args.out, preset=preset, labeled=args.labeled,
                       labeled_list=args.labeled_list, val_list=args.val_list, device=args.device,
                       seed=args.seed, resume=args.resume, supervised_only=args.supervised_only)
-    result = train(cfg, progress=progress)
+    from .segment_cli import terminate_as_cancel
+
+    # SIGTERM (a parent's Cancel) stops like Ctrl-C: a resumable last.pt is written first.
+    with terminate_as_cancel():
+        result = train(cfg, progress=progress)
     summary = (f"trained {result.iterations} iterations in {result.seconds:.0f} s; "
                f"checkpoints in {result.out_dir}")
     if result.best_dice is not None:

@@ -256,37 +256,13 @@ def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Ca
 @torch.no_grad()
 def predict_probability(net: CAMLNet, image: np.ndarray, patch: Sequence[int], overlap: float,
                         device: torch.device) -> np.ndarray:
-    """Foreground probability of model V over a whole volume with averaged sliding windows.
+    """Foreground probability of model V over a whole (already preprocessed) volume."""
+    from .inference import sliding_window
 
-    A compact validation-time sliding window; user-facing inference (Gaussian
-    blending, TTA, resampling) lives in ``inference``.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    pad = [max(0, int(p) - n) for p, n in zip(patch, x.shape)]
-    if any(pad):
-        x = F.pad(x, [v for q in reversed(pad) for v in (q // 2, q - q // 2)])
-    shape = x.shape
-    total = torch.zeros(shape)
-    count = torch.zeros(shape)
-    starts = []
-    for n, p in zip(shape, patch):
-        step = max(1, int(p * (1.0 - overlap)))
-        s = list(range(0, n - p + 1, step))
-        if s[-1] != n - p:
-            s.append(n - p)
-        starts.append(s)
-    for a in starts[0]:
-        for b in starts[1]:
-            for c in starts[2]:
-                window = x[a:a + patch[0], b:b + patch[1], c:c + patch[2]][None, None].to(device)
-                prob = F.softmax(forward_v(net, window).float(), dim=1)[0, 1].cpu()
-                total[a:a + patch[0], b:b + patch[1], c:c + patch[2]] += prob
-                count[a:a + patch[0], b:b + patch[1], c:c + patch[2]] += 1
-    prob = (total / count).numpy()
-    if any(pad):
-        lo = [q // 2 for q in pad]
-        prob = prob[lo[0]:lo[0] + image.shape[0], lo[1]:lo[1] + image.shape[1], lo[2]:lo[2] + image.shape[2]]
-    return prob
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    prob = sliding_window(x, patch, lambda t: F.softmax(forward_v(net, t).float(), dim=1),
+                          overlap=overlap, device=device, amp=net.training is False and device.type == "cuda")
+    return prob[1].numpy()
 
 
 def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
