@@ -1,17 +1,16 @@
 """The module's Logic on a real MRML scene, running a real child process that speaks the caml protocol.
 
-The engine's ``caml segment`` is written elsewhere; here a small stand-in
-engine (a Python script reading the input file, thresholding it and writing
-the mask with the same I/O the engine uses) proves the Logic's part: input
-written on the right grid, JSON progress followed, output brought back as an
-aligned "Left atrium" segment, cancel and failure leaving the scene alone.
+The child is the real ``caml segment`` with small seeded untrained models from
+a user catalog: the Logic's mask must equal what the engine gives when run
+directly on the same volume, so input written on the right grid, JSON
+progress followed, output brought back as an aligned "Left atrium" segment,
+and cancel and failure leaving the scene alone are all checked end to end.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -30,42 +29,54 @@ from CAMLSegmentationLib import mrml_bridge  # noqa: E402
 
 import CAMLSegmentation as module  # noqa: E402
 
-STAND_IN_ENGINE = """
-    import argparse, json, sys, time
-    import numpy as np
-    import SimpleITK as sitk
-    from CAMLSegmentationLib.files import atomic_output
+ENGINE = [sys.executable, "-m", "CAMLSegmentationLib.cli"]
 
-    p = argparse.ArgumentParser()
-    p.add_argument("command"); p.add_argument("input"); p.add_argument("output")
-    p.add_argument("--model"); p.add_argument("--device"); p.add_argument("--overlap", type=float)
-    p.add_argument("--tta", action="store_true"); p.add_argument("--lcc", action="store_true")
-    p.add_argument("--uncertainty"); p.add_argument("--progress")
-    a = p.parse_args()
-    with open(a.output + ".argv.json", "w") as f:
-        json.dump(sys.argv[1:], f)
-    if a.model == "broken":
-        print(json.dumps({"event": "error", "message": "model 'broken' has no weights"}), flush=True)
-        sys.exit(1)
-    img = sitk.ReadImage(a.input)
-    for i in range(4):
-        print(json.dumps({"event": "progress", "stage": "sliding_window", "done": i + 1, "total": 4,
-                          "message": "", "values": {}}), flush=True)
-        if a.model == "slow":
-            time.sleep(600)
-    arr = sitk.GetArrayFromImage(img)
-    def write(array, path):
-        out = sitk.GetImageFromArray(array)
-        out.CopyInformation(img)
-        with atomic_output(path) as tmp:
-            sitk.WriteImage(out, str(tmp))
-    write((arr > 250).astype(np.uint8), a.output)
-    outputs = {"segmentation": a.output}
-    if a.uncertainty:
-        write(np.full(arr.shape, 0.25, np.float32), a.uncertainty)
-        outputs["uncertainty"] = a.uncertainty
-    print(json.dumps({"event": "done", "outputs": outputs}), flush=True)
-"""
+
+def _save_random_model(path: Path, base_filters: int, window, seed: int, calibrate=None) -> Path:
+    """An untrained (seeded) dual model in the trainer's checkpoint form: the real engine runs it.
+
+    With ``calibrate`` (an image), model V's foreground bias is shifted so that
+    about half of that image's voxels come out foreground: a mask with
+    structure, which an untrained network would not give by itself.
+    """
+    import torch
+    import torch.nn.functional as F
+    from CAMLSegmentationLib.checkpoint import save_checkpoint
+    from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
+    from CAMLSegmentationLib.preprocess import zscore
+
+    torch.manual_seed(seed)
+    net = CAMLNet(NetworkConfig(base_filters=base_filters))
+    if calibrate is not None:
+        net.eval()
+        with torch.no_grad():
+            x = torch.from_numpy(zscore(calibrate))[None, None]
+            x = F.pad(x, [0, (-x.shape[-1]) % 16, 0, (-x.shape[-2]) % 16, 0, (-x.shape[-3]) % 16])
+            logits = net.decoder1(net.encoder1(x))[0]
+            margin = (logits[0, 1] - logits[0, 0]).median()
+            net.decoder1.out_conv.bias[1] -= margin
+    save_checkpoint(path, {"model": net.state_dict(), "network": net.config.to_dict(),
+                           "preset": {"name": "test", "patch_size": list(window), "spacing": None}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def caml_home(tmp_path_factory):
+    """A user catalog with three models: a tiny one, a full-size one (slow on a CPU) and a corrupted one."""
+    from CAMLSegmentationLib.catalog import register_model
+
+    home = tmp_path_factory.mktemp("caml_home")
+    catalog = home / "models" / "models.json"
+    reference = mrml_bridge.volume_from_node(module.makeTestVolume(slicer.vtkMRMLScene(), shape=(24, 20, 16)))
+    register_model(_save_random_model(home / "tiny.pt", 4, (16, 16, 16), seed=2, calibrate=reference.array),
+                   "tiny-random", catalog_path=catalog)
+    register_model(_save_random_model(home / "full.pt", 16, (112, 112, 80), seed=0), "slow",
+                   catalog_path=catalog)
+    entry = register_model(_save_random_model(home / "broken.pt", 4, (16, 16, 16), seed=1), "broken",
+                           catalog_path=catalog)
+    with open(Path(entry.path), "ab") as f:  # the file no longer matches its catalog checksum
+        f.write(b"x")
+    return home
 
 
 @pytest.fixture()
@@ -74,11 +85,10 @@ def scene():
 
 
 @pytest.fixture()
-def logic(scene, tmp_path):
-    engine = tmp_path / "engine.py"
-    engine.write_text(textwrap.dedent(STAND_IN_ENGINE))
+def logic(scene, caml_home, monkeypatch):
+    monkeypatch.setenv("CAML_HOME", str(caml_home))
     lg = module.CAMLSegmentationLogic(scene)
-    lg.engineCommand = [sys.executable, str(engine)]
+    lg.engineCommand = list(ENGINE)
     return lg
 
 
@@ -86,12 +96,22 @@ def logic(scene, tmp_path):
 def params(logic, scene):
     p = logic.getParameterNode()
     p.inputVolume = module.makeTestVolume(scene, shape=(24, 20, 16))
-    p.model = "bundled-la"
+    p.model = "tiny-random"
     return p
 
 
-def _expected_mask(node) -> np.ndarray:
-    return (mrml_bridge.volume_from_node(node).array > 250).astype(np.uint8)
+def _engine_outputs(logic, params, volume, tmp_path: Path, name: str = "direct"):
+    """What ``caml segment`` gives when run directly on ``volume`` with the Logic's own arguments."""
+    from CAMLSegmentationLib.cli import main as caml_main
+    from CAMLSegmentationLib.volume import read_image
+
+    inp, out, unc = (tmp_path / f"{name}_{k}.nrrd" for k in ("in", "out", "unc"))
+    module.writeVolume(volume, inp)
+    argv = logic.segmentCommand(inp, out, params, "cpu", unc if params.uncertainty else None)[len(ENGINE):]
+    argv[argv.index("--progress") + 1] = "none"
+    assert caml_main(argv) == 0
+    mask = read_image(out).array.astype(np.uint8)
+    return mask, (read_image(unc).array if params.uncertainty else None)
 
 
 def test_parameter_node_is_a_scene_singleton_with_defaults(logic, scene):
@@ -172,10 +192,10 @@ def test_segment_command_reflects_the_parameters(logic, params, tmp_path):
     logic.applyQualityPreset(params, "best")
     params.uncertainty = True
     argv = logic.segmentCommand(Path("in.nrrd"), Path("out.nrrd"), params, "cpu", Path("u.nrrd"))
-    assert argv[:2] == logic.engineCommand
-    args = argv[2:]
+    assert argv[:len(ENGINE)] == logic.engineCommand
+    args = argv[len(ENGINE):]
     assert args[:3] == ["segment", "in.nrrd", "out.nrrd"]
-    assert args[args.index("--model") + 1] == "bundled-la"
+    assert args[args.index("--model") + 1] == "tiny-random"
     assert args[args.index("--device") + 1] == "cpu"
     assert float(args[args.index("--overlap") + 1]) == 0.5
     assert "--tta" in args and "--lcc" in args
@@ -186,7 +206,7 @@ def test_segment_command_reflects_the_parameters(logic, params, tmp_path):
     assert default[1:3] == ["-m", "CAMLSegmentationLib.cli"] and "--uncertainty" not in default
 
 
-def test_segment_creates_an_aligned_left_atrium_segment(logic, params, scene):
+def test_segment_creates_an_aligned_left_atrium_segment(logic, params, scene, tmp_path):
     seen = []
     seg = logic.segment(params, progress=lambda run: seen.append(run.fraction), timeout=60,
                         cudaAvailable=False)
@@ -195,8 +215,8 @@ def test_segment_creates_an_aligned_left_atrium_segment(logic, params, scene):
     assert segment_id
     assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is params.inputVolume
     mask = mrml_bridge.segment_to_mask(seg, segment_id, params.inputVolume)
-    expected = _expected_mask(params.inputVolume)
-    assert expected.sum() > 0
+    expected, _ = _engine_outputs(logic, params, mrml_bridge.volume_from_node(params.inputVolume), tmp_path)
+    assert 0 < expected.sum() < expected.size  # a mask with structure, so alignment is really tested
     np.testing.assert_array_equal(mask, expected)
     assert seen and max(seen) <= 1.0
     assert seg.GetDisplayNode().GetVisibility3D()
@@ -210,7 +230,7 @@ def test_rerun_reuses_the_output_node(logic, params, scene):
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
 
 
-def test_roi_limits_the_segmentation_and_it_is_pasted_back(logic, params, scene):
+def test_roi_limits_the_segmentation_and_it_is_pasted_back(logic, params, scene, tmp_path):
     node = params.inputVolume
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "roi")
     m = mrml_bridge.node_ijk_to_ras(node)
@@ -223,40 +243,44 @@ def test_roi_limits_the_segmentation_and_it_is_pasted_back(logic, params, scene)
     mask = mrml_bridge.segment_to_mask(seg, segment_id, node)
     start, stop = mrml_bridge.roi_index_bounds(roi, node)
     box = tuple(slice(a, b) for a, b in zip(start, stop))
+    cropped = mrml_bridge.crop_volume(mrml_bridge.volume_from_node(node), start, stop)
     expected = np.zeros_like(mask)
-    expected[box] = _expected_mask(node)[box]
+    expected[box], _ = _engine_outputs(logic, params, cropped, tmp_path)
     np.testing.assert_array_equal(mask, expected)
-    assert mask.sum() < _expected_mask(node).sum()
+    assert mask[box].any() and not mask[tuple(slice(0, a) for a in start)].any()
 
 
-def test_uncertainty_overlay_on_the_input_grid(logic, params, scene):
+def test_uncertainty_overlay_on_the_input_grid(logic, params, scene, tmp_path):
     params.uncertainty = True
     logic.segment(params, timeout=60, cudaAvailable=False)
     unc = params.uncertaintyVolume
     assert unc is not None
     volume = mrml_bridge.volume_from_node(unc)
     assert volume.same_geometry(mrml_bridge.volume_from_node(params.inputVolume), tol=1e-6)
-    np.testing.assert_allclose(volume.array, 0.25)
+    _, expected = _engine_outputs(logic, params, mrml_bridge.volume_from_node(params.inputVolume), tmp_path)
+    np.testing.assert_allclose(volume.array, expected, atol=1e-6)
+    assert volume.array.max() > volume.array.min()
     assert unc.GetDisplayNode().GetWindowLevelMax() == pytest.approx(1.0)
 
 
 def test_failure_reports_the_engine_error_and_adds_nothing(logic, params, scene):
     params.model = "broken"
     before = scene.GetNumberOfNodes()
-    with pytest.raises(RuntimeError, match="has no weights"):
+    with pytest.raises(RuntimeError, match="(?i)checksum"):
         logic.segment(params, timeout=60, cudaAvailable=False)
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
     assert scene.GetNumberOfNodes() == before
 
 
 def test_cancel_stops_the_job_and_cleans_up(logic, params, scene):
-    params.model = "slow"
+    params.model = "slow"  # full-size network, 112x112x80 windows: seconds per window on a CPU
+    params.inputVolume = module.makeTestVolume(scene, shape=(200, 180, 120))
     run = logic.startSegmentation(params, cudaAvailable=False)
-    deadline = time.time() + 30
+    deadline = time.time() + 120
     while run.fraction == 0 and time.time() < deadline:
         run.poll()
         time.sleep(0.02)
-    assert 0 < run.fraction < 1 and "Sliding window" in run.status
+    assert 0 < run.fraction < 1 and "Inference" in run.status
     logic.cancel(run)
     assert run.job.state == "cancelled"
     assert not run.workDir.exists()
