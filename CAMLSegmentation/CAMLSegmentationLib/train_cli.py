@@ -24,8 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--labeled", type=int, metavar="N", help="label the first N cases of the data order")
     group.add_argument("--labeled-list", type=Path, metavar="FILE", help="file of labeled case ids, one per line")
-    p.add_argument("--val-list", type=Path, metavar="FILE",
-                   help="validation case ids (their labels are used only to pick best.pt); default: none")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-list", type=Path, metavar="FILE",
+                     help="validation case ids (their labels are used only to pick best.pt); default: none")
+    val.add_argument("--val-last", type=int, metavar="N",
+                     help="validate on the last N labeled cases of the data order (e.g. 8 on LA)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--iterations", type=int, metavar="N", help="override the preset's number of iterations")
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--labeled must be at least 1")
     progress = {"bar": text_bar(), "json": json_lines(), "none": no_progress}[args.progress]
     cfg = TrainConfig(data_root=args.data, out_dir=args.out, preset=preset, labeled=args.labeled,
-                      labeled_list=args.labeled_list, val_list=args.val_list, device=args.device,
+                      labeled_list=args.labeled_list, val_list=args.val_list, val_last=args.val_last,
+                      device=args.device,
                       seed=args.seed, resume=args.resume, supervised_only=args.supervised_only)
     from .segment_cli import terminate_as_cancel
 

@@ -53,6 +53,7 @@ class TrainConfig:
     labeled: Optional[int] = None
     labeled_list: Optional[Path] = None
     val_list: Optional[Path] = None
+    val_last: Optional[int] = None
     device: str = "auto"
     seed: int = 1337
     resume: bool = False
@@ -338,7 +339,8 @@ def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
     preset = cfg.preset
     source = data_mod.open_source(cfg.data_root)
     split = data_mod.make_split(source, labeled=cfg.labeled, labeled_list=cfg.labeled_list,
-                                val_list=cfg.val_list, min_labeled=preset.labeled_batch)
+                                val_list=cfg.val_list, val_last=cfg.val_last,
+                                min_labeled=preset.labeled_batch)
     if not cfg.supervised_only and preset.unlabeled_batch > 0 and not split.unlabeled:
         raise data_mod.DataError(f"{cfg.data_root}: no unlabeled cases left for the unlabeled stream "
                                  "(every case is labeled); use --supervised-only or fewer labeled cases")

@@ -185,3 +185,27 @@ def test_resume_from_corrupt_or_incompatible_checkpoint(dataset, tmp_path, capsy
     code, err = run_cli(["--data", dataset, "--out", tmp_path / "empty", "--preset", preset,
                          "--labeled", "2", "--resume"], capsys)
     assert code == 2 and "nothing to resume" in err
+
+
+def test_sigterm_stops_with_a_resumable_checkpoint(dataset, tmp_path):
+    """A parent's Cancel (SIGTERM) ends the run after writing last.pt at the last completed iteration."""
+    import signal
+    import subprocess
+    import sys
+
+    preset = write_preset(tmp_path / "p.json", TINY.with_overrides(iterations=10_000))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "CAMLSegmentation"),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "CAMLSegmentationLib.cli", "train", "--data", str(dataset),
+                             "--labeled", "2", "--out", str(tmp_path / "run"), "--preset", str(preset),
+                             "--progress", "json"], stdout=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("stage") == "train" and event["done"] >= 3:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["iteration"] >= 3 and "optimizer" in ckpt
+    assert not list((tmp_path / "run").glob(".*"))  # no temporary file left behind
