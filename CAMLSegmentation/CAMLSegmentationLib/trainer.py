@@ -34,6 +34,7 @@ from torch import nn
 
 from . import data as data_mod
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .devices import resolve_device
 from .losses import dice_loss, mutual_consistency_loss, sigmoid_rampup
 from .network import CAMLNet, NetworkConfig
 from .occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
@@ -285,14 +286,6 @@ def validate(net: CAMLNet, cases: Sequence[data_mod.Case], preset: TrainingPrese
 
 
 # --------------------------------------------------------------------------- run
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for but no CUDA GPU is available to PyTorch here; use --device cpu")
-    return torch.device(name)
 
 
 def _distributed() -> Tuple[int, int]:
