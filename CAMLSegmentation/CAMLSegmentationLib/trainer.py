@@ -244,8 +244,8 @@ def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Ca
         labels.append(lab)
     for i in ui:
         img = unlabeled[i].image
-        img, _ = data_mod.random_rot_flip(img, np.zeros(img.shape, np.uint8), rng)
-        img, _ = data_mod.random_crop(img, np.zeros(img.shape, np.uint8), patch, rng)
+        img, _ = data_mod.random_rot_flip(img, None, rng)
+        img, _ = data_mod.random_crop(img, None, patch, rng)
         images.append(img)
     x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
     y = torch.from_numpy(np.stack(labels).astype(np.int64))
@@ -263,7 +263,7 @@ def predict_probability(net: CAMLNet, image: np.ndarray, patch: Sequence[int], o
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     prob = sliding_window(x, patch, lambda t: F.softmax(forward_v(net, t).float(), dim=1),
-                          overlap=overlap, device=device, amp=net.training is False and device.type == "cuda")
+                          overlap=overlap, device=device, amp=device.type == "cuda")
     return prob[1].numpy()
 
 
@@ -405,8 +405,10 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
 
     model: nn.Module = objective
     if world > 1:
+        # Supervised-only runs never use the OCC heads: let DDP know some parameters get no gradient.
         model = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None)
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.supervised_only)
 
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,23 @@ def test_memory_bank_stores_only_voxels_both_models_get_right():
         labels_correct = label[b][correct]
         for c in (0, 1):
             assert torch.allclose(bank.slots[case][c], expected[labels_correct == c], atol=1e-5)
+
+
+def test_bundled_presets_are_valid_data(tmp_path):
+    paper = load_preset("paper")
+    assert (paper.patch_size, paper.base_filters, paper.iterations, paper.labeled_batch,
+            paper.unlabeled_batch, paper.lr, paper.lr_schedule) == ((112, 112, 80), 16, 15000, 2, 2, 0.01, "constant")
+    assert (paper.memory_per_class, paper.num_filtered, paper.occ_temperature) == (256, 12800, 0.1)
+    assert (paper.lambda_s, paper.lambda_c, paper.lambda_o, paper.sharpen_temperature) == (0.5, 1.0, 0.05, 0.1)
+    assert paper.spacing == (0.625, 0.625, 0.625)
+    cpu = load_preset("cpu")
+    assert cpu.spacing == (1.25, 1.25, 1.25) and all(s % 16 == 0 for s in cpu.patch_size)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"patch_size": [100, 112, 80]}')
+    with pytest.raises(ValueError, match="multiple of 16"):
+        load_preset(bad)
+    bad.write_text('{"learning_rate": 0.1}')
+    with pytest.raises(ValueError, match="unknown preset field"):
+        load_preset(bad)
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_preset("gpu-fast")
