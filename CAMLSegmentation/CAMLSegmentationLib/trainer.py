@@ -36,6 +36,7 @@ from . import data as data_mod
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .devices import resolve_device
 from .losses import dice_loss, mutual_consistency_loss, sigmoid_rampup
+from .metrics import dice
 from .network import CAMLNet, NetworkConfig
 from .occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
 from .presets import TrainingPreset
@@ -267,12 +268,6 @@ def predict_probability(net: CAMLNet, image: np.ndarray, patch: Sequence[int], o
     return prob[1].numpy()
 
 
-def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
-    inter = float(np.logical_and(pred, truth).sum())
-    total = float(pred.sum() + truth.sum())
-    return 1.0 if total == 0 else 2.0 * inter / total
-
-
 def validate(net: CAMLNet, cases: Sequence[data_mod.Case], preset: TrainingPreset,
              device: torch.device) -> Dict[str, Any]:
     was_training = net.training
@@ -280,7 +275,7 @@ def validate(net: CAMLNet, cases: Sequence[data_mod.Case], preset: TrainingPrese
     scores = {}
     for case in cases:
         prob = predict_probability(net, case.image, preset.patch_size, preset.val_overlap, device)
-        scores[case.case_id] = dice_score(prob > 0.5, case.label > 0)
+        scores[case.case_id] = dice(prob > 0.5, case.label > 0)
     net.train(was_training)
     return {"dice": float(np.mean(list(scores.values()))), "per_case": scores}
 
