@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .segment_cli import add_inference_arguments, add_model_arguments, json_outcome, terminate_as_cancel
+from .progress import terminate_as_cancel
+from .segment_cli import add_inference_arguments, add_model_arguments, json_outcome
 
 COLUMNS = [("dice", "Dice(%)", 100.0), ("jaccard", "Jaccard(%)", 100.0), ("hd95_voxels", "95HD(vox)", 1.0),
            ("asd_voxels", "ASD(vox)", 1.0), ("hd95_mm", "95HD(mm)", 1.0), ("asd_mm", "ASD(mm)", 1.0)]

@@ -8,12 +8,14 @@ the Slicer panel reads from the subprocess's stdout.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Optional, TextIO
+from typing import Any, Callable, Dict, Iterator, Optional, TextIO
 
 
 class Cancelled(Exception):
@@ -99,3 +101,20 @@ def text_bar(stream: Optional[TextIO] = None, width: int = 30) -> ProgressCallba
 
 def no_progress(event: ProgressEvent) -> None:
     """The default callback: ignore events."""
+
+
+@contextlib.contextmanager
+def terminate_as_cancel() -> Iterator[None]:
+    """Turn SIGTERM (what a parent sends to stop the job) into ``Cancelled`` so temporary files are removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Cancelled("terminated by a signal")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

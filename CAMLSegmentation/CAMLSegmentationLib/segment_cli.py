@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 
 from .devices import DEVICE_CHOICES
+from .progress import terminate_as_cancel
 
 if TYPE_CHECKING:  # the CLI imports torch only once a command runs, so `caml --help` stays fast
     from .inference import InferenceModel, InferenceOptions
@@ -115,25 +114,6 @@ def progress_callback(mode: str) -> ProgressCallback:
     from .progress import json_lines, no_progress, text_bar
 
     return {"json": json_lines(sys.stdout), "bar": text_bar(sys.stderr)}.get(mode, no_progress)
-
-
-@contextlib.contextmanager
-def terminate_as_cancel() -> Iterator[None]:
-    """Turn SIGTERM (what a parent sends to stop the job) into ``Cancelled`` so temporary files are removed."""
-    from .progress import Cancelled
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Cancelled("terminated by a signal")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

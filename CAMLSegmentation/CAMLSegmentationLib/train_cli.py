@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .presets import load_preset
-    from .progress import json_lines, no_progress, text_bar
+    from .progress import json_lines, no_progress, terminate_as_cancel, text_bar
     from .trainer import TrainConfig, train
 
     preset = load_preset(args.preset)
@@ -58,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
                       labeled_list=args.labeled_list, val_list=args.val_list, val_last=args.val_last,
                       device=args.device,
                       seed=args.seed, resume=args.resume, supervised_only=args.supervised_only)
-    from .segment_cli import terminate_as_cancel
-
     # SIGTERM (a parent's Cancel) stops like Ctrl-C: a resumable last.pt is written first.
     with terminate_as_cancel():
         result = train(cfg, progress=progress)

@@ -310,12 +310,9 @@ def _set_rng_state(state: Dict[str, Any], rng: np.random.Generator, objective: C
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _setup_logging(out_dir: Path, rank: int) -> logging.Handler:
-    handler: logging.Handler
-    if rank == 0:
-        handler = logging.FileHandler(out_dir / "train.log")
-    else:
-        handler = logging.NullHandler()
+def _setup_logging(out_dir: Path) -> logging.Handler:
+    """Append this run's log lines to ``out_dir/train.log`` (rank 0 only)."""
+    handler = logging.FileHandler(out_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     LOG.addHandler(handler)
     LOG.setLevel(logging.INFO)
@@ -407,7 +404,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
 
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-    handler = _setup_logging(out_dir, rank) if rank == 0 else logging.NullHandler()
+    handler = _setup_logging(out_dir) if rank == 0 else logging.NullHandler()
     meta = {"network": net_cfg.to_dict(), "preset": preset.to_dict(),
             "split": {"labeled": split.labeled, "unlabeled": split.unlabeled, "validation": split.validation},
             "data_root": str(cfg.data_root), "seed": cfg.seed, "supervised_only": cfg.supervised_only,
