@@ -272,9 +272,7 @@ class CAMLSegmentationLogic(ScriptedLoadableModuleLogic):
         params = CAMLSegmentationParameters(node)
         params.setDefaults()
         if not params.model:
-            models = self.availableModels()
-            if models:
-                params.model = models[0]["id"]
+            params.model = self.defaultModelId(self.availableModels())
         return params
 
     @staticmethod
@@ -318,6 +316,16 @@ class CAMLSegmentationLogic(ScriptedLoadableModuleLogic):
                 label = f"{model_id} ({'v' + str(version) + ', ' if version else ''}{source})"
                 models.append({"id": model_id, "label": label, "source": source, "entry": entry})
         return models
+
+    @staticmethod
+    def defaultModelId(models: Sequence[Dict[str, Any]]) -> str:
+        """The engine's rule (``catalog.default_model``): a user model marked default, then the
+        bundled one marked default, then the first listed; "" when there is none."""
+        for source in ("user", "bundled"):
+            for model in models:
+                if model["source"] == source and model["entry"].get("default"):
+                    return str(model["id"])
+        return str(models[0]["id"]) if models else ""
 
     # -- dependencies ------------------------------------------------------------
     @staticmethod

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -47,6 +46,7 @@ class ModelEntry:
     spacing: Optional[Tuple[float, float, float]] = None
     window: Tuple[int, int, int] = DEFAULT_WINDOW
     training_data: str = ""
+    training: str = ""  # how, how long and on what machine
     metrics: Dict[str, Any] = field(default_factory=dict)
     description: str = ""
     default: bool = False
@@ -127,7 +127,8 @@ def _entry_from_json(raw: Any, catalog: Path, source: str, n: int) -> ModelEntry
             sha256=str(raw["sha256"]).lower(), preset=str(raw.get("preset", "")),
             spacing=tuple(float(s) for s in spacing) if spacing is not None else None,  # type: ignore[arg-type]
             window=tuple(int(w) for w in window),  # type: ignore[arg-type]
-            training_data=str(raw.get("training_data", "")), metrics=dict(raw.get("metrics") or {}),
+            training_data=str(raw.get("training_data", "")), training=str(raw.get("training", "")),
+            metrics=dict(raw.get("metrics") or {}),
             description=str(raw.get("description", "")), default=bool(raw.get("default", False)),
             catalog=str(catalog), source=source)
     except (TypeError, ValueError) as exc:
@@ -159,12 +160,43 @@ def find_model(model_id: str, entries: Optional[List[ModelEntry]] = None) -> Mod
 
 
 def default_model(entries: Optional[List[ModelEntry]] = None) -> Optional[ModelEntry]:
-    """The entry marked ``"default": true``, else the first bundled one, else the first user one."""
+    """The model used when none is named.
+
+    A user model registered with ``--default`` wins over the bundled default
+    (the user chose it on purpose), then the bundled model marked default,
+    then the first bundled one, then the first user one.
+    """
     entries = load_catalog() if entries is None else entries
-    for entry in entries:
-        if entry.default:
-            return entry
+    for source in ("user", "bundled"):
+        for entry in entries:
+            if entry.default and entry.source == source:
+                return entry
     return entries[0] if entries else None
+
+
+def metrics_from_evaluation(report_path: PathLike) -> Dict[str, Any]:
+    """The catalog's ``metrics`` from a ``caml evaluate`` ``metrics.json``: means, stds and per-case Dice.
+
+    Dice and Jaccard in percent, distances in voxels and mm, as in the
+    evaluation table; ``per_case_dice`` lets a test re-check single cases.
+    """
+    path = Path(report_path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        summary, cases = report["summary"], report["cases"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CatalogError(f"{path}: not a `caml evaluate` metrics.json ({exc})") from exc
+    scale = {"dice": 100.0, "jaccard": 100.0}
+    metrics: Dict[str, Any] = {}
+    for key, stats in summary.items():
+        if stats.get("mean") is not None:
+            metrics[key] = round(stats["mean"] * scale.get(key, 1.0), 2)
+            metrics[key + "_std"] = round(stats["std"] * scale.get(key, 1.0), 2)
+    metrics["per_case_dice"] = {c["case"]: round(c["dice"] * 100.0, 2) for c in cases}
+    metrics["seconds_per_case"] = round(sum(c["seconds"] for c in cases) / max(1, len(cases)), 1)
+    metrics["on"] = (f"{len(cases)} cases of {Path(str(report.get('list', '?'))).name}, "
+                     f"protocol {report.get('protocol', '?')}, device {report.get('device', '?')}")
+    return metrics
 
 
 def verify(entry: ModelEntry) -> Path:
@@ -182,13 +214,18 @@ def verify(entry: ModelEntry) -> Path:
 
 def register_model(weights: PathLike, model_id: str, version: str = "1", description: str = "",
                    training_data: str = "", metrics: Optional[Dict[str, Any]] = None,
-                   catalog_path: Optional[PathLike] = None, default: bool = False) -> ModelEntry:
-    """Copy a trained checkpoint into the user's model folder and list it in the user catalog.
+                   catalog_path: Optional[PathLike] = None, default: bool = False,
+                   training: str = "", half: bool = False) -> ModelEntry:
+    """Store a trained checkpoint's release form beside a catalog and list it there.
 
-    The preset name, voxel spacing and window are read from the checkpoint
-    (what the trainer stores), so inference later uses what training saw.
+    The catalog is the user's (``$CAML_HOME/models/models.json``) unless
+    ``catalog_path`` names another, e.g. the bundled one when preparing a
+    release. What is stored is ``release_checkpoint``'s compact file (models
+    V and A, fp16 when ``half``), not the training checkpoint. The preset
+    name, voxel spacing and window are read from the checkpoint (what the
+    trainer stores), so inference later uses what training saw.
     """
-    from .checkpoint import read_checkpoint
+    from .checkpoint import read_checkpoint, release_checkpoint
 
     weights = Path(weights)
     catalog_path = Path(catalog_path) if catalog_path else user_catalog_path()
@@ -203,12 +240,13 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
     file_name = f"{model_id}-{version}.pt"
     target = catalog_path.parent / file_name
     with atomic_output(target) as tmp:
-        shutil.copyfile(weights, tmp)
+        release_checkpoint(weights, tmp, half=half)
     entry = ModelEntry(id=model_id, version=str(version), file=file_name, sha256=sha256_file(target),
                        preset=str(preset.get("name", "")),
                        spacing=tuple(float(s) for s in spacing) if spacing else None,  # type: ignore[arg-type]
                        window=tuple(int(w) for w in window),  # type: ignore[arg-type]
-                       training_data=training_data, metrics=dict(metrics or ckpt.get("metrics") or {}),
+                       training_data=training_data, training=training,
+                       metrics=dict(metrics or ckpt.get("metrics") or {}),
                        description=description or f"registered from {weights}", default=default,
                        catalog=str(catalog_path), source="user")
     data: Dict[str, Any] = {"schema_version": SCHEMA_VERSION, "models": []}

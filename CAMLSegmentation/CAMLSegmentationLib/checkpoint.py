@@ -7,7 +7,8 @@ Three kinds of file load:
   checkpoints, optimizer, memory bank, RNG states and iteration;
 * a plain state_dict of the dual model (what the official code saves, e.g.
   ``iter_15000.pth``), possibly with DistributedDataParallel's ``module.`` prefix;
-* either of the above holding only one sub-model's keys (a compact release).
+* either of the above holding only sub-model keys: a release written by
+  ``release_checkpoint`` (models V and A, no training state, optionally fp16).
 
 Weights stored as fp16 are cast back to float32 on load.
 """
@@ -128,3 +129,34 @@ def load_sub_model(path: PathLike, which: str = "v") -> Tuple[SubModel, Dict[str
     model = SubModel(cfg, which)
     _load(model, ckpt["model"], str(path))
     return model, ckpt
+
+
+def release_checkpoint(source: PathLike, target: PathLike, half: bool = False,
+                       sub_models: Tuple[str, ...] = ("v", "a")) -> Dict[str, Any]:
+    """Write the compact file a catalog ships: sub-models V and A, the network and preset, nothing else.
+
+    A training checkpoint also carries the projection heads, optimizer
+    moments, memory bank and RNG states: four times the size and useless for
+    inference. ``half`` stores floating tensors as fp16 (half the size again);
+    loading casts them back to float32, so only rounding changes, which the
+    release procedure checks on the validation cases. Each kept sub-model is
+    test-loaded before anything is written. Returns the payload written.
+    """
+    ckpt = read_checkpoint(source)
+    cfg = NetworkConfig.from_dict(ckpt.get("network", {}))
+    state: Dict[str, torch.Tensor] = {}
+    for which in sub_models:
+        sub = SubModel(cfg, which)
+        _load(sub, ckpt["model"], str(source))  # every parameter present, with the right shape
+        for key in sub.state_dict():
+            value = ckpt["model"][key]
+            if value.is_floating_point():
+                value = value.half() if half else value.float()
+            state[key] = value
+    provenance = {key: ckpt[key] for key in ("iteration", "val", "split", "seed", "supervised_only", "world_size")
+                  if key in ckpt}
+    payload = {"network": cfg.to_dict(), "preset": ckpt.get("preset"), "model": state,
+               "sub_models": list(sub_models), "dtype": "float16" if half else "float32",
+               "trained": provenance, "released_from": Path(source).name}
+    save_checkpoint(target, payload)
+    return payload

@@ -22,6 +22,14 @@ def add_parser(subparsers: Any) -> None:
     r.add_argument("--version", default="1")
     r.add_argument("--description", default="")
     r.add_argument("--training-data", default="", help="what it was trained on, for the record")
+    r.add_argument("--training", default="", help="how, how long and on what machine it was trained")
+    r.add_argument("--metrics", metavar="METRICS_JSON",
+                   help="record the scores of a `caml evaluate` run (its metrics.json) in the catalog")
+    r.add_argument("--fp16", action="store_true",
+                   help="store the weights as float16 (half the file; check the scores with `caml evaluate`)")
+    r.add_argument("--catalog", metavar="MODELS_JSON",
+                   help="catalog to add it to (default: the user catalog; Resources/Models/models.json "
+                        "bundles it with the extension)")
     r.add_argument("--default", action="store_true", help="use it when no --model is given")
     r.set_defaults(func=register)
 
@@ -68,11 +76,13 @@ def verify_models(args: argparse.Namespace) -> int:
 
 
 def register(args: argparse.Namespace) -> int:
-    from .catalog import register_model
+    from .catalog import metrics_from_evaluation, register_model
 
+    metrics = metrics_from_evaluation(args.metrics) if args.metrics else None
     entry = register_model(args.weights, args.id, version=args.version, description=args.description,
-                           training_data=args.training_data, default=args.default)
-    print(f"registered {entry.id} (version {entry.version}) -> {entry.path}\n"
+                           training_data=args.training_data, training=args.training, metrics=metrics,
+                           catalog_path=args.catalog, default=args.default, half=args.fp16)
+    print(f"registered {entry.id} (version {entry.version}, sha256 {entry.sha256[:12]}...) -> {entry.path}\n"
           f"  window {_window(entry)}, spacing {entry.spacing or 'that of each image'}; "
           f"use it with `caml segment IN --model {entry.id}`")
     return 0

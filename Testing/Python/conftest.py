@@ -20,3 +20,13 @@ def la_root() -> Path:
     if not (LA_ROOT / "train.list").is_file():
         pytest.skip(f"LA data not found at {LA_ROOT} (set CAML_LA_ROOT to run this test)")
     return LA_ROOT
+
+
+@pytest.fixture
+def no_bundled_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the engine at an empty bundled catalog: what a checkout without released models sees."""
+    from CAMLSegmentationLib import catalog
+
+    empty = tmp_path / "bundled-empty" / "models.json"
+    monkeypatch.setattr(catalog, "bundled_catalog_path", lambda: empty)
+    return empty

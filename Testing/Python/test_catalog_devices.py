@@ -9,15 +9,18 @@ import pytest
 import torch
 from CAMLSegmentationLib.catalog import (
     CatalogError,
+    ModelEntry,
     bundled_catalog_path,
     default_model,
     find_model,
     load_catalog,
+    metrics_from_evaluation,
     read_catalog,
     register_model,
     sha256_file,
     verify,
 )
+from CAMLSegmentationLib.checkpoint import read_checkpoint
 from CAMLSegmentationLib.devices import DeviceError, resolve_device
 from inference_helpers import tiny_checkpoint
 
@@ -35,15 +38,18 @@ def test_bundled_catalog_is_valid_and_documents_its_schema() -> None:
 def test_register_reads_preset_and_verifies_checksum(tmp_path: Path) -> None:
     weights = tiny_checkpoint(tmp_path / "best.pt", window=(32, 32, 16), spacing=(1.25, 1.25, 1.25))
     catalog = tmp_path / "home" / "models" / "models.json"
-    entry = register_model(weights, "la-tiny", version="3", catalog_path=catalog, metrics={"dice": 0.5})
+    entry = register_model(weights, "la-tiny", version="3", catalog_path=catalog, metrics={"dice": 0.5},
+                           training="60 iterations on a test machine", half=True)
     assert entry.path == catalog.parent / "la-tiny-3.pt" and entry.path.is_file()
-    assert entry.sha256 == sha256_file(weights)
+    assert entry.sha256 == sha256_file(entry.path)
+    stored = read_checkpoint(entry.path)  # the compact release form, not a copy of the training file
+    assert stored["dtype"] == "float16" and stored["sub_models"] == ["v", "a"]
     loaded = read_catalog(catalog, "user")
     assert len(loaded) == 1
     e = loaded[0]
     assert (e.id, e.version, e.preset, e.window, e.spacing) == ("la-tiny", "3", "tiny", (32, 32, 16),
                                                                  (1.25, 1.25, 1.25))
-    assert e.metrics == {"dice": 0.5}
+    assert e.metrics == {"dice": 0.5} and e.training == "60 iterations on a test machine"
     assert verify(e) == e.path
     assert find_model("la-tiny", loaded) is e and default_model(loaded) is e
     e.path.write_bytes(b"replaced")
@@ -52,6 +58,35 @@ def test_register_reads_preset_and_verifies_checksum(tmp_path: Path) -> None:
     e.path.unlink()
     with pytest.raises(CatalogError, match="not found"):
         verify(e)
+
+
+def test_a_user_default_wins_over_the_bundled_default() -> None:
+    def entry(model_id: str, source: str, default: bool = False) -> ModelEntry:
+        return ModelEntry(model_id, "1", f"{model_id}.pt", "0" * 64, default=default, source=source)
+
+    bundled, bundled_default = entry("b1", "bundled"), entry("b2", "bundled", True)
+    user, user_default = entry("u1", "user"), entry("u2", "user", True)
+    assert default_model([bundled, bundled_default, user, user_default]) is user_default
+    assert default_model([bundled, bundled_default, user]) is bundled_default
+    assert default_model([bundled, user]) is bundled
+    assert default_model([user]) is user and default_model([]) is None
+
+
+def test_metrics_come_from_an_evaluation_report(tmp_path: Path) -> None:
+    report = {"list": "/data/val8.list", "protocol": "default", "device": "cpu",
+              "cases": [{"case": "A", "dice": 0.9, "seconds": 2.0}, {"case": "B", "dice": 0.8, "seconds": 4.0}],
+              "summary": {"dice": {"mean": 0.85, "std": 0.05, "n": 2}, "hd95_voxels": {"mean": 7.25, "std": 1.0,
+                                                                                      "n": 2},
+                          "asd_mm": {"mean": None, "std": None, "n": 0}}}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(report))
+    m = metrics_from_evaluation(path)
+    assert (m["dice"], m["dice_std"], m["hd95_voxels"], m["hd95_voxels_std"]) == (85.0, 5.0, 7.25, 1.0)
+    assert m["per_case_dice"] == {"A": 90.0, "B": 80.0} and m["seconds_per_case"] == 3.0
+    assert "asd_mm" not in m and m["on"] == "2 cases of val8.list, protocol default, device cpu"
+    path.write_text("[]")
+    with pytest.raises(CatalogError, match="not a `caml evaluate` metrics.json"):
+        metrics_from_evaluation(path)
 
 
 def test_bad_catalogs_are_named(tmp_path: Path) -> None:

@@ -113,10 +113,13 @@ def test_weights_of_another_architecture(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "mri_left_atrium.seg.nrrd").exists()
 
 
-def test_missing_model_and_bad_options(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+def test_missing_model_and_bad_options(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture,
+                                       no_bundled_models: Path) -> None:
     src = image_file(tmp_path)
     assert cli.main(["segment", str(src), "--progress", "none"]) == 2
     assert "no trained model in the catalog" in _error(capsys)
+    assert cli.main(["models"]) == 0
+    assert "No models in the catalog yet" in capsys.readouterr().out
     assert cli.main(["segment", str(src), "--model", "nonexistent", "--progress", "none"]) == 2
     assert "no model 'nonexistent'" in _error(capsys)
     assert cli.main(["segment", str(src), str(tmp_path / "m.png"), "--weights", str(weights)]) == 2
@@ -135,16 +138,17 @@ def test_missing_model_and_bad_options(tmp_path: Path, weights: Path, capsys: py
 def test_models_register_list_and_checksum(tmp_path: Path, weights: Path, empty_user_catalog: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["models"]) == 0
-    assert "No models in the catalog yet" in capsys.readouterr().out
-    assert cli.main(["models", "register", str(weights), "--id", "tiny-la", "--version", "2"]) == 0
+    assert "tiny-la" not in capsys.readouterr().out
+    assert cli.main(["models", "register", str(weights), "--id", "tiny-la", "--version", "2", "--default"]) == 0
     capsys.readouterr()
     assert cli.main(["models"]) == 0
     listing = capsys.readouterr().out
-    assert "tiny-la" in listing and "16x16x16" in listing
+    assert "tiny-la" in listing and "16x16x16" in listing and "(default)" in listing
     assert cli.main(["models", "verify"]) == 0
     src = image_file(tmp_path)
-    # With one registered model it is the default: no --model needed.
-    assert cli.main(["segment", str(src), str(tmp_path / "a.nrrd"), "--progress", "none"]) == 0
+    # A user model registered with --default is used when no --model is given.
+    assert cli.main(["segment", str(src), str(tmp_path / "a.nrrd"), "--progress", "json"]) == 0
+    assert "tiny-la (version 2)" in capsys.readouterr().out
     stored = empty_user_catalog / "models" / "tiny-la-2.pt"
     stored.write_bytes(stored.read_bytes()[:-10])  # truncated: a broken download
     capsys.readouterr()

@@ -19,7 +19,8 @@ def own_caml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
-def test_demo_without_image_or_model_still_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_demo_without_image_or_model_still_runs(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                no_bundled_models: Path) -> None:
     out = tmp_path / "demo-output"
     assert demo.main(["--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -32,7 +33,7 @@ def test_demo_without_image_or_model_still_runs(tmp_path: Path, capsys: pytest.C
 
 def test_demo_uses_the_catalog_default_model(tmp_path: Path, own_caml_home: Path,
                                              capsys: pytest.CaptureFixture) -> None:
-    register_model(tiny_checkpoint(tmp_path / "w.pt", window=(32, 32, 32)), "tiny-demo")
+    register_model(tiny_checkpoint(tmp_path / "w.pt", window=(32, 32, 32)), "tiny-demo", default=True)
     image = demo.synthetic_image(tmp_path / "mine.nii.gz", shape=(40, 36, 30))
     out = tmp_path / "o"
     assert demo.main([str(image), "--out", str(out)]) == 0

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from CAMLSegmentationLib.checkpoint import CheckpointError, load_dual_model, load_sub_model, save_checkpoint
+from CAMLSegmentationLib.checkpoint import (
+    CheckpointError,
+    load_dual_model,
+    load_sub_model,
+    read_checkpoint,
+    release_checkpoint,
+    save_checkpoint,
+)
 from CAMLSegmentationLib.network import CAMLNet, NetworkConfig, SubModel, count_parameters
 
 
@@ -135,3 +142,36 @@ def test_wrong_architecture_and_corrupt_files_are_refused(tmp_path):
     load_sub_model(only_v, "v")
     with pytest.raises(CheckpointError, match="missing"):
         load_dual_model(only_v)
+
+
+def test_release_keeps_v_and_a_only_and_predicts_the_same(tmp_path):
+    torch.manual_seed(2)
+    model = CAMLNet(NetworkConfig(base_filters=4)).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        expected = {"v": model(x)[0], "a": model(x)[1]}
+    trained = tmp_path / "best.pt"
+    preset = {"name": "tiny", "patch_size": [16, 16, 16], "spacing": [1.25, 1.25, 1.25]}
+    save_checkpoint(trained, {"model": model.state_dict(), "network": model.config.to_dict(), "preset": preset,
+                              "iteration": 250, "val": {"dice": 0.5}, "optimizer": {"state": torch.zeros(10**5)}})
+    full, half = tmp_path / "release.pt", tmp_path / "release16.pt"
+    release_checkpoint(trained, full)
+    release_checkpoint(trained, half, half=True)
+    stored = read_checkpoint(half)
+    assert set(stored["model"]) == {k for k in model.state_dict() if k.startswith(("encoder", "decoder"))}
+    assert stored["preset"] == preset and stored["trained"]["iteration"] == 250
+    assert {v.dtype for v in stored["model"].values() if v.is_floating_point()} == {torch.float16}
+    assert "optimizer" not in stored and "optimizer" not in read_checkpoint(full)
+    assert half.stat().st_size < 0.6 * full.stat().st_size < 0.6 * trained.stat().st_size
+    for which in ("v", "a"):
+        sub, _ = load_sub_model(full, which)
+        sub16, _ = load_sub_model(half, which)
+        with torch.no_grad():
+            assert torch.equal(sub.eval()(x), expected[which])
+            assert torch.allclose(sub16.eval()(x), expected[which], atol=2e-2)
+    with pytest.raises(CheckpointError, match="missing"):  # the projection heads are not shipped
+        load_dual_model(full)
+    torch.save(SubModel(NetworkConfig(base_filters=4)).state_dict(), tmp_path / "only_v.pth")
+    with pytest.raises(CheckpointError, match="missing"):  # a V-only file cannot make a V+A release
+        release_checkpoint(tmp_path / "only_v.pth", tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
