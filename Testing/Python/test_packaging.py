@@ -134,6 +134,24 @@ def test_installed_module_finds_its_files_where_it_looks(installed):
         assert path == module_dir / "Resources" / name and path.is_file(), name
 
 
+def test_installed_engine_verifies_the_bundled_default_model(installed, tmp_path):
+    """Offline, right after installing: the installed engine finds the shipped model and its checksum holds."""
+    module_dir = (installed / "install" / SCRIPTED_DIR).resolve()
+    probe = ("import json\n"
+             "from CAMLSegmentationLib.catalog import default_model, verify\n"
+             "e = default_model()\n"
+             "print(json.dumps({'id': e.id, 'source': e.source, 'path': str(verify(e))}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(module_dir), CAML_HOME=str(tmp_path / "no-user-models"))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    shipped = json.loads((ROOT / "Resources" / "Models" / "models.json").read_text())["models"]
+    assert found["id"] in [m["id"] for m in shipped if m.get("default")] and found["source"] == "bundled"
+    assert Path(found["path"]).parent == module_dir / "Resources" / "Models"
+
+
 def test_extension_metadata_agrees_with_the_index_files(installed):
     recorded = dict(line.split("=", 1) for line in
                     (installed / "build" / "standin-extension-metadata.txt").read_text().splitlines())
