@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Any, List, Optional
 
 import pytest
 
@@ -78,6 +78,18 @@ def installed_tree_problems(source: Path, installed_module_dir: Path) -> List[st
     return problems
 
 
+def _probe_installed(module_dir: Path, probe: str, cwd: Path, caml_home: Optional[Path] = None) -> Any:
+    """Run ``probe`` with only the installed module tree on the path; the JSON its last line prints."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(module_dir)
+    if caml_home is not None:
+        env["CAML_HOME"] = str(caml_home)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("extension")
@@ -121,12 +133,7 @@ def test_installed_module_finds_its_files_where_it_looks(installed):
         "print(json.dumps({'module': m.__file__, 'engine': lib.__file__,\n"
         "  'resources': {n: str(m.moduleResourcePath(n)) for n in names}}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(module_dir)
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                          cwd=installed, timeout=120)
-    assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = _probe_installed(module_dir, probe, cwd=installed)
     assert Path(found["module"]).resolve().parent == module_dir
     assert Path(found["engine"]).resolve().parent == module_dir / f"{MODULE}Lib"
     for name, path in found["resources"].items():
@@ -141,12 +148,7 @@ def test_installed_engine_verifies_the_bundled_default_model(installed, tmp_path
              "from CAMLSegmentationLib.catalog import default_model, verify\n"
              "e = default_model()\n"
              "print(json.dumps({'id': e.id, 'source': e.source, 'path': str(verify(e))}))\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(module_dir), CAML_HOME=str(tmp_path / "no-user-models"))
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)
-    assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = _probe_installed(module_dir, probe, cwd=tmp_path, caml_home=tmp_path / "no-user-models")
     shipped = json.loads((ROOT / "Resources" / "Models" / "models.json").read_text())["models"]
     assert found["id"] in [m["id"] for m in shipped if m.get("default")] and found["source"] == "bundled"
     assert Path(found["path"]).parent == module_dir / "Resources" / "Models"
@@ -241,9 +243,5 @@ def test_bundled_models_are_installed_where_the_module_lists_them(tmp_path):
     probe = ("import json, CAMLSegmentation as m\n"
              "print(json.dumps([(x['id'], x['source']) for x in m.CAMLSegmentationLogic(object())"
              ".availableModels()]))\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(module_dir), CAML_HOME=str(tmp_path / "no-user-models"))
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [["caml-la-test", "bundled"]]
+    found = _probe_installed(module_dir, probe, cwd=tmp_path, caml_home=tmp_path / "no-user-models")
+    assert found == [["caml-la-test", "bundled"]]
