@@ -35,12 +35,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .checkpoint import load_sub_model, read_checkpoint
 from .devices import resolve_device
 from .network import NetworkConfig, SubModel
-from .preprocess import resample_to_shape, shape_for_spacing, zscore
+from .preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
 from .progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from .settings import OFFICIAL_WINDOW, PERCENTILE, InferenceSettings
 from .volume import Volume, validate_volume
 
 PathLike = Union[str, Path]
-DEFAULT_WINDOW = (112, 112, 80)
 #: Window strides of the official CAML evaluation (``test_3d.py``: stride_xy=18, stride_z=4).
 OFFICIAL_STRIDES = (18, 18, 4)
 
@@ -188,53 +188,66 @@ def optimize_for_inference(net: nn.Module) -> nn.Module:
 
 @dataclass
 class InferenceModel:
-    """Sub-model V (and A when needed) in eval mode, with the window and voxel size they were trained with."""
+    """Sub-model V (and A when needed) in eval mode, with the settings stored beside their weights."""
 
     networks: Dict[str, SubModel]
-    window: Tuple[int, int, int] = DEFAULT_WINDOW
-    spacing: Optional[Tuple[float, float, float]] = None
+    settings: InferenceSettings = field(default_factory=InferenceSettings)
     name: str = "model"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    @property
+    def window(self) -> Tuple[int, int, int]:
+        return self.settings.window
 
-def _preset_geometry(ckpt: Dict[str, Any]) -> Tuple[Tuple[int, int, int], Optional[Tuple[float, float, float]]]:
-    preset = ckpt.get("preset") or {}
-    window = tuple(int(w) for w in (preset.get("patch_size") or DEFAULT_WINDOW))
-    spacing = preset.get("spacing")
-    return window, (tuple(float(s) for s in spacing) if spacing else None)  # type: ignore[return-value]
+    @property
+    def spacing(self) -> Optional[Tuple[float, float, float]]:
+        return self.settings.spacing
 
 
 def load_inference_model(weights: PathLike, device: Union[str, torch.device] = "auto",
-                         with_a: bool = False, window: Optional[Sequence[int]] = None,
-                         spacing: Optional[Sequence[float]] = None,
-                         name: Optional[str] = None) -> InferenceModel:
+                         with_a: bool = False, name: Optional[str] = None) -> InferenceModel:
     """Load model V (and A if ``with_a``) from a project or official CAML checkpoint.
 
-    Window and voxel size come from the checkpoint's ``preset`` when it has
-    one (the trainer stores it), else ``window``/``spacing`` arguments, else
-    the paper's 112x112x80 window at the image's own voxel size.
+    Window, voxel size, normalisation, test-time flips and threshold come
+    from the file (``settings.InferenceSettings.from_checkpoint``): the
+    weights carry how they must be run, nothing else overrides it.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    ckpt_window, ckpt_spacing = _preset_geometry(read_checkpoint(weights))
+    settings = InferenceSettings.from_checkpoint(read_checkpoint(weights))
     networks = {}
     for which in ("v", "a") if with_a else ("v",):
         net, _ = load_sub_model(weights, which)
         networks[which] = optimize_for_inference(net).to(dev)
-    return InferenceModel(networks=networks,
-                          window=tuple(window) if window else ckpt_window,  # type: ignore[arg-type]
-                          spacing=tuple(spacing) if spacing else ckpt_spacing,  # type: ignore[arg-type]
-                          name=name or Path(weights).name, device=dev)
+    return InferenceModel(networks=networks, settings=settings, name=name or Path(weights).name, device=dev)
 
 
-def random_model(base_filters: int = 16, window: Sequence[int] = DEFAULT_WINDOW,
+def model_from_network(net: nn.Module, settings: InferenceSettings, device: torch.device,
+                       name: str = "training model") -> InferenceModel:
+    """An inference copy of sub-model V of a live dual network (the trainer validates with it).
+
+    The copy is folded for inference like a loaded model, so validation runs
+    exactly the predictor ``caml segment`` runs; the training network is not touched.
+    """
+    sub = SubModel(net.config, "v")
+    own = sub.state_dict()
+    sub.load_state_dict({k: v.detach().clone() for k, v in net.state_dict().items() if k in own}, strict=True)
+    return InferenceModel(networks={"v": optimize_for_inference(sub).to(device)}, settings=settings,
+                          name=name, device=device)
+
+
+def random_model(base_filters: int = 16, window: Sequence[int] = OFFICIAL_WINDOW,
                  device: Union[str, torch.device] = "cpu", with_a: bool = False,
-                 seed: int = 0) -> InferenceModel:
+                 seed: int = 0, normalization: str = PERCENTILE,
+                 spacing: Optional[Sequence[float]] = None) -> InferenceModel:
     """Randomly initialised sub-models: timings and the pipeline, not meaningful masks."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     torch.manual_seed(seed)
     cfg = NetworkConfig(base_filters=base_filters)
     networks = {w: optimize_for_inference(SubModel(cfg, w)).to(dev) for w in (("v", "a") if with_a else ("v",))}
-    return InferenceModel(networks=networks, window=tuple(window),  # type: ignore[arg-type]
+    settings = InferenceSettings(window=tuple(int(w) for w in window),  # type: ignore[arg-type]
+                                 spacing=None if spacing is None else tuple(spacing),  # type: ignore[arg-type]
+                                 normalization=normalization)
+    return InferenceModel(networks=networks, settings=settings,
                           name=f"random (untrained, {base_filters} filters)", device=dev)
 
 
@@ -251,11 +264,11 @@ class InferenceOptions:
     batch_size: Optional[int] = None  # windows per forward pass; None = 2 on CPU, 4 on CUDA
     amp: bool = True  # float16 autocast on CUDA only
     resample: bool = True  # to the model's voxel size, when it has one
-    tta: bool = False  # average over the 8 combinations of axis flips
+    tta: bool = False  # average over the flips the model's training augmentation allowed
     ensemble: bool = False  # average V and A instead of V alone
     uncertainty: bool = False  # |p_V - p_A| per voxel (runs model A as well)
     lcc: bool = False  # keep only the largest connected component
-    threshold: float = 0.5
+    threshold: Optional[float] = None  # None = the model's own (stored with its weights)
     protocol: str = "default"
 
     @classmethod
@@ -282,20 +295,31 @@ class SegmentationResult:
     info: Dict[str, Any]
 
 
-_FLIPS = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+def flip_combinations(axes: Sequence[int]) -> List[Tuple[int, ...]]:
+    """Every subset of ``axes`` (image axes 0..2), the empty one first: the test-time flips."""
+    combos: List[Tuple[int, ...]] = [()]
+    for axis in axes:
+        combos += [c + (int(axis),) for c in combos]
+    return combos
 
 
-def make_predictor(networks: Sequence[torch.nn.Module], tta: bool = False) -> Predictor:
-    """A predictor returning each network's foreground probability: ``[B, len(networks), ...]``."""
+def make_predictor(networks: Sequence[torch.nn.Module], flips: Sequence[Tuple[int, ...]] = ((),)) -> Predictor:
+    """A predictor returning each network's foreground probability: ``[B, len(networks), ...]``.
+
+    ``flips``: image-axis combinations to average over (test-time augmentation);
+    only axes the training augmentation flipped make sense, as a network never
+    saw the others mirrored.
+    """
 
     def foreground(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         probs = None
-        for dims in (_FLIPS if tta else [()]):
+        for axes in flips:
+            dims = [a + 2 for a in axes]  # x is [B, C, i, j, k]
             xin = x.flip(dims) if dims else x
             p = torch.softmax(net(xin).float(), dim=1)[:, 1]
-            p = p.flip([d - 1 for d in dims]) if dims else p
+            p = p.flip([a + 1 for a in axes]) if dims else p  # p is [B, i, j, k]
             probs = p if probs is None else probs + p
-        return probs / (len(_FLIPS) if tta else 1)
+        return probs / len(flips)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         return torch.stack([foreground(net, batch) for net in networks], dim=1)
@@ -329,18 +353,20 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
         raise ValueError("ensemble and uncertainty need model A: load the model with with_a=True")
     order = ["v", "a"] if need_a else ["v"]
 
-    # Intensities as training saw them: raw scans are z-scored over the whole volume (as the LA
-    # scans were before cropping); already-normalised LA h5 crops are used as stored.
-    image = np.asarray(volume.array, dtype=np.float32) if volume.normalized else zscore(volume.array)
+    # One intensity path for every input, the one the model was trained with (its settings).
+    settings = model.settings
+    image = normalize_intensity(volume.array, settings.normalization)
     target_shape = volume.shape
     if options.resample and model.spacing is not None:
         target_shape = shape_for_spacing(volume.shape, volume.spacing, model.spacing)
         image = resample_to_shape(image, target_shape, mode="linear")
     strides = options.strides or strides_for_overlap(model.window, options.overlap)
+    flips = flip_combinations(settings.flip_axes) if options.tta else [()]
+    threshold = settings.threshold if options.threshold is None else options.threshold
     batch_size = options.batch_size or (4 if model.device.type == "cuda" else 2)
     with torch.inference_mode():
         probs = sliding_window(torch.from_numpy(image)[None], model.window,
-                               make_predictor([model.networks[w] for w in order], options.tta),
+                               make_predictor([model.networks[w] for w in order], flips),
                                strides=strides, blend=options.blend, batch_size=batch_size,
                                device=model.device, amp=options.amp, progress=progress, cancel=cancel)
     del image
@@ -350,14 +376,15 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     p_v = probs_np[0]
     probability = probs_np.mean(axis=0) if options.ensemble else p_v
     uncertainty = np.abs(probs_np[0] - probs_np[1]).astype(np.float32) if options.uncertainty else None
-    mask = (probability > options.threshold).astype(np.uint8)
+    mask = (probability > threshold).astype(np.uint8)
     if options.lcc:
         mask = largest_component(mask)
     info = {"model": model.name, "protocol": options.protocol, "device": str(model.device),
             "window": list(model.window), "strides": list(strides),
             "windows": count_windows(target_shape, model.window, strides),
             "network_grid": list(target_shape), "input_grid": list(volume.shape),
-            "models": order, "tta": options.tta, "lcc": options.lcc,
+            "models": order, "tta": options.tta, "flips": [list(f) for f in flips], "lcc": options.lcc,
+            "normalization": settings.normalization, "threshold": threshold,
             "seconds": round(time.perf_counter() - start, 3)}
     return SegmentationResult(mask=mask, probability=np.ascontiguousarray(probability, dtype=np.float32),
                               uncertainty=uncertainty, info=info)

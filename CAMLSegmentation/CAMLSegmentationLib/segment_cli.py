@@ -106,8 +106,8 @@ def load_model_from_args(args: argparse.Namespace, with_a: bool = False) -> Infe
 
         raise UserError(f"no trained model in the catalog ({bundled_catalog_path()} and {user_catalog_path()} "
                         f"list none): pass --weights FILE, or register one with `caml models register`")
-    return load_inference_model(verify(entry), args.device, with_a=with_a, window=entry.window,
-                                spacing=entry.spacing, name=f"{entry.id} (version {entry.version})")
+    return load_inference_model(verify(entry), args.device, with_a=with_a,
+                                name=f"{entry.id} (version {entry.version})")
 
 
 def progress_callback(mode: str) -> ProgressCallback:

@@ -57,10 +57,6 @@ class Volume:
     spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     origin: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
-    #: True when the intensities are already normalised the way the training data were
-    #: (the LA h5 files: z-scored over the whole scan before it was cropped), so
-    #: inference must use them as they are; False for raw scanner intensities.
-    normalized: bool = False
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -71,13 +67,6 @@ class Volume:
                 and np.allclose(self.spacing, other.spacing, atol=tol)
                 and np.allclose(self.origin, other.origin, atol=tol)
                 and np.allclose(self.direction, other.direction, atol=tol))
-
-    def with_array(self, array: np.ndarray) -> Volume:
-        """A volume on the same grid holding ``array`` (which must have the same shape)."""
-        if tuple(array.shape) != self.shape:
-            raise ValueError(f"array of shape {tuple(array.shape)} does not fit a grid of shape {self.shape}")
-        return Volume(array=array, spacing=self.spacing, origin=self.origin,
-                      direction=np.array(self.direction, dtype=float), normalized=self.normalized)
 
 
 PathLike = Union[str, Path]
@@ -172,9 +161,9 @@ def read_la_h5(path: PathLike) -> Tuple[Volume, Optional[np.ndarray]]:
         raise ImageError(f"{path}: unreadable HDF5 file ({_last_line(exc)})") from exc
     if image.ndim != 3:
         raise ImageError(f"{path}: expected a 3D 'image' dataset, found shape {image.shape}")
-    # Normalised before cropping: a crop's own mean is not 0 (about 1.5 in the first case), and
-    # training uses these values as stored, so inference must not z-score them again.
-    return Volume(array=image, spacing=LA_SPACING, normalized=True), label
+    # The release z-scored each scan before cropping it, so these values are on an arbitrary
+    # scale like any scanner's: they go through the same normalisation as every other input.
+    return Volume(array=image, spacing=LA_SPACING), label
 
 
 def validate_volume(volume: Volume, source: PathLike = "image") -> None:
