@@ -29,13 +29,21 @@ if TYPE_CHECKING:  # SimpleITK is imported where it is used, so importing this m
 #: Voxel size of the preprocessed LA h5 files (not stored in them).
 LA_SPACING = (0.625, 0.625, 0.625)
 
-#: How the segmentation is presented in Slicer: name, colour (RGB 0-1) and
-#: DICOM terminology (SNOMED CT 82471001 "Left atrium structure").
+#: How the segmentation is presented in Slicer: name, colour (RGB 0-1) and terminology.
+#: The one definition, used by the ``.seg.nrrd`` writer here and by the Slicer module
+#: (through ``mrml_bridge``). The terminology is Slicer's serialised form
+#: (context~category~type~type modifier~anatomic context~region~region modifier) of
+#: SNOMED CT 82471001 "Left atrium" in the "Segmentation category and type - DICOM
+#: master list" context, where Slicer looks it up; the colour is that entry's
+#: ``recommendedDisplayRGBValue`` (203, 108, 81).
 SEGMENT_NAME = "Left atrium"
 SEGMENT_ID = "left_atrium"
-SEGMENT_COLOR = (0.89, 0.47, 0.34)
-SEGMENT_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list"
-                       "~SCT^123037004^Anatomical Structure~SCT^82471001^Left atrium~^^"
+SEGMENT_COLOR_RGB = (203, 108, 81)
+SEGMENT_COLOR = tuple(round(c / 255.0, 4) for c in SEGMENT_COLOR_RGB)
+SEGMENT_TERMINOLOGY = ("Segmentation category and type - DICOM master list"
+                       "~SCT^123037004^Anatomical Structure"
+                       "~SCT^82471001^Left atrium"
+                       "~^^"
                        "~Anatomic codes - DICOM master list~^^~^^")
 
 #: File name endings the mask writer understands, longest first.
