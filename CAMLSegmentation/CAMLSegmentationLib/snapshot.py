@@ -35,9 +35,10 @@ PathLike = Union[str, Path]
 #: Side of one square panel in pixels, and the dark gap between panels.
 PANEL_SIZE = 256
 GAP = 4
-FILL_OPACITY = 0.35
+FILL_OPACITY = 0.45
+OUTLINE_WIDTH = 2  # pixels
 UNCERTAINTY_RGB = (255, 230, 0)
-UNCERTAINTY_FLOOR = 0.05  # below this disagreement nothing is tinted
+UNCERTAINTY_FLOOR = 0.2  # below this disagreement nothing is tinted
 
 
 def snapshot_shape(panel_size: int = PANEL_SIZE) -> Tuple[int, int, int]:
@@ -108,11 +109,17 @@ def _fit(shape: Tuple[int, int], pixel_mm: Tuple[float, float], size: int) -> Tu
     return r, c, (size - rows) // 2, (size - cols) // 2
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of a 2D mask with a 4-neighbour outside it."""
+def _erode(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(mask, 1)
-    inner = (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1]
-             & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1]
+            & padded[1:-1, :-2] & padded[1:-1, 2:])
+
+
+def _outline(mask: np.ndarray, width: int = OUTLINE_WIDTH) -> np.ndarray:
+    """The band of a 2D mask's pixels within ``width`` 4-neighbour steps of its border."""
+    inner = mask
+    for _ in range(width):
+        inner = _erode(inner)
     return mask & ~inner
 
 
@@ -146,7 +153,7 @@ def render_snapshot(volume: Volume, mask: np.ndarray, uncertainty: Optional[np.n
         rgb = np.repeat(g[:, :, None], 3, axis=2)
         if disagreement is not None:
             u = np.clip(disagreement[np.ix_(r, c)], 0.0, 1.0)
-            alpha = np.where(u > UNCERTAINTY_FLOOR, 0.2 + 0.6 * u, 0.0)[:, :, None]
+            alpha = np.where(u > UNCERTAINTY_FLOOR, 0.15 + 0.5 * u, 0.0)[:, :, None]
             rgb = rgb * (1 - alpha) + tint * alpha
         m = inside[np.ix_(r, c)]
         rgb[m] = rgb[m] * (1 - FILL_OPACITY) + colour * FILL_OPACITY

@@ -168,8 +168,8 @@ def test_extension_metadata_agrees_with_the_index_files(installed):
     assert recorded["category"] == index["category"] == s4ext["category"] == "Segmentation"
     assert recorded["depends"].split(";") == index["build_dependencies"] == s4ext["depends"].split()
     assert "PyTorch" in index["build_dependencies"]
-    assert index["scmurl"].removesuffix(".git") == recorded["homepage"] == s4ext["homepage"]
-    assert index["scmurl"] == s4ext["scmurl"]
+    assert index["scm_url"].removesuffix(".git") == recorded["homepage"] == s4ext["homepage"]
+    assert index["scm_url"] == s4ext["scmurl"]
     assert index["build_subdirectory"] == s4ext["build_subdirectory"] == "."
     for key in ("description", "iconurl", "screenshoturls", "contributors"):
         assert recorded[key] == s4ext[key], key
