@@ -232,7 +232,7 @@ def test_bundled_models_are_installed_where_the_module_lists_them(tmp_path):
     models = source / "Resources" / "Models"
     models.mkdir(exist_ok=True)
     (models / "models.json").write_text(json.dumps(
-        {"models": [{"id": "caml-la-test", "version": 1, "file": "caml-la-test.pt"}]}))
+        {"models": [{"id": "caml-la-test", "version": 1, "file": "caml-la-test.pt", "sha256": "0" * 64}]}))
     (models / "caml-la-test.pt").write_bytes(b"weights")
     done = _build_and_install(source, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
