@@ -183,6 +183,15 @@ def test_module_is_built_with_generic_tests(installed):
     assert f"{MODULE} SCRIPTS {MODULE}.py" in manifest
 
 
+def test_self_test_is_registered_with_ctest(installed):
+    """The module's unittest class runs under CTest in Slicer (slicer_add_python_unittest), and it exists."""
+    manifest = (installed / "build" / "standin-slicer-manifest.txt").read_text().splitlines()
+    assert f"PYTHON_UNITTEST py_{MODULE} {MODULE}.py" in manifest
+    source = (ROOT / MODULE / f"{MODULE}.py").read_text()
+    assert re.search(rf"class {MODULE}Test\(ScriptedLoadableModuleTest\)", source)
+    assert "def test_SegmentGeneratedVolume" in source and "processEvents" in source
+
+
 # -- the check fails when the packaging is wrong -------------------------------------------
 
 
