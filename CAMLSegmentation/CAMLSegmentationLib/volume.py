@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -163,10 +163,23 @@ def volume_from_sitk(img: sitk.Image, source: PathLike = "image") -> Volume:
                   direction=np.array(img.GetDirection(), dtype=float).reshape(3, 3))
 
 
+def import_h5py(needed_for: PathLike = "an .h5 file") -> Any:
+    """The ``h5py`` module, or an ``ImageError`` saying how to get it.
+
+    Only LA ``.h5`` files need it (reading them, training on them); segmenting any
+    other image never imports it, so it is an optional dependency (``pip install h5py``).
+    """
+    try:
+        import h5py
+    except ImportError as exc:
+        raise ImageError(f"{needed_for}: reading HDF5 (.h5) files needs the h5py package, which is not "
+                         f"installed (pip install h5py)") from exc
+    return h5py
+
+
 def read_la_h5(path: PathLike) -> Tuple[Volume, Optional[np.ndarray]]:
     """Read a preprocessed LA ``mri_norm2.h5``: (image Volume, label array or None)."""
-    import h5py
-
+    h5py = import_h5py(path)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
