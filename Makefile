@@ -42,6 +42,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_inference.py
