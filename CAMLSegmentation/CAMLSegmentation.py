@@ -120,6 +120,34 @@ class CAMLSegmentation(ScriptedLoadableModule):
             icon = moduleResourcePath("Icons/CAMLSegmentation.png")
             if icon.exists():
                 self.parent.icon = qt.QIcon(str(icon))
+            # Sample Data: registered once the application has started (as in the module template).
+            slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data
+#
+
+#: What the Sample Data module shows; the volume is generated on click, never downloaded.
+SAMPLE_NAME = "CAMLPhantom"
+
+
+def registerSampleData() -> None:
+    """A synthetic MRI-like chest phantom in the Sample Data module ("CAML Segmentation" category).
+
+    No patient data ships with the extension: a click generates the project's
+    phantom (``CAMLSegmentationLib.phantom``, numpy only) into the scene.
+    """
+    try:
+        import SampleData
+    except ImportError:  # Sample Data module disabled
+        return
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        # No URI, file or node name: SampleDataSource needs those lists of equal length, and the
+        # custom downloader makes the node itself.
+        category="CAML Segmentation", sampleName=SAMPLE_NAME, uris=[], fileNames=[],
+        thumbnailFileName=str(moduleResourcePath("Icons/CAMLSegmentation.png")),
+        customDownloader=lambda source=None: CAMLSegmentationLogic().loadSamplePhantom())
 
 
 #
@@ -639,6 +667,20 @@ class CAMLSegmentationLogic(ScriptedLoadableModuleLogic):
         return self.finishSegmentation(run, params)
 
     # -- correction --------------------------------------------------------------
+    # -- sample data ---------------------------------------------------------------
+    def loadSamplePhantom(self, name: str = SAMPLE_NAME) -> Any:
+        """Add the synthetic MRI-like phantom (the README picture's image) to the scene as a volume node."""
+        from CAMLSegmentationLib import mrml_bridge
+        from CAMLSegmentationLib.demo import PHANTOM_SEED
+        from CAMLSegmentationLib.phantom import mri_phantom
+
+        volume, _label = mri_phantom(seed=PHANTOM_SEED)
+        node = mrml_bridge.volume_to_node(volume, self.scene, self.scene.GenerateUniqueName(name))
+        node.SetAttribute("CAMLSegmentation.Synthetic", "phantom: not patient data")
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        return node
+
     def prepareCorrection(self, segmentationNode: Any, volumeNode: Any) -> Any:
         """A Segment Editor parameter node set up to edit the left-atrium segment on the input volume."""
         from CAMLSegmentationLib.mrml_bridge import LEFT_ATRIUM_NAME

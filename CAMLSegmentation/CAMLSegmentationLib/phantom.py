@@ -1,10 +1,10 @@
-"""A synthetic, MRI-like chest phantom with a left-atrium-like structure, made from nothing but numpy and scipy.
+"""A synthetic, MRI-like chest phantom with a left-atrium-like structure, made from nothing but numpy.
 
 Used where a picture or a run needs something that looks like a cardiac MRI
 but no patient data may be used: the demo on a machine without the LA data,
 the README and Extensions Index screenshot, and Slicer's Sample Data entry.
 It is *not* derived from any scan: every structure is an analytic shape
-deformed by smooth random fields.
+deformed by smooth random fields (numpy only).
 
 What it holds (physical axes LPS: i to patient left, j to posterior, k to superior):
 
@@ -22,18 +22,30 @@ they leave the atrium body), so a run on it can be scored.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, Union
 
 import numpy as np
 
 from .volume import Volume
 
 
-def _smooth_field(rng: np.random.Generator, shape: Sequence[int], sigma_voxels: float) -> np.ndarray:
-    """Gaussian-smoothed white noise, rescaled to zero mean and unit standard deviation."""
-    from scipy.ndimage import gaussian_filter
+def _smooth_field(rng: np.random.Generator, shape: Sequence[int], sigma_voxels: Union[float, Sequence[float]]
+                  ) -> np.ndarray:
+    """Gaussian-smoothed white noise (periodic), rescaled to zero mean and unit standard deviation.
 
-    field = gaussian_filter(rng.standard_normal(tuple(shape)).astype(np.float32), sigma_voxels, mode="wrap")
+    The smoothing is a product in Fourier space, numpy only, so the phantom can be
+    made in any Python that has numpy (Slicer's Sample Data included).
+    """
+    shape = tuple(int(n) for n in shape)
+    sigma = np.broadcast_to(np.asarray(sigma_voxels, dtype=np.float64), (3,))
+    noise = rng.standard_normal(shape).astype(np.float32)
+    freqs = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
+    transfer = np.ones([len(f) for f in freqs], dtype=np.float64)
+    for axis, (f, s) in enumerate(zip(freqs, sigma)):
+        view = [1, 1, 1]
+        view[axis] = len(f)
+        transfer = transfer * np.exp(-2.0 * (np.pi * s * f) ** 2).reshape(view)
+    field = np.fft.irfftn(np.fft.rfftn(noise) * transfer, s=shape, axes=(0, 1, 2)).astype(np.float32)
     return (field - field.mean()) / max(float(field.std()), 1e-6)
 
 

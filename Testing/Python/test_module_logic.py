@@ -412,3 +412,12 @@ def test_a_run_whose_input_left_the_scene_is_not_finished(logic, params, scene):
         logic.finishSegmentation(run)
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
     assert not run.workDir.exists()
+
+
+def test_sample_phantom_loads(logic, scene):
+    """The Sample Data entry: a generated phantom (no patient data) on the 0.625 mm grid of the LA data."""
+    node = logic.loadSamplePhantom()
+    assert node.GetName() == module.SAMPLE_NAME and node.GetAttribute("CAMLSegmentation.Synthetic")
+    volume = mrml_bridge.volume_from_node(node)
+    assert volume.shape == (144, 128, 80) and np.allclose(volume.spacing, 0.625)
+    assert callable(module.registerSampleData)
