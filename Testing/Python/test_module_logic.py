@@ -421,3 +421,22 @@ def test_sample_phantom_loads(logic, scene):
     volume = mrml_bridge.volume_from_node(node)
     assert volume.shape == (144, 128, 80) and np.allclose(volume.spacing, 0.625)
     assert callable(module.registerSampleData)
+
+
+def test_pip_install_prefers_slicer_packaging_pip_ensure(monkeypatch):
+    """slicer.packaging.pip_ensure where Slicer has it (no second dialog: the user already confirmed),
+    slicer.util.pip_install otherwise."""
+    import types
+
+    calls = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda reqs: calls.append(("pip_install", reqs)),
+                        raising=False)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # an older Slicer: no slicer.packaging
+    module.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
+    assert calls == [("pip_install", ["scipy>=1.7"])]
+
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = lambda reqs, **kw: calls.append(("pip_ensure", reqs, kw))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    module.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
+    assert calls[-1] == ("pip_ensure", ["scipy>=1.7"], {"prompt_install": False, "requester": "CAMLSegmentation"})
