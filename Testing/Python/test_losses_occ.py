@@ -102,6 +102,60 @@ def test_memory_bank_sampling_and_state():
         MemoryBank(4, 2, 2).load_state_dict(bank.state_dict())
 
 
+def test_memory_bank_sampling_does_no_work_per_stored_entry(monkeypatch):
+    """Drawing 256 entries from a bank of millions must not permute (or touch) all of them."""
+    bank = MemoryBank(num_cases=4, num_classes=2, feat_dim=1)
+    sizes = [30_000, 0, 50_000, 20_000]
+    offset = 0
+    for case, n in enumerate(sizes):
+        # Each entry's feature is its global index within class 0, so draws can be traced back.
+        feats = torch.arange(offset, offset + n, dtype=torch.float32)[:, None]
+        bank.update(case, feats, torch.zeros(n, dtype=torch.long))
+        offset += n
+    asked = []
+    real_randperm = torch.randperm
+
+    def recording_randperm(n, *args, **kwargs):
+        asked.append(n)
+        return real_randperm(n, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", recording_randperm)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(offset)
+    draws = 200
+    for _ in range(draws):
+        s = bank.sample(256, g)
+        assert s[1] is None  # no class-1 entries at all
+        values = s[0][:, 0].long()
+        assert values.unique().numel() == 256  # without replacement
+        counts += torch.bincount(values, minlength=offset).float()
+    assert all(n <= 4 * 256 for n in asked), asked
+    # Uniform over every stored entry, whatever case holds it: per case, the share of draws
+    # matches the share of entries (expected 51200 draws in all).
+    ends = [30_000, 80_000, 100_000]
+    shares = [float(counts[a:b].sum()) / (draws * 256) for a, b in zip([0] + ends[:-1], ends)]
+    assert shares == pytest.approx([0.3, 0.5, 0.2], abs=0.01)
+    assert float(counts[: offset // 2].sum()) / (draws * 256) == pytest.approx(0.5, abs=0.01)
+
+
+def test_sample_without_replacement_is_uniform_in_both_regimes():
+    from CAMLSegmentationLib.occ import sample_without_replacement
+
+    g = torch.Generator().manual_seed(1)
+    for population, count in ((40, 16), (400, 16)):  # permutation, then draw-and-reject
+        hits = torch.zeros(population)
+        for _ in range(4000):
+            idx = sample_without_replacement(population, count, g)
+            assert idx.dtype == torch.long and idx.unique().numel() == count
+            assert 0 <= int(idx.min()) and int(idx.max()) < population
+            hits += torch.bincount(idx, minlength=population).float()
+        expected = 4000 * count / population
+        assert float((hits - expected).abs().max()) < 6 * expected ** 0.5
+    assert sample_without_replacement(5, 5, g).sort().values.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        sample_without_replacement(3, 4, g)
+
+
 def test_memory_bank_stores_only_voxels_both_models_get_right():
     torch.manual_seed(0)
     net = CAMLNet(NetworkConfig(base_filters=4, feat_dim=8))
