@@ -87,6 +87,42 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
         assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
+def test_selected_heads_preset_trains_with_the_occ_term(dataset, tmp_path):
+    """The shipped cpu preset puts only the picked voxels through the OCC heads; that path trains too."""
+    from CAMLSegmentationLib.presets import load_preset
+
+    assert load_preset("cpu").occ_heads_on == "selected"
+    preset = TINY.with_overrides(iterations=3, occ_heads_on="selected", num_filtered=64)
+    result = train(TrainConfig(dataset, tmp_path / "run", preset, labeled=2, seed=2, log_every=1))
+    assert [h["iteration"] for h in result.history] == [1, 2, 3]
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    assert all(h["loss_o"] > 0 for h in result.history[1:])  # the bank holds entries from iteration 1 on
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["preset"]["occ_heads_on"] == "selected"
+
+
+def test_supervised_only_trains_on_labeled_cases_alone(dataset, tmp_path, capsys):
+    preset = write_preset(tmp_path / "p.json", TINY.with_overrides(iterations=3))
+    # Every case labeled: nothing left for the unlabeled stream, which only a supervised run accepts.
+    base = ["--data", dataset, "--labeled", "6", "--preset", preset]
+    code, err = run_cli(base + ["--out", tmp_path / "caml"], capsys)
+    assert code == 2 and "--supervised-only" in err
+    code, err = run_cli(base + ["--out", tmp_path / "run", "--supervised-only", "--seed", "4"], capsys)
+    assert code == 0, err
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["supervised_only"] is True and ckpt["iteration"] == 3
+    assert ckpt["split"]["unlabeled"] == [] and len(ckpt["split"]["labeled"]) == 6
+    assert all("loss_s" in h and "loss_c" not in h and "loss_o" not in h for h in ckpt["history"])
+    assert all(slot is None for slot in ckpt["memory_bank"]["slots"])  # no OCC: the bank is never filled
+    # The OCC heads get no gradient (they stay at their seeded initialisation); both sub-models learn.
+    torch.manual_seed(4)
+    init = CAMLNet(NetworkConfig(base_filters=4, feat_dim=8)).state_dict()
+    for key, value in ckpt["model"].items():
+        if key.startswith(("projection_head", "prediction_head")) and "running" not in key:
+            assert torch.equal(value, init[key]), key
+    for key in ("encoder1.block_one.conv.0.weight", "encoder2.block_one.conv.0.weight"):
+        assert not torch.equal(ckpt["model"][key], init[key]), key
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
