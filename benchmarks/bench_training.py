@@ -101,7 +101,7 @@ def bench_sampling(bank, per_class: int, repeats: int) -> dict:
     return result
 
 
-def bench(preset_name: str, iterations: int, warmup: int, device: torch.device, args) -> float:
+def bench(preset_name: str, iterations: int, warmup: int, device: torch.device, args, sampler: str) -> float:
     from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
     from CAMLSegmentationLib.presets import load_preset
     from CAMLSegmentationLib.trainer import CAMLObjective
@@ -110,7 +110,7 @@ def bench(preset_name: str, iterations: int, warmup: int, device: torch.device, 
     torch.manual_seed(0)
     net = CAMLNet(NetworkConfig(base_filters=preset.base_filters, feat_dim=preset.feat_dim)).to(device)
     bank, _ = make_bank(preset, args, device)
-    if args.sampler == "permutation":
+    if sampler == "permutation":
         bank.sample = lambda per_class, generator=None: sample_by_permutation(bank, per_class, generator)
     objective = CAMLObjective(net, bank, preset).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=preset.lr, momentum=preset.momentum,
@@ -150,9 +150,9 @@ def main() -> None:
     parser.add_argument("--labeled", type=int, default=8, help="labeled cases in the memory bank (default 8)")
     parser.add_argument("--correct", type=float, default=0.95,
                         help="fraction of each crop's voxels stored per case; 0 starts with an empty bank")
-    parser.add_argument("--sampler", choices=("index", "permutation"), default="index",
-                        help="memory-bank sampling inside the iteration: the current one, or the earlier "
-                             "full permutation (for before/after figures)")
+    parser.add_argument("--sampler", nargs="+", choices=("index", "permutation"), default=["index"],
+                        help="memory-bank sampling inside the iteration: the current one, and/or the earlier "
+                             "full permutation (for before/after figures in one run)")
     parser.add_argument("--sampling-only", action="store_true",
                         help="time the memory-bank sampling alone, not whole iterations")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -176,9 +176,11 @@ def main() -> None:
         if args.sampling_only:
             continue
         n = args.iterations or (20 if device.type == "cuda" else (2 if name == "paper" else 10))
-        sec = bench(name, n, args.warmup if name != "paper" or device.type == "cuda" else 1, device, args)
-        print(f"preset {name:<8} {sec:8.3f} s/iteration (median of {n}, {args.sampler} sampling, "
-              f"{'full' if args.correct > 0 else 'empty'} bank)")
+        for sampler in args.sampler:
+            sec = bench(name, n, args.warmup if name != "paper" or device.type == "cuda" else 1, device, args,
+                        sampler)
+            print(f"preset {name:<8} {sec:8.3f} s/iteration (median of {n}, {sampler} sampling, "
+                  f"{'full' if args.correct > 0 else 'empty'} bank)", flush=True)
 
 
 if __name__ == "__main__":
