@@ -50,16 +50,32 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------- sliding window
 
 
-def window_starts(size: int, window: int, stride: int) -> List[int]:
-    """Window start positions along one axis: every ``stride`` voxels, the last one flush with the end.
+WINDOW_LAYOUTS = ("even", "flush")
 
-    ``ceil((size - window) / stride) + 1`` windows at ``min(n * stride, size - window)``,
-    the formula of the official CAML test code, so its protocol is reproduced exactly.
+
+def window_starts(size: int, window: int, stride: int, layout: str = "even") -> List[int]:
+    """Window start positions along one axis.
+
+    Both layouts use ``n = ceil((size - window) / stride) + 1`` windows, the
+    first at 0 and the last flush with the end:
+
+    * ``"even"``: starts spread evenly over ``[0, size - window]``
+      (``linspace`` rounded, as nnU-Net places its windows), so no stride
+      exceeds ``stride`` and neighbouring overlaps differ by at most a voxel;
+    * ``"flush"``: every ``stride`` voxels, ``min(i * stride, size - window)``,
+      the formula of the official CAML test code; the last two windows
+      crowd together at the far end. Used by ``--protocol official`` so the
+      paper's evaluation is reproduced exactly.
     """
+    if layout not in WINDOW_LAYOUTS:
+        raise ValueError(f"window layout must be one of {', '.join(WINDOW_LAYOUTS)}, not {layout!r}")
     if size <= window:
         return [0]
-    count = math.ceil((size - window) / stride) + 1
-    return [min(n * stride, size - window) for n in range(count)]
+    span = size - window
+    count = math.ceil(span / stride) + 1
+    if layout == "flush":
+        return [min(n * stride, span) for n in range(count)]
+    return [int(round(n * span / (count - 1))) for n in range(count)]
 
 
 def strides_for_overlap(window: Sequence[int], overlap: float) -> Tuple[int, int, int]:
@@ -86,10 +102,28 @@ def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125) -> to
     return weights.clamp_min(1e-3).float()
 
 
+def choose_stitch_device(device: torch.device, needed_bytes: int,
+                         free_bytes: Optional[int] = None) -> torch.device:
+    """Where window outputs are accumulated: the compute device when they fit there, else the CPU.
+
+    On a GPU, adding every window into a CPU array costs a device-to-host
+    copy per window and a slow CPU loop; accumulating on the GPU needs the
+    whole output (and weight map) in GPU memory, which a large image may not
+    have. ``free_bytes`` defaults to what CUDA reports free; half of it must
+    hold ``needed_bytes``, leaving the rest to the network's activations.
+    """
+    if device.type != "cuda":
+        return torch.device("cpu")
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    return device if needed_bytes <= free_bytes // 2 else torch.device("cpu")
+
+
 def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predictor, *,
-                   overlap: float = 0.25, strides: Optional[Sequence[int]] = None,
+                   overlap: float = 0.25, strides: Optional[Sequence[int]] = None, layout: str = "even",
                    blend: str = "gaussian", batch_size: int = 2, pad_value: float = 0.0,
-                   device: Union[str, torch.device] = "cpu", amp: bool = False,
+                   device: Union[str, torch.device] = "cpu",
+                   stitch_device: Union[None, str, torch.device] = None, amp: bool = False,
                    progress: Optional[ProgressCallback] = None,
                    cancel: Optional[CancelToken] = None) -> torch.Tensor:
     """Run ``predictor`` over overlapping windows of ``image`` and blend the outputs.
@@ -101,8 +135,13 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
         predictor: maps ``[B, C, wi, wj, wk]`` on ``device`` to ``[B, C_out, wi, wj, wk]``.
         overlap: fraction of a window shared with its neighbour; ignored when ``strides`` is given.
         strides: explicit window steps per axis (the official protocol uses 18/18/4).
+        layout: window starts ``"even"`` (spread evenly) or ``"flush"`` (the official
+            code's: every stride, the last flush with the end); see ``window_starts``.
         blend: ``"gaussian"`` (weighted towards window centres) or ``"constant"`` (plain average).
         batch_size: windows per forward pass.
+        stitch_device: where outputs and weights are accumulated. None: on ``device``
+            when the output and weight map fit in half its free memory, else on the CPU
+            (``choose_stitch_device``); the CPU always stitches on the CPU.
         amp: float16 autocast, used only when ``device`` is CUDA.
         progress, cancel: called / checked once per forward pass, so a cancel takes
             effect within one batch of windows.
@@ -124,12 +163,12 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
         image = F.pad(image, [v for p in reversed(pad) for v in (p // 2, p - p // 2)], value=pad_value)
     padded = tuple(image.shape[1:])
     steps = tuple(strides) if strides is not None else strides_for_overlap(window, overlap)
-    starts = [(a, b, c) for a in window_starts(padded[0], window[0], steps[0])
-              for b in window_starts(padded[1], window[1], steps[1])
-              for c in window_starts(padded[2], window[2], steps[2])]
+    starts = [(a, b, c) for a in window_starts(padded[0], window[0], steps[0], layout)
+              for b in window_starts(padded[1], window[1], steps[1], layout)
+              for c in window_starts(padded[2], window[2], steps[2], layout)]
     importance = gaussian_importance(window) if blend == "gaussian" else torch.ones(window)
     total: Optional[torch.Tensor] = None
-    weight = torch.zeros(padded, dtype=torch.float32)
+    weight: Optional[torch.Tensor] = None
     use_amp = amp and device.type == "cuda"
     progress(ProgressEvent("inference", 0, len(starts), "windows"))
     for first in range(0, len(starts), batch_size):
@@ -141,9 +180,12 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
         batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
             out = predictor(batch)
-        out = out.float().cpu()
         if total is None:
-            total = torch.zeros((out.shape[1],) + padded, dtype=torch.float32)
+            # The number of output channels is known only now.
+            total, weight = _stitch_buffers(out.shape[1], padded, device, stitch_device)
+            importance = importance.to(total.device)
+        assert weight is not None
+        out = out.float().to(total.device)
         for n, (a, b, c) in enumerate(batch_starts):
             region = (slice(None), slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
             total[region] += out[n] * importance
@@ -151,14 +193,35 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
         progress(ProgressEvent("inference", min(first + batch_size, len(starts)), len(starts), "windows"))
     assert total is not None
     total /= weight
+    del weight
     if any(pad):
         lo = [p // 2 for p in pad]
         total = total[:, lo[0]:lo[0] + spatial[0], lo[1]:lo[1] + spatial[1], lo[2]:lo[2] + spatial[2]]
-    return total.contiguous()
+    return total.contiguous().cpu()
+
+
+def _stitch_buffers(channels: int, shape: Tuple[int, ...], device: torch.device,
+                    stitch_device: Union[None, str, torch.device]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed ``[channels, *shape]`` output and ``shape`` weight accumulators where stitching happens."""
+    voxels = int(np.prod(shape))
+    if stitch_device is not None:
+        where = torch.device(stitch_device)
+    else:
+        # Output, weights, and the cropped copy made at the end.
+        where = choose_stitch_device(device, 4 * voxels * (2 * channels + 1))
+    if where.type == "cuda":
+        try:
+            return (torch.zeros((channels,) + shape, dtype=torch.float32, device=where),
+                    torch.zeros(shape, dtype=torch.float32, device=where))
+        except torch.cuda.OutOfMemoryError:
+            if stitch_device is not None:
+                raise
+            torch.cuda.empty_cache()  # another process took the memory meanwhile: fall back
+    return torch.zeros((channels,) + shape, dtype=torch.float32), torch.zeros(shape, dtype=torch.float32)
 
 
 def count_windows(shape: Sequence[int], window: Sequence[int], strides: Sequence[int]) -> int:
-    """How many windows ``sliding_window`` runs for an image of ``shape`` (after padding)."""
+    """How many windows ``sliding_window`` runs for an image of ``shape`` (after padding), in either layout."""
     return int(np.prod([len(window_starts(max(n, w), w, s)) for n, w, s in zip(shape, window, strides)]))
 
 
@@ -260,6 +323,7 @@ class InferenceOptions:
 
     overlap: float = 0.25
     strides: Optional[Tuple[int, int, int]] = None  # overrides overlap
+    window_layout: str = "even"  # window starts spread evenly; "flush" = the official code's
     blend: str = "gaussian"
     batch_size: Optional[int] = None  # windows per forward pass; None = 2 on CPU, 4 on CUDA
     amp: bool = True  # float16 autocast on CUDA only
@@ -279,7 +343,7 @@ class InferenceOptions:
         Resampling stays on: it is a no-op for models trained at the LA voxel size (the
         paper's), and a model trained at another voxel size must see that size.
         """
-        return cls(strides=OFFICIAL_STRIDES, blend="constant", protocol="official")
+        return cls(strides=OFFICIAL_STRIDES, window_layout="flush", blend="constant", protocol="official")
 
     def with_changes(self, **changes: Any) -> InferenceOptions:
         return replace(self, **changes)
@@ -367,7 +431,8 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     with torch.inference_mode():
         probs = sliding_window(torch.from_numpy(image)[None], model.window,
                                make_predictor([model.networks[w] for w in order], flips),
-                               strides=strides, blend=options.blend, batch_size=batch_size,
+                               strides=strides, layout=options.window_layout, blend=options.blend,
+                               batch_size=batch_size,
                                device=model.device, amp=options.amp, progress=progress, cancel=cancel)
     del image
     probs_np = probs.numpy()
@@ -380,7 +445,7 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     if options.lcc:
         mask = largest_component(mask)
     info = {"model": model.name, "protocol": options.protocol, "device": str(model.device),
-            "window": list(model.window), "strides": list(strides),
+            "window": list(model.window), "strides": list(strides), "window_layout": options.window_layout,
             "windows": count_windows(target_shape, model.window, strides),
             "network_grid": list(target_shape), "input_grid": list(volume.shape),
             "models": order, "tta": options.tta, "flips": [list(f) for f in flips], "lcc": options.lcc,

@@ -11,8 +11,9 @@ with the sigmoid ramp-up ``exp(-5 (1 - t/R)^2)``, ``t = iteration // rampup_inte
 Runs on CPU, one GPU (with mixed precision), or several GPUs under
 ``torchrun`` (DistributedDataParallel; every rank samples its own batches and
 the memory-bank updates are all-gathered so the banks stay identical).
-Everything needed to continue exactly (model, optimizer, memory bank,
-sampler queues and RNG states) is in the resumable checkpoint ``last.pt``.
+Everything needed to continue exactly (model, optimizer, memory bank, and
+each rank's sampler queues and RNG states, gathered to rank 0) is in the
+resumable checkpoint ``last.pt``.
 """
 
 from __future__ import annotations
@@ -304,8 +305,23 @@ def _distributed() -> Tuple[int, int]:
     return 0, 1
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as Python ints, floats and lists, so ``torch.load(weights_only=True)`` reads them."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
 def _rng_state(rng: np.random.Generator, objective: CAMLObjective) -> Dict[str, Any]:
-    state: Dict[str, Any] = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
+    state: Dict[str, Any] = {"numpy": _plain(rng.bit_generator.state), "torch": torch.get_rng_state(),
                              "memory": objective.memory_generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -318,6 +334,50 @@ def _set_rng_state(state: Dict[str, Any], rng: np.random.Generator, objective: C
     objective.memory_generator.set_state(state["memory"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rank_state(rng: np.random.Generator, objective: CAMLObjective, sampler: TwoStreamSampler) -> Dict[str, Any]:
+    """What decides this rank's batches and memory draws: its RNG states and sampler queues."""
+    return {"rng": _rng_state(rng, objective), "sampler": [list(q) for q in sampler.queues]}
+
+
+def _gather_rank_states(local: Dict[str, Any], rank: int, world: int) -> Optional[List[Dict[str, Any]]]:
+    """Every rank's ``_rank_state``, in rank order, on rank 0 (None elsewhere).
+
+    A collective: every rank must call it at the same iteration.
+    """
+    if world == 1:
+        return [local]
+    gathered: Optional[List[Any]] = [None] * world if rank == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    return gathered
+
+
+def _restore_rank_state(checkpoint: Dict[str, Any], rank: int, world: int, seed: int,
+                        rng: np.random.Generator, objective: CAMLObjective, sampler: TwoStreamSampler) -> None:
+    """Put this rank's saved RNG states and sampler queues back.
+
+    Each rank continues its own streams, so ranks keep drawing different
+    batches and the run continues as if never interrupted. Checkpoints
+    written before states were saved per rank hold rank 0's only. A rank
+    with no saved state (more processes than the interrupted run had) takes
+    rank 0's model-side torch state but fresh data streams of its own.
+    """
+    saved = checkpoint.get("rank_states")
+    if saved is None:
+        saved = [{"rng": checkpoint["rng"], "sampler": checkpoint["sampler"]}]
+    if len(saved) != world and rank == 0:
+        LOG.warning("resuming with %d process(es) a run saved with %d: batches will differ from an "
+                    "uninterrupted run", world, len(saved))
+    if rank < len(saved):
+        _set_rng_state(saved[rank]["rng"], rng, objective)
+        sampler.queues = [list(q) for q in saved[rank]["sampler"]]
+        return
+    _set_rng_state(saved[0]["rng"], rng, objective)
+    iteration = int(checkpoint["iteration"])
+    rng.bit_generator.state = np.random.default_rng([seed, rank, iteration]).bit_generator.state
+    objective.memory_generator.manual_seed(seed + 7919 * rank + 104729 * iteration)
+    sampler.queues = [[], []]
 
 
 def _setup_logging(out_dir: Path) -> logging.Handler:
@@ -370,9 +430,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
         if not last_path.exists():
             raise FileNotFoundError(f"{last_path}: nothing to resume (no last.pt in the output folder)")
         resume_state = read_checkpoint(last_path)
-        for key in ("optimizer", "iteration", "rng", "memory_bank", "split"):
+        for key in ("optimizer", "iteration", "memory_bank", "split"):
             if key not in resume_state:
                 raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no {key!r})")
+        if "rank_states" not in resume_state and "rng" not in resume_state:
+            raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no 'rank_states')")
 
     split, labeled, unlabeled, validation = prepare_data(cfg, progress)
     if resume_state is not None and resume_state["split"]["labeled"] != split.labeled:
@@ -405,8 +467,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{last_path}: incompatible checkpoint ({exc})") from exc
         scaler.load_state_dict(resume_state.get("scaler", {}))
-        _set_rng_state(resume_state["rng"], rng, objective)
-        sampler.queues = [list(q) for q in resume_state["sampler"]]
+        _restore_rank_state(resume_state, rank, world, cfg.seed, rng, objective, sampler)
         start_iter = int(resume_state["iteration"])
         best_dice, best_iter = resume_state.get("best_dice"), resume_state.get("best_iteration")
         history = list(resume_state.get("history", []))
@@ -429,10 +490,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
             "data_root": str(cfg.data_root), "seed": cfg.seed, "supervised_only": cfg.supervised_only,
             "world_size": world}
 
-    def checkpoint(iteration: int) -> Dict[str, Any]:
+    def checkpoint(iteration: int, rank_states: Optional[List[Dict[str, Any]]]) -> Dict[str, Any]:
         return dict(meta, model=net.state_dict(), optimizer=optimizer.state_dict(),
-                    scaler=scaler.state_dict(), memory_bank=bank.state_dict(),
-                    rng=_rng_state(rng, objective), sampler=[list(q) for q in sampler.queues],
+                    scaler=scaler.state_dict(), memory_bank=bank.state_dict(), rank_states=rank_states,
                     iteration=iteration, best_dice=best_dice, best_iteration=best_iter, history=history)
 
     if rank == 0:
@@ -486,8 +546,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
                 if rank == 0:
                     LOG.info("iteration %d " + " ".join(f"{k} %.4f" for k in parts), iteration,
                              *parts.values())
-            if rank == 0 and (iteration % preset.checkpoint_interval == 0 or iteration == preset.iterations):
-                save_checkpoint(last_path, checkpoint(iteration))
+            if iteration % preset.checkpoint_interval == 0 or iteration == preset.iterations:
+                # Every rank reaches this at the same iteration, so the gather cannot hang.
+                rank_states = _gather_rank_states(_rank_state(rng, objective, sampler), rank, world)
+                if rank == 0:
+                    save_checkpoint(last_path, checkpoint(iteration, rank_states))
             progress(ProgressEvent("train", iteration, preset.iterations,
                                    values={k: round(v, 5) for k, v in record.items() if k != "iteration"}))
     except BaseException:
@@ -496,9 +559,13 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
             _set_rng_state(snapshot[0], rng, objective)
             sampler.queues = snapshot[1]
             bank.slots = snapshot[2]
-        if rank == 0 and completed > start_iter and out_dir.exists():
-            save_checkpoint(last_path, checkpoint(completed))
+        # Under DDP the other ranks' states cannot be gathered from here (they may be
+        # anywhere in their step), so the last periodic checkpoint stands.
+        if rank == 0 and world == 1 and completed > start_iter and out_dir.exists():
+            save_checkpoint(last_path, checkpoint(completed, [_rank_state(rng, objective, sampler)]))
             LOG.info("stopped at iteration %d; resumable checkpoint written", completed)
+        elif rank == 0 and world > 1:
+            LOG.info("stopped at iteration %d; the last periodic checkpoint (last.pt) is kept", completed)
         raise
     finally:
         LOG.removeHandler(handler)
