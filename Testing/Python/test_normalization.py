@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 from CAMLSegmentationLib.checkpoint import release_checkpoint, save_checkpoint
-from CAMLSegmentationLib.inference import (InferenceOptions, flip_combinations, load_inference_model,
-                                           segment_volume)
+from CAMLSegmentationLib.inference import InferenceOptions, flip_combinations, load_inference_model, segment_volume
 from CAMLSegmentationLib.network import NetworkConfig
 from CAMLSegmentationLib.preprocess import body_percentiles, normalize_intensity, resample_to_shape
 from CAMLSegmentationLib.presets import load_preset
