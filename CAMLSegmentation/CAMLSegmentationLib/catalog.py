@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .errors import CAMLError
 from .files import atomic_output
 
 PathLike = Union[str, Path]
@@ -30,7 +31,7 @@ SCHEMA_VERSION = 1
 DEFAULT_WINDOW = (112, 112, 80)
 
 
-class CatalogError(ValueError):
+class CatalogError(CAMLError, ValueError):
     """A catalog file, entry or weights file that cannot be used."""
 
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
+from .errors import CAMLError, MissingFileError
 from .files import atomic_output
 from .network import CAMLNet, NetworkConfig, SubModel
 
@@ -29,7 +30,7 @@ FORMAT_VERSION = 1
 PathLike = Union[str, Path]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CAMLError, ValueError):
     """A weights file that cannot be read or does not fit the model."""
 
 
@@ -46,7 +47,7 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Load a weights file into the project's checkpoint dict form (``model`` + ``network`` at least)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise MissingFileError(f"{path}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a truncated or foreign file

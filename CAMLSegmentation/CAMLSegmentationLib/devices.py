@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from .errors import CAMLError
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-class DeviceError(ValueError):
+class DeviceError(CAMLError, ValueError):
     """A device was asked for that this machine or this PyTorch build does not have."""
 
 

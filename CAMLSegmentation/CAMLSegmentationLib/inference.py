@@ -37,7 +37,7 @@ from .devices import resolve_device
 from .network import NetworkConfig, SubModel
 from .preprocess import resample_to_shape, shape_for_spacing, zscore
 from .progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
-from .volume import Volume, validate_volume
+from .volume import Volume, check_size, validate_volume
 
 PathLike = Union[str, Path]
 DEFAULT_WINDOW = (112, 112, 80)
@@ -335,6 +335,7 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     target_shape = volume.shape
     if options.resample and model.spacing is not None:
         target_shape = shape_for_spacing(volume.shape, volume.spacing, model.spacing)
+        check_size(target_shape, "image", "resampled to the model's voxel size, a grid")
         image = resample_to_shape(image, target_shape, mode="linear")
     strides = options.strides or strides_for_overlap(model.window, options.overlap)
     batch_size = options.batch_size or (4 if model.device.type == "cuda" else 2)
