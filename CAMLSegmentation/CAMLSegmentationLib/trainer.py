@@ -399,7 +399,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
                 raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no {key!r})")
 
     split, labeled, unlabeled, validation = prepare_data(cfg, progress)
-    if resume_state is not None and resume_state["split"]["labeled"] != split.labeled:
+    saved_split = resume_state.get("split") if resume_state is not None else None
+    if resume_state is not None and (not isinstance(saved_split, dict) or saved_split.get("labeled") != split.labeled):
         raise CheckpointError(f"{last_path}: incompatible checkpoint: it was trained with other labeled "
                               "cases than this command selects")
 
@@ -424,12 +425,12 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
             net.load_state_dict(resume_state["model"], strict=True)
             optimizer.load_state_dict(resume_state["optimizer"])
             bank.load_state_dict(resume_state["memory_bank"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{last_path}: incompatible checkpoint ({exc})") from exc
-        restore_scaler(scaler, resume_state.get("scaler"))
-        _set_rng_state(resume_state["rng"], rng, objective)
-        sampler.queues = [list(q) for q in resume_state["sampler"]]
-        start_iter = int(resume_state["iteration"])
+            restore_scaler(scaler, resume_state.get("scaler"))
+            _set_rng_state(resume_state["rng"], rng, objective)
+            sampler.queues = [[int(i) for i in q] for q in resume_state["sampler"]]
+            start_iter = int(resume_state["iteration"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"{last_path}: incompatible checkpoint ({type(exc).__name__}: {exc})") from exc
         best_dice, best_iter = resume_state.get("best_dice"), resume_state.get("best_iteration")
         history = list(resume_state.get("history", []))
 
