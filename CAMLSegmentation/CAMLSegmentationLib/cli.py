@@ -64,7 +64,7 @@ def main(argv: Optional[List[str]] = None, restore_signals: bool = True) -> int:
     user can fix (``CAMLError``) are one line on stderr (and one ``error``
     event); any other exception is a bug and keeps its traceback.
     """
-    from .progress import Cancelled, emit_final, install_cancel_handler, restore_handlers
+    from .progress import Cancelled, commit_job, emit_final, install_cancel_handler, restore_handlers
 
     argv = list(sys.argv[1:] if argv is None else argv)
     json_mode = _wants_json(argv)
@@ -96,13 +96,26 @@ def main(argv: Optional[List[str]] = None, restore_signals: bool = True) -> int:
         print(f"{command}: cancelled", file=sys.stderr)
         return 130
     finally:
+        commit_job()  # the outcome is decided: a late signal must not change it
         if restore_signals:
             restore_handlers(previous)
 
 
 def entry_point() -> None:
-    """``caml`` as a program: the cancel handler stays until the interpreter exits."""
-    sys.exit(main(restore_signals=False))
+    """``caml`` as a program: exit with ``main``'s status whatever signal comes after the outcome.
+
+    Python restores the default handlers while it shuts down, so a SIGTERM
+    then would kill the process (status 143) after it told its outcome; the
+    cancel signals are ignored from the moment ``main`` returns.
+    """
+    import signal
+
+    from .progress import CANCEL_SIGNALS
+
+    code = main(restore_signals=False)
+    for sig in CANCEL_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         report = {"model": model.name, "protocol": options.protocol, "data": str(root), "list": args.list,
                   "window": list(model.window), "device": str(model.device),
                   "cases": rows, "summary": summary}
-        with atomic_outputs([out_dir / "metrics.json", out_dir / "metrics.csv"]) as (tmp_json, tmp_csv):
+        with atomic_outputs([out_dir / "metrics.json", out_dir / "metrics.csv"],
+                            commit=True) as (tmp_json, tmp_csv):
             tmp_json.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
             _write_csv(tmp_csv, rows, summary, METRIC_NAMES)
         final.update(outputs={"csv": str(out_dir / "metrics.csv"), "json": str(out_dir / "metrics.json")},

@@ -38,7 +38,7 @@ def fsync_path(path: PathLike, directory: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def atomic_outputs(paths: Sequence[PathLike]) -> Iterator[List[Path]]:
+def atomic_outputs(paths: Sequence[PathLike], commit: bool = False) -> Iterator[List[Path]]:
     """Yield temporary paths beside ``paths``; rename them all onto ``paths`` only if the block succeeds.
 
     The temporary files keep the final suffixes (``.seg.nrrd``, ``.nii.gz``) so
@@ -47,8 +47,10 @@ def atomic_outputs(paths: Sequence[PathLike]) -> Iterator[List[Path]]:
     see the old file or the new one), then their folders are fsynced. A
     cancel signal arriving during the renames is held back: once the first
     file is in place the others follow, so the outputs are all new or all old.
+    ``commit``: these are the job's final outputs; once they are in place a
+    cancel no longer applies (``progress.commit_job``).
     """
-    from .progress import deferred_cancel
+    from .progress import commit_job, deferred_cancel
 
     targets = [Path(p) for p in paths]
     temps: List[Path] = []
@@ -67,6 +69,8 @@ def atomic_outputs(paths: Sequence[PathLike]) -> Iterator[List[Path]]:
                 os.replace(tmp, target)
             for folder in dict.fromkeys(t.parent for t in targets):
                 fsync_path(folder, directory=True)
+            if commit:
+                commit_job()
     finally:
         for tmp in temps:
             if tmp.exists():

@@ -114,6 +114,7 @@ class _SignalState:
     def __init__(self) -> None:
         self.raised = False  # Cancelled was raised once: later signals are ignored
         self.finished = False  # the final event is out: the job is over, signals change nothing
+        self.committed = False  # the outputs are in place: the job is done, signals change nothing
         self.deferring = 0  # inside ``deferred_cancel``: remember the signal, raise at the block's end
         self.pending = False
         self.json_stream: Optional[TextIO] = None  # where the final JSON event goes (None: no JSON)
@@ -127,7 +128,7 @@ CANCEL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "
 
 def _on_signal(signum: int, frame: Any) -> None:
     state = _STATE
-    if state.raised or state.finished:
+    if state.raised or state.finished or state.committed:
         return
     if state.deferring:
         state.pending = True
@@ -175,6 +176,15 @@ def emit_final(event: Dict[str, Any]) -> bool:
     return True
 
 
+def commit_job() -> None:
+    """The job's outputs are all in place: from now on a cancel signal changes nothing.
+
+    Without this a signal arriving between the last rename and the final
+    event would report "cancelled" for a job whose outputs exist.
+    """
+    _STATE.committed = True
+
+
 def cancel_requested() -> bool:
     """True when a signal arrived inside ``deferred_cancel`` and waits to take effect."""
     return _STATE.pending
@@ -195,7 +205,8 @@ def deferred_cancel(raise_at_end: bool = True) -> Iterator[None]:
         yield
     finally:
         state.deferring -= 1
-    if raise_at_end and not state.deferring and state.pending and not state.raised and not state.finished:
+    if raise_at_end and not state.deferring and state.pending and not (state.raised or state.finished
+                                                                       or state.committed):
         state.pending = False
         state.raised = True
         raise Cancelled("terminated by a signal")
@@ -204,7 +215,7 @@ def deferred_cancel(raise_at_end: bool = True) -> Iterator[None]:
 def raise_pending_cancel() -> None:
     """Raise ``Cancelled`` now if a signal was held back by ``deferred_cancel(raise_at_end=False)``."""
     state = _STATE
-    if state.pending and not state.deferring and not state.raised and not state.finished:
+    if state.pending and not state.deferring and not (state.raised or state.finished or state.committed):
         state.pending = False
         state.raised = True
         raise Cancelled("terminated by a signal")

@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         result = segment_volume(volume, model, options, progress=progress_callback(args.progress))
         arrays = {"mask": result.mask, "uncertainty": result.uncertainty, "probability": result.probability}
         try:
-            written = write_outputs([(name, kind, arrays[name], path) for name, kind, path in outputs], volume)
+            written = write_outputs([(name, kind, arrays[name], path) for name, kind, path in outputs], volume,
+                                    commit=True)
         except OSError as exc:
             raise UserError(str(exc)) from exc
         voxels = int(result.mask.sum())

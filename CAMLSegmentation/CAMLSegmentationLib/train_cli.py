@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .errors import UserError
     from .presets import load_preset
-    from .progress import emit_final, json_lines, no_progress, text_bar
+    from .progress import commit_job, emit_final, json_lines, no_progress, text_bar
     from .trainer import TrainConfig, train
 
     preset = load_preset(args.preset)
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     # A cancel (SIGTERM from a parent, Ctrl-C) stops at an iteration boundary and writes a
     # resumable last.pt first; `caml` installed the handler before any work.
     result = train(cfg, progress=progress)
+    commit_job()  # trained to the end: a late signal changes nothing
     summary = (f"trained {result.iterations} iterations in {result.seconds:.0f} s; "
                f"checkpoints in {result.out_dir}")
     if result.best_dice is not None:

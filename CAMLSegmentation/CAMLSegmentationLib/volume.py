@@ -311,21 +311,23 @@ def write_image(array: np.ndarray, reference: Volume, path: PathLike) -> Path:
     return Path(path)
 
 
-def write_outputs(items: Sequence[Tuple[str, str, np.ndarray, PathLike]], reference: Volume) -> Dict[str, str]:
+def write_outputs(items: Sequence[Tuple[str, str, np.ndarray, PathLike]], reference: Volume,
+                  commit: bool = False) -> Dict[str, str]:
     """Write several outputs all-or-nothing and return ``{name: path}``.
 
     Each item is ``(name, kind, array, path)`` with kind ``"mask"`` (binary,
     written as uint8 or a Slicer segmentation) or ``"image"`` (float32 map).
     Every file is first written beside its target under a temporary name; the
     renames happen only after all writes succeeded, so a failure (bad array,
-    disk full, unwritable folder) leaves none of them behind.
+    disk full, unwritable folder) leaves none of them behind. ``commit``:
+    these are the job's final outputs (see ``files.atomic_outputs``).
     """
     import SimpleITK as sitk
 
     images = [(name, _output_image(kind, array, reference, Path(path)), Path(path))
               for name, kind, array, path in items]  # every check before the first byte is written
     written: Dict[str, str] = {}
-    with atomic_outputs([path for _, _, path in images]) as temps:
+    with atomic_outputs([path for _, _, path in images], commit=commit) as temps:
         for (name, img, path), tmp in zip(images, temps):
             try:
                 sitk.WriteImage(img, str(tmp), useCompression=True)
