@@ -356,42 +356,53 @@ def test_sigterm_at_any_moment_ends_with_130_one_event_and_no_output(tmp_path: P
         assert files_in(tmp_path) == before, (delay, files_in(tmp_path) - before)
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc (Linux)")
-def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path: Path, dataset: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
-    preset = write_preset(tmp_path / "p.json", TINY)
-    base = ["train", "--data", dataset, "--labeled", "2", "--preset", preset, "--device", "cpu", "--seed", "7"]
-    stop_after = random.Random(3).randint(2, 4)
-    proc = subprocess.Popen(caml_argv(*base, "--out", tmp_path / "cut", "--progress", "json"),
+def _train_and_cut(base: List, out: Path, stop_after: int, fraction: float) -> int:
+    """Run ``caml train`` in a child and SIGTERM it ``fraction`` of an iteration after iteration
+    ``stop_after`` ended (inside the next step); returns the iteration its last.pt holds."""
+    proc = subprocess.Popen(caml_argv(*base, "--out", out, "--progress", "json"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
-    lines = []
+    lines, times = [], []
     try:
         for line in proc.stdout:
             lines.append(line)
             event = json.loads(line)
-            if event.get("stage") == "train" and event["done"] >= stop_after:
-                break  # the child is now inside the next iteration's step
+            if event.get("stage") == "train":
+                times.append(event["time"])
+                if event["done"] >= stop_after:
+                    break
+        period = (times[-1] - times[0]) / max(1, len(times) - 1)
+        time.sleep(fraction * period)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=300)
+        rest, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    events = json_events("".join(lines) + out)
+    events = json_events("".join(lines) + rest)
     assert final_events(events) == [events[-1]] and events[-1]["event"] == "cancelled"
-    stopped = read_checkpoint(tmp_path / "cut" / "last.pt")["iteration"]
-    assert stop_after <= stopped < TINY.iterations
-    code, out, err = run_caml(base + ["--out", tmp_path / "cut", "--resume", "--progress", "json"], capsys)
-    assert code == 0, err
-    assert final_events(json_events(out))[-1]["event"] == "done"
+    return read_checkpoint(out / "last.pt")["iteration"]
+
+
+def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path: Path, dataset: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Bit for bit, wherever in an iteration the signal lands (the step is never cut in two)."""
+    preset = write_preset(tmp_path / "p.json", TINY)
+    base = ["train", "--data", dataset, "--labeled", "2", "--preset", preset, "--device", "cpu", "--seed", "7"]
     code, _, err = run_caml(base + ["--out", tmp_path / "straight", "--progress", "none"], capsys)
     assert code == 0, err
-    resumed = read_checkpoint(tmp_path / "cut" / "last.pt")
     straight = read_checkpoint(tmp_path / "straight" / "last.pt")
-    assert resumed["iteration"] == straight["iteration"] == TINY.iterations
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), f"{key} differs after SIGTERM and resume"
-    assert resumed["memory_bank"].keys() == straight["memory_bank"].keys()
+    for n, (stop_after, fraction) in enumerate([(2, 0.5), (3, 0.25), (4, 0.75)]):
+        out = tmp_path / f"cut{n}"
+        stopped = _train_and_cut(base, out, stop_after, fraction)
+        assert stop_after <= stopped < TINY.iterations
+        code, stdout, err = run_caml(base + ["--out", out, "--resume", "--progress", "json"], capsys)
+        assert code == 0, err
+        assert final_events(json_events(stdout))[-1]["event"] == "done"
+        resumed = read_checkpoint(out / "last.pt")
+        assert resumed["iteration"] == straight["iteration"] == TINY.iterations
+        for key, value in straight["model"].items():
+            assert torch.equal(value, resumed["model"][key]), \
+                f"{key} differs after SIGTERM at {fraction} of iteration {stop_after + 1} and resume"
 
 
 def test_train_json_ends_with_exactly_one_final_event(tmp_path: Path, dataset: Path,
