@@ -72,7 +72,7 @@ def _unsafe_load_message(exc: Exception) -> str:
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("WeightsUnpickler error:"):
-            return line[len("WeightsUnpickler error:"):].strip()
+            return line[len("WeightsUnpickler error:"):].strip().replace("\x1b[1m", "").replace("\x1b[0m", "")
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -89,9 +89,12 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # what weights_only raises for a pickle that calls anything
+        detail = _unsafe_load_message(exc)
+        if "Unsupported" not in detail:  # a damaged file rather than a foreign object
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from exc
         raise CheckpointError(f"{path}: refused: the file holds Python objects other than weights "
-                              f"({_unsafe_load_message(exc)}); loading it could run code, so it is not "
-                              f"loaded. Only tensors and plain values are accepted") from exc
+                              f"({detail.split(' was not an allowed global')[0]}); loading it could run "
+                              f"code, so it is not loaded. Only tensors and plain values are accepted") from exc
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
                               f"{_unsafe_load_message(exc)})") from exc
