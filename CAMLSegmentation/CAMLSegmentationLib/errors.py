@@ -25,8 +25,12 @@ class MissingFileError(CAMLError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 
 
-class OutputError(CAMLError, OSError):
-    """An output path that cannot be written (found before any work is done, where possible)."""
+class OutputError(CAMLError, OSError, ValueError):
+    """An output path that cannot be written or names an unknown format (found before any work, where possible).
+
+    An ``OSError`` for callers that catch write failures, a ``ValueError`` for
+    those that catch bad names, as the two were before this class.
+    """
 
 
 class SizeLimitError(CAMLError, ValueError):
