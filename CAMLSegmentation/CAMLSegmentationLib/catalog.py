@@ -19,18 +19,40 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .errors import CAMLError
 from .files import atomic_output
 
 PathLike = Union[str, Path]
 SCHEMA_VERSION = 1
 
 
-class CatalogError(ValueError):
+class CatalogError(CAMLError, ValueError):
     """A catalog file, entry or weights file that cannot be used."""
+
+
+#: What a model id or version may be: a plain name (letters, digits, '.', '_', '-'), starting
+#: with a letter or digit, at most 64 characters. No '/', '\\' or '..' can reach the file name,
+#: and no '@', which separates the two in the stored file's name ``<id>@<version>.pt``, so two
+#: entries never share a file.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a plain name (``NAME_PATTERN``), else ``CatalogError`` saying why."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value:
+        raise CatalogError(f"model {what} {value!r} is not allowed: use 1 to 64 letters, digits, '.', '_' "
+                           f"or '-', starting with a letter or digit (it becomes part of a file name)")
+    return value
+
+
+def stored_file_name(model_id: str, version: str) -> str:
+    """The weights file of a registered model: one name per (id, version), never shared."""
+    return f"{check_name(model_id, 'id')}@{check_name(version, 'version')}.pt"
 
 
 @dataclass
@@ -112,6 +134,10 @@ def _entry_from_json(raw: Any, catalog: Path, source: str, n: int) -> ModelEntry
     missing = [k for k in ("id", "version", "file", "sha256") if not raw.get(k)]
     if missing:
         raise CatalogError(f"{catalog}: model #{n} ({raw.get('id', 'no id')}) lacks {', '.join(missing)}")
+    file = Path(str(raw["file"]))
+    if file.is_absolute() or file.drive or ".." in file.parts:
+        raise CatalogError(f"{catalog}: model {raw['id']!r}: weights file {str(file)!r} must lie in the "
+                           f"catalog's folder (a relative name without '..')")
     try:
         return ModelEntry(
             id=str(raw["id"]), version=str(raw["version"]), file=str(raw["file"]),
@@ -140,12 +166,30 @@ def load_catalog(paths: Optional[Sequence[Tuple[PathLike, str]]] = None) -> List
 
 
 def find_model(model_id: str, entries: Optional[List[ModelEntry]] = None) -> ModelEntry:
-    entries = load_catalog() if entries is None else entries
-    for entry in entries:
-        if entry.id == model_id:
-            return entry
+    """The entry named ``model_id``.
+
+    Without ``entries``, each catalog is read on its own: a damaged catalog
+    (unreadable, or listing an id twice) is an error only when it could hold
+    the model asked for, so a broken user catalog never stops a bundled
+    model named explicitly.
+    """
+    problems: List[str] = []
+    if entries is None:
+        entries = []
+        for path, source in [(bundled_catalog_path(), "bundled"), (user_catalog_path(), "user")]:
+            try:
+                entries.extend(read_catalog(path, source))
+            except CatalogError as exc:
+                problems.append(str(exc))
+    matches = [e for e in entries if e.id == model_id]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise CatalogError(f"model id {model_id!r} is listed {len(matches)} times "
+                           f"({', '.join(sorted(set(e.catalog for e in matches)))}): remove all but one")
     known = ", ".join(e.id for e in entries) or "none: the catalog is empty"
-    raise CatalogError(f"no model {model_id!r} in the catalog (known: {known})")
+    damaged = f"; damaged catalog: {'; '.join(problems)}" if problems else ""
+    raise CatalogError(f"no model {model_id!r} in the catalog (known: {known}){damaged}")
 
 
 def default_model(entries: Optional[List[ModelEntry]] = None) -> Optional[ModelEntry]:
@@ -201,6 +245,20 @@ def verify(entry: ModelEntry) -> Path:
     return path
 
 
+def catalog_lock(catalog_path: PathLike, timeout: float = 120.0) -> Any:
+    """A lock file beside a catalog, held while it is read, changed and rewritten.
+
+    Two ``caml models register`` at once would otherwise both read the old
+    list and the second rewrite would drop the first's entry (or both would
+    add the same id). ``filelock`` ships with PyTorch, so it is always there.
+    """
+    from filelock import FileLock
+
+    path = Path(catalog_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.parent / f".{path.name}.lock"), timeout=timeout)
+
+
 def register_model(weights: PathLike, model_id: str, version: str = "1", description: str = "",
                    training_data: str = "", metrics: Optional[Dict[str, Any]] = None,
                    catalog_path: Optional[PathLike] = None, default: bool = False,
@@ -213,31 +271,52 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
     V and A, fp16 when ``half``), not the training checkpoint. How to run
     the model (window, voxel size, normalisation, flips, threshold) travels
     inside that file; the entry only points at it and records its scores.
+
+    Refused: an id or version that is not a plain name (``check_name``), an
+    id already listed (compared without case, as some file systems do), and
+    a weights file that would replace another. The catalog is changed under
+    a lock (``catalog_lock``), so concurrent registrations all land. With
+    ``default`` the new model replaces the catalog's previous default.
     """
     from .checkpoint import read_checkpoint, release_checkpoint
 
+    check_name(model_id, "id")
+    check_name(str(version), "version")
     weights = Path(weights)
+    ckpt = read_checkpoint(weights)  # before the lock: a refused file changes nothing
+    preset = ckpt.get("preset") or {}
     catalog_path = Path(catalog_path) if catalog_path else user_catalog_path()
     others = [(bundled_catalog_path(), "bundled")] if catalog_path != bundled_catalog_path() else []
-    existing = load_catalog(others + [(catalog_path, "user")])
-    if any(e.id == model_id for e in existing):
-        raise CatalogError(f"model id {model_id!r} is already in the catalog; choose another id or version")
-    ckpt = read_checkpoint(weights)
-    preset = ckpt.get("preset") or {}
-    file_name = f"{model_id}-{version}.pt"
+    file_name = stored_file_name(model_id, str(version))
     target = catalog_path.parent / file_name
-    with atomic_output(target) as tmp:
-        release_checkpoint(weights, tmp, half=half)
-    entry = ModelEntry(id=model_id, version=str(version), file=file_name, sha256=sha256_file(target),
-                       preset=str(preset.get("name", "")),
-                       training_data=training_data, training=training,
-                       metrics=dict(metrics or ckpt.get("metrics") or {}),
-                       description=description or f"registered from {weights}", default=default,
-                       catalog=str(catalog_path), source="user")
-    data: Dict[str, Any] = {"schema_version": SCHEMA_VERSION, "models": []}
-    if catalog_path.is_file():
-        data = json.loads(catalog_path.read_text(encoding="utf-8"))
-    data["models"].append(entry.to_json())
-    with atomic_output(catalog_path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    with catalog_lock(catalog_path):
+        existing = load_catalog(others + [(catalog_path, "user")])
+        same = [e for e in existing if e.id.lower() == model_id.lower()]
+        if same:
+            raise CatalogError(f"model id {model_id!r} is already in the catalog ({same[0].id!r} in "
+                               f"{same[0].catalog}); choose another id")
+        if target.exists():
+            raise CatalogError(f"{target}: a file of that name is already in the catalog's folder; "
+                               f"choose another id or version")
+        with atomic_output(target) as tmp:
+            release_checkpoint(weights, tmp, half=half)
+        entry = ModelEntry(id=model_id, version=str(version), file=file_name, sha256=sha256_file(target),
+                           preset=str(preset.get("name", "")),
+                           training_data=training_data, training=training,
+                           metrics=dict(metrics or ckpt.get("metrics") or {}),
+                           description=description or f"registered from {weights}", default=default,
+                           catalog=str(catalog_path), source="user")
+        data: Dict[str, Any] = {"schema_version": SCHEMA_VERSION, "models": []}
+        if catalog_path.is_file():
+            data = json.loads(catalog_path.read_text(encoding="utf-8"))
+        if default:  # one default per catalog: the new one replaces the old
+            for raw in data["models"]:
+                raw["default"] = False
+        data["models"].append(entry.to_json())
+        try:
+            with atomic_output(catalog_path) as tmp:
+                tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        except BaseException:
+            target.unlink()  # not listed: do not leave the weights behind
+            raise
     return entry

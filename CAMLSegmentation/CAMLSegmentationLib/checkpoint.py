@@ -11,15 +11,24 @@ Three kinds of file load:
   ``release_checkpoint`` (models V and A, no training state, optionally fp16).
 
 Weights stored as fp16 are cast back to float32 on load.
+
+Loading never runs code from the file: ``torch.load(weights_only=True)``
+accepts only tensors and plain containers (dict, list, tuple, str, int,
+float, bool, None), so a pickle that would call a function on load is
+refused. Everything a checkpoint holds is therefore kept in those types
+(numpy values are converted on save).
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
+from .errors import CAMLError, MissingFileError
 from .files import atomic_output
 from .network import CAMLNet, NetworkConfig, SubModel
 from .settings import InferenceSettings
@@ -30,32 +39,72 @@ FORMAT_VERSION = 1
 PathLike = Union[str, Path]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CAMLError, ValueError):
     """A weights file that cannot be read or does not fit the model."""
 
 
 def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> None:
     """Write a checkpoint atomically: a crash mid-write leaves the previous file intact."""
-    payload = dict(payload)
+    payload = _plain(dict(payload))
     payload.setdefault("format", FORMAT)
     payload.setdefault("format_version", FORMAT_VERSION)
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays turned into the types ``weights_only`` loading accepts."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
+def _unsafe_load_message(exc: Exception) -> str:
+    """The first line of torch's refusal, without its advice to load untrusted files unsafely."""
+    text = str(exc)
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("WeightsUnpickler error:"):
+            return line[len("WeightsUnpickler error:"):].strip().replace("\x1b[1m", "").replace("\x1b[0m", "")
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Load a weights file into the project's checkpoint dict form (``model`` + ``network`` at least)."""
+    """Load a weights file into the project's checkpoint dict form (``model`` + ``network`` at least).
+
+    Only data is loaded, never code (see the module docstring); a file that
+    holds anything else is refused with ``CheckpointError``, as is one whose
+    parts have the wrong types.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise MissingFileError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # what weights_only raises for a pickle that calls anything
+        detail = _unsafe_load_message(exc)
+        if "Unsupported" not in detail:  # a damaged file rather than a foreign object
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from exc
+        raise CheckpointError(f"{path}: refused: the file holds Python objects other than weights "
+                              f"({detail.split(' was not an allowed global')[0]}); loading it could run "
+                              f"code, so it is not loaded. Only tensors and plain values are accepted") from exc
     except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                              f"{_unsafe_load_message(exc)})") from exc
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        if obj.get("format_version", 0) > FORMAT_VERSION:
-            raise CheckpointError(f"{path}: checkpoint format version {obj['format_version']} is newer "
+        version = obj.get("format_version", 0)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer "
                                   f"than this software understands ({FORMAT_VERSION})")
+        _check_parts(obj, path)
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         state = _strip_prefix(obj)
@@ -66,6 +115,40 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
         return {"format": FORMAT, "model": state, "network": network, "source": "plain state_dict"}
     raise CheckpointError(f"{path}: not a CAML checkpoint (expected a state_dict or a "
                           f"{FORMAT} file, found {type(obj).__name__})")
+
+
+def _check_parts(obj: Dict[str, Any], path: Path) -> None:
+    """Refuse a project checkpoint whose parts have the wrong types (one line, not a traceback later)."""
+    model = obj.get("model")
+    if not isinstance(model, dict) or not model:
+        raise CheckpointError(f"{path}: a {FORMAT} file without weights (no 'model' state_dict)")
+    bad = [k for k, v in model.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: 'model' entry {bad[0]!r} is not a tensor")
+    for key in ("network", "preset"):
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            raise CheckpointError(f"{path}: {key!r} must be a dictionary, not {type(obj[key]).__name__}")
+    defaults = NetworkConfig().to_dict()
+    for key, value in (obj.get("network") or {}).items():
+        if key in defaults and not _same_kind(value, defaults[key]):
+            raise CheckpointError(f"{path}: network setting {key!r} is {value!r}, not a "
+                                  f"{type(defaults[key]).__name__}")
+    preset = obj.get("preset") or {}
+    for key, count in (("patch_size", 3), ("spacing", 3)):
+        value = preset.get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == count and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
+            raise CheckpointError(f"{path}: preset {key!r} must be {count} positive numbers, not {value!r}")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True
 
 
 def _strip_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -84,6 +167,9 @@ def infer_network_config(state: Dict[str, torch.Tensor]) -> NetworkConfig:
     else:
         raise CheckpointError("weights of another architecture: no CAML encoder "
                               "('encoder1.block_one.conv.0.weight') in the file")
+    if w.ndim != 5:
+        raise CheckpointError(f"weights of another architecture: {key} has shape {tuple(w.shape)}, "
+                              f"a 3D convolution's has 5 dimensions")
     cfg = {"base_filters": int(w.shape[0]), "in_channels": int(w.shape[1])}
     for dec in ("decoder1", "decoder2"):
         if f"{dec}.out_conv.weight" in state:
@@ -97,6 +183,8 @@ def infer_network_config(state: Dict[str, torch.Tensor]) -> NetworkConfig:
 
 def _load(module: torch.nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
     wanted = module.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: the weights are not a state_dict")
     sub = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k in wanted}
     missing = sorted(set(wanted) - set(sub))
     if missing:

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .errors import CAMLError
 from .preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 from .settings import AUGMENTATION_FLIP_AXES, PERCENTILE
@@ -49,7 +50,7 @@ _GEOMETRY_TOL_MM = 1e-3
 _DIRECTION_TOL = 1e-4
 
 
-class DataError(ValueError):
+class DataError(CAMLError, ValueError):
     """A problem with the training data; the message names the file, folder or case and the problem."""
 
 

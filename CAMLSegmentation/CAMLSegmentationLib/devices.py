@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported when a device is resolved: the CLI parser needs DEVICE_CHOICES, not torch
     import torch
 
+from .errors import CAMLError
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-class DeviceError(ValueError):
+class DeviceError(CAMLError, ValueError):
     """A device was asked for that this machine or this PyTorch build does not have."""
 
 

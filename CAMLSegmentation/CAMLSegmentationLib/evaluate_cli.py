@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .progress import terminate_as_cancel
+from .errors import MissingFileError, UserError
 from .segment_cli import add_inference_arguments, add_model_arguments, json_outcome
 
 COLUMNS = [("dice", "Dice(%)", 100.0), ("jaccard", "Jaccard(%)", 100.0), ("hd95_voxels", "95HD(vox)", 1.0),
@@ -43,16 +43,16 @@ def case_path(root: Path, case_id: str) -> Path:
                       root / case_id / "mri_norm2.h5", root / case_id, Path(case_id)):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"{root}: no image for case {case_id!r} "
+    raise MissingFileError(f"{root}: no image for case {case_id!r} "
                             f"(looked for '2018LA_Seg_Training Set/{case_id}/mri_norm2.h5')")
 
 
 def read_case_list(path: Path) -> List[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such case list")
+        raise MissingFileError(f"{path}: no such case list")
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     if not ids:
-        raise ValueError(f"{path}: the case list is empty")
+        raise UserError(f"{path}: the case list is empty")
     return ids
 
 
@@ -92,20 +92,23 @@ def _json_safe(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .files import atomic_output
+    from .files import atomic_outputs
     from .inference import segment_volume
     from .metrics import METRIC_NAMES, evaluate_case, summarize
     from .progress import ProgressEvent
     from .segment_cli import load_model_from_args, options_from_args, progress_callback
-    from .volume import read_la_h5, validate_volume
+    from .volume import ImageError, check_output_paths, read_la_h5, validate_volume
 
     json_mode = args.progress == "json"
-    with json_outcome(json_mode) as final, terminate_as_cancel():
+    with json_outcome(json_mode) as final:
         root = Path(args.data)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such data folder")
+            raise MissingFileError(f"{root}: no such data folder")
         ids = read_case_list(Path(args.list))
         paths = [case_path(root, cid) for cid in ids]  # every case found before any work
+        out_dir = Path(args.out)
+        check_output_paths([("metrics", "table", out_dir / "metrics.json"),
+                            ("table", "table", out_dir / "metrics.csv")])
         options = options_from_args(args)
         model = load_model_from_args(args, with_a=options.ensemble)
         progress = progress_callback(args.progress)
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         for n, (cid, path) in enumerate(zip(ids, paths)):
             volume, label = read_la_h5(path)
             if label is None:
-                raise ValueError(f"{path}: no 'label' dataset, cannot evaluate")
+                raise ImageError(f"{path}: no 'label' dataset, cannot evaluate")
             validate_volume(volume, path)
             start = time.perf_counter()
             result = segment_volume(volume, model, options, progress=progress)
@@ -124,21 +127,15 @@ def run(args: argparse.Namespace) -> int:
             rows.append(dict({"case": cid, "seconds": round(seconds, 3)}, **metrics.to_dict()))
             progress(ProgressEvent("cases", n + 1, len(ids), cid, {"dice": metrics.dice}))
         summary = summarize(results)
-        out_dir = Path(args.out)
         report = {"model": model.name, "protocol": options.protocol, "data": str(root), "list": args.list,
                   "window": list(model.window), "device": str(model.device),
                   "cases": rows, "summary": summary}
-        with atomic_output(out_dir / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
-        with atomic_output(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["case", *METRIC_NAMES, "seconds"])
-            for r in rows:
-                writer.writerow([r["case"], *[_csv(r[k]) for k in METRIC_NAMES], r["seconds"]])
-            for stat in ("mean", "std"):
-                writer.writerow([stat, *[_csv(summary[k][stat]) for k in METRIC_NAMES], ""])
+        with atomic_outputs([out_dir / "metrics.json", out_dir / "metrics.csv"],
+                            commit=True) as (tmp_json, tmp_csv):
+            tmp_json.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+            _write_csv(tmp_csv, rows, summary, METRIC_NAMES)
         final.update(outputs={"csv": str(out_dir / "metrics.csv"), "json": str(out_dir / "metrics.json")},
-                     summary=_json_safe(summary))
+                              summary=_json_safe(summary))
         if not json_mode:
             print(f"model {model.name}, protocol {options.protocol}, {len(ids)} cases\n")
             print(format_table(rows, summary))
@@ -148,3 +145,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _csv(value: Optional[float]) -> str:
     return "" if value is None or not math.isfinite(value) else f"{value:.6g}"
+
+
+def _write_csv(path: Path, rows: List[Dict[str, Any]], summary: Dict[str, Dict[str, float]],
+               names: List[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["case", *names, "seconds"])
+        for r in rows:
+            writer.writerow([r["case"], *[_csv(r[k]) for k in names], r["seconds"]])
+        for stat in ("mean", "std"):
+            writer.writerow([stat, *[_csv(summary[k][stat]) for k in names], ""])

@@ -32,13 +32,13 @@ from scipy import ndimage
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .checkpoint import load_sub_model, read_checkpoint
+from .checkpoint import CheckpointError, load_sub_model, read_checkpoint
 from .devices import resolve_device
 from .network import NetworkConfig, SubModel
 from .preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
 from .progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
 from .settings import OFFICIAL_WINDOW, PERCENTILE, InferenceSettings
-from .volume import Volume, validate_volume
+from .volume import Volume, check_size, validate_volume
 
 PathLike = Union[str, Path]
 #: Window strides of the official CAML evaluation (``test_3d.py``: stride_xy=18, stride_z=4).
@@ -276,7 +276,12 @@ def load_inference_model(weights: PathLike, device: Union[str, torch.device] = "
     weights carry how they must be run, nothing else overrides it.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    settings = InferenceSettings.from_checkpoint(read_checkpoint(weights))
+    try:
+        settings = InferenceSettings.from_checkpoint(read_checkpoint(weights))
+    except ValueError as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{weights}: {exc}") from exc
     networks = {}
     for which in ("v", "a") if with_a else ("v",):
         net, _ = load_sub_model(weights, which)
@@ -423,6 +428,7 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     target_shape = volume.shape
     if options.resample and model.spacing is not None:
         target_shape = shape_for_spacing(volume.shape, volume.spacing, model.spacing)
+        check_size(target_shape, "image", "resampled to the model's voxel size, a grid")
         image = resample_to_shape(image, target_shape, mode="linear")
     strides = options.strides or strides_for_overlap(model.window, options.overlap)
     flips = flip_combinations(settings.flip_axes) if options.tta else [()]

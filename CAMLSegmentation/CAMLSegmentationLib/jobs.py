@@ -4,8 +4,10 @@ Slicer's GUI thread must never wait on inference or training, and a Python
 thread cannot be stopped. So long work runs in a separate process that
 reports JSON lines on stdout (see ``progress.py``); a ``Job`` reads them on
 background threads into a queue that the GUI drains from a timer with
-``poll()``. ``cancel()`` kills the whole process tree (the child runs in its
-own process group / session), and a job that did not finish cleanly removes
+``poll()``. ``cancel()`` first asks the child to stop (SIGTERM to its process
+group, Ctrl-Break on Windows: ``caml`` then stops at a clean point, a training
+run writing its resumable ``last.pt``) and kills the whole process tree only
+if it is still running after a grace period; a job that did not finish cleanly removes
 the outputs it was asked to write, including the temporaries of
 ``files.atomic_output``, so no partial file is ever left behind.
 """
@@ -26,6 +28,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 PathLike = Union[str, Path]
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+
+#: Seconds a cancelled child gets to stop by itself before it is killed: enough for a
+#: training run to finish its iteration and write last.pt.
+DEFAULT_GRACE_SECONDS = 30.0
 
 #: The directory holding the ``CAMLSegmentationLib`` package: put on the child's PYTHONPATH.
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
@@ -95,7 +101,7 @@ class Job:
 
     def __init__(self, argv: Sequence[str], outputs: Iterable[PathLike] = (),
                  env: Optional[Mapping[str, str]] = None, cwd: Optional[PathLike] = None,
-                 stderr_lines: int = 200) -> None:
+                 stderr_lines: int = 200, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
         self.argv = [str(a) for a in argv]
         self.outputs = [Path(p) for p in outputs]
         self.env = dict(env) if env is not None else engine_environment()
@@ -105,6 +111,7 @@ class Job:
         self.result: Dict[str, Any] = {}
         self.error: str = ""
         self._stderr_lines = stderr_lines
+        self.grace_seconds = grace_seconds
         self._stderr: List[str] = []
         self._events: queue.Queue[Dict[str, Any]] = queue.Queue()
         self._cancel_requested = False
@@ -152,13 +159,27 @@ class Job:
         self._finished.wait(timeout)
         return self.state
 
-    def cancel(self) -> None:
-        """Kill the child and everything it started; the job ends as ``cancelled``."""
+    def cancel(self, grace_seconds: Optional[float] = None) -> None:
+        """Stop the child: ask first, kill after ``grace_seconds``; the job ends as ``cancelled``.
+
+        Never blocks: the kill, when needed, comes from a background thread.
+        ``grace_seconds=0`` kills at once.
+        """
         with self._lock:
-            if self._finished.is_set() or self._process is None:
+            if self._finished.is_set() or self._process is None or self._cancel_requested:
                 return
             self._cancel_requested = True
-        kill_process_tree(self._process)
+        grace = self.grace_seconds if grace_seconds is None else grace_seconds
+        process = self._process
+        if grace <= 0 or not terminate_process_group(process):
+            kill_process_tree(process)
+            return
+
+        def kill_if_still_running() -> None:
+            if not self._finished.wait(grace) and process.poll() is None:
+                kill_process_tree(process)
+
+        threading.Thread(target=kill_if_still_running, daemon=True).start()
 
     # -- threads ------------------------------------------------------------------
     def _read_stderr(self) -> None:
@@ -181,6 +202,11 @@ class Job:
                 self.error = str(event.get("message", ""))
             self._events.put(event)
         self.returncode = self._process.wait()
+        if self._cancel_requested and os.name != "nt":
+            try:  # helpers the child started (data loaders, torchrun workers) go with it
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except OSError:
+                pass
         self._stderr_thread.join()
         self._finish()
 
@@ -226,6 +252,20 @@ def parse_event(line: str) -> Optional[Dict[str, Any]]:
     if not isinstance(event, dict) or "event" not in event:
         return {"event": "log", "stream": "stdout", "message": line}
     return event
+
+
+def terminate_process_group(process: subprocess.Popen) -> bool:
+    """Ask ``process`` and its process group to stop (SIGTERM; Ctrl-Break on Windows); False if it is gone."""
+    if process.poll() is not None:
+        return False
+    try:
+        if os.name == "nt":
+            os.kill(process.pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        else:
+            os.killpg(process.pid, signal.SIGTERM)
+    except OSError:
+        return False
+    return True
 
 
 def kill_process_tree(process: subprocess.Popen) -> None:

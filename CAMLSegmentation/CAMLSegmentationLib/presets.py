@@ -8,10 +8,12 @@ inference resamples new images to the same voxel size.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from .errors import CAMLError, MissingFileError
 from .settings import NORMALIZATIONS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -24,6 +26,8 @@ OFFICIAL_RAMPUP = {4: 40.0, 8: 20.0, 16: 15.0}
 #: Fields older checkpoints recorded that no longer mean anything (validation now runs the
 #: same predictor as ``caml segment``; ``extra`` was never read).
 RETIRED_FIELDS = ("val_overlap", "extra")
+class PresetError(CAMLError, ValueError):
+    """A preset that is not valid JSON, names unknown fields or gives a field a value of the wrong type."""
 
 
 @dataclass(frozen=True)
@@ -90,12 +94,14 @@ class TrainingPreset:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> TrainingPreset:
+        if not isinstance(d, dict):
+            raise PresetError(f"a preset is a JSON object of fields, not {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown preset field(s): {', '.join(unknown)}")
-        d = dict(d)
+            raise PresetError(f"unknown preset field(s): {', '.join(unknown)}")
+        d = _checked_types(d)
         if d.get("spacing") is not None:
             d["spacing"] = tuple(float(s) for s in d["spacing"])
         if "patch_size" in d:
@@ -105,20 +111,70 @@ class TrainingPreset:
                 d[name] = tuple(float(v) for v in d[name])
         preset = cls(**d)
         if any(s % 16 for s in preset.patch_size):
-            raise ValueError(f"patch size {preset.patch_size}: each side must be a multiple of 16 "
+            raise PresetError(f"patch size {preset.patch_size}: each side must be a multiple of 16 "
                              "(four 2x downsamplings)")
         if preset.lr_schedule not in ("constant", "poly"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'poly', not {preset.lr_schedule!r}")
+            raise PresetError(f"lr_schedule must be 'constant' or 'poly', not {preset.lr_schedule!r}")
         if preset.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not "
+            raise PresetError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not "
                              f"{preset.normalization!r}")
         for name in ("intensity_scale", "intensity_gamma"):
             lo, hi = getattr(preset, name)
             if not 0 < lo <= hi:
-                raise ValueError(f"{name} must be [low, high] with 0 < low <= high, got [{lo}, {hi}]")
+                raise PresetError(f"{name} must be [low, high] with 0 < low <= high, got [{lo}, {hi}]")
         if preset.occ_heads_on not in ("agreeing", "selected"):
-            raise ValueError(f"occ_heads_on must be 'agreeing' or 'selected', not {preset.occ_heads_on!r}")
+            raise PresetError(f"occ_heads_on must be 'agreeing' or 'selected', not {preset.occ_heads_on!r}")
         return preset
+
+
+#: Fields that must be at least 1 (counts and intervals) or strictly positive (rates, sizes).
+_AT_LEAST_ONE = ("iterations", "labeled_batch", "base_filters", "feat_dim", "rampup_interval",
+                 "memory_per_class", "num_filtered", "val_interval", "checkpoint_interval")
+
+
+def _checked_types(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of ``d`` where every value has the type of its field's default, else ``PresetError``.
+
+    A wrong type ("iterations": "many") would otherwise surface only deep
+    inside training, after the output folder was created.
+    """
+    if not isinstance(d, dict):
+        raise PresetError(f"a preset is a JSON object of fields, not {type(d).__name__}")
+    defaults = {f.name: f.default for f in fields(TrainingPreset)}
+    out = dict(d)
+    for key, value in d.items():
+        default = defaults.get(key)
+        if value is None and (default is None or key == "spacing"):
+            continue  # optional fields
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+            want = "true or false"
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "a whole number"
+        elif isinstance(default, float) or default is None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a number"
+            if ok:
+                out[key] = float(value)
+        elif isinstance(default, str):
+            ok, want = isinstance(value, str), "a string"
+        elif isinstance(default, tuple):
+            ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                          for v in value))
+            want = f"a list of {len(default)} positive numbers"
+        else:
+            continue  # free-form fields keep whatever JSON gives them
+        if not ok:
+            raise PresetError(f"preset field {key!r} must be {want}, not {json.dumps(value)}")
+        if key in _AT_LEAST_ONE and value < 1:
+            raise PresetError(f"preset field {key!r} must be at least 1, not {value}")
+        if key in ("unlabeled_batch", "val_start") and value < 0:
+            raise PresetError(f"preset field {key!r} must not be negative, not {value}")
+        if key == "lr" and value <= 0:
+            raise PresetError(f"preset field 'lr' must be positive, not {value}")
+    return out
 
 
 def available_presets() -> List[str]:
@@ -131,12 +187,12 @@ def load_preset(name_or_path: Union[str, Path]) -> TrainingPreset:
     if not path.suffix == ".json":
         path = PRESET_DIR / f"{name_or_path}.json"
         if not path.is_file():
-            raise ValueError(f"unknown preset {name_or_path!r}; available: {', '.join(available_presets())} "
+            raise PresetError(f"unknown preset {name_or_path!r}; available: {', '.join(available_presets())} "
                              "or a path to a .json preset")
     elif not path.is_file():
-        raise FileNotFoundError(f"{path}: no such preset file")
+        raise MissingFileError(f"{path}: no such preset file")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PresetError(f"{path}: not valid JSON ({exc})") from exc
     return TrainingPreset.from_dict(data)

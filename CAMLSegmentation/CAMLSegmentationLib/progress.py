@@ -18,8 +18,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, Optional, TextIO
 
 
-class Cancelled(Exception):
-    """Raised inside engine loops when their CancelToken is set."""
+class Cancelled(BaseException):
+    """Raised when the job is cancelled: a CancelToken was set, or the process got SIGTERM or SIGINT.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: library code that catches
+    ``Exception`` (to turn a foreign file into a friendly error, say) cannot
+    swallow a cancel and carry on writing outputs.
+    """
 
 
 class CancelToken:
@@ -103,18 +108,132 @@ def no_progress(event: ProgressEvent) -> None:
     """The default callback: ignore events."""
 
 
-@contextlib.contextmanager
-def terminate_as_cancel() -> Iterator[None]:
-    """Turn SIGTERM (what a parent sends to stop the job) into ``Cancelled`` so temporary files are removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+class _SignalState:
+    """What the cancel signal handler of this process does (one process has one handler)."""
+
+    def __init__(self) -> None:
+        self.raised = False  # Cancelled was raised once: later signals are ignored
+        self.finished = False  # the final event is out: the job is over, signals change nothing
+        self.committed = False  # the outputs are in place: the job is done, signals change nothing
+        self.deferring = 0  # inside ``deferred_cancel``: remember the signal, raise at the block's end
+        self.pending = False
+        self.json_stream: Optional[TextIO] = None  # where the final JSON event goes (None: no JSON)
+
+
+_STATE = _SignalState()
+
+#: The signals that cancel a job: a parent's terminate, Ctrl-C, and Ctrl-Break on Windows.
+CANCEL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGBREAK") if hasattr(signal, name))
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    state = _STATE
+    if state.raised or state.finished or state.committed:
         return
+    if state.deferring:
+        state.pending = True
+        return
+    state.raised = True
+    raise Cancelled("terminated by a signal" if signum != getattr(signal, "SIGINT", None) else "interrupted")
 
-    def handler(signum: int, frame: Any) -> None:
-        raise Cancelled("terminated by a signal")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+def install_cancel_handler(json_stream: Optional[TextIO] = None) -> Optional[Dict[int, Any]]:
+    """Make SIGTERM / SIGINT raise ``Cancelled`` once; return the previous handlers (None off the main thread).
+
+    Call it before any work, so that a cancel at any moment is a clean
+    cancel. ``json_stream`` is where ``emit_final`` writes the one final event.
+    """
+    global _STATE
+    _STATE = _SignalState()
+    _STATE.json_stream = json_stream
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return {sig: signal.signal(sig, _on_signal) for sig in CANCEL_SIGNALS}
+
+
+def restore_handlers(previous: Optional[Dict[int, Any]]) -> None:
+    for sig, handler in (previous or {}).items():
+        signal.signal(sig, handler)
+
+
+def emit_final(event: Dict[str, Any]) -> bool:
+    """Write the job's final JSON event (``done``, ``error`` or ``cancelled``), at most once per job.
+
+    After it is out, signals no longer cancel (the outcome is told and must
+    stay true). Returns False when a final event was already written.
+    """
+    state = _STATE
+    if state.finished:
+        return False
+    state.deferring += 1  # no cancel between writing the event and marking it written
+    try:
+        if state.json_stream is not None:
+            state.json_stream.write(json.dumps(event, default=str) + "\n")
+            state.json_stream.flush()
+        state.finished = True
+    finally:
+        state.deferring -= 1
+    return True
+
+
+def commit_job() -> None:
+    """The job's outputs are all in place: from now on a cancel signal changes nothing.
+
+    Without this a signal arriving between the last rename and the final
+    event would report "cancelled" for a job whose outputs exist.
+    """
+    _STATE.committed = True
+
+
+def cancel_requested() -> bool:
+    """True when a signal arrived inside ``deferred_cancel`` and waits to take effect."""
+    return _STATE.pending
+
+
+@contextlib.contextmanager
+def deferred_cancel(raise_at_end: bool = True) -> Iterator[None]:
+    """Hold a signal's cancel back until the end of the block (a unit of work that must not be cut).
+
+    The trainer runs each iteration in one, so a cancel always stops at an
+    iteration boundary and the checkpoint it writes resumes exactly; writing
+    several outputs uses one with ``raise_at_end=False``: once every file is
+    in place the job is done, and a late signal cannot undo that.
+    """
+    state = _STATE
+    state.deferring += 1
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        state.deferring -= 1
+    if raise_at_end and not state.deferring and state.pending and not (state.raised or state.finished
+                                                                       or state.committed):
+        state.pending = False
+        state.raised = True
+        raise Cancelled("terminated by a signal")
+
+
+def raise_pending_cancel() -> None:
+    """Raise ``Cancelled`` now if a signal was held back by ``deferred_cancel(raise_at_end=False)``."""
+    state = _STATE
+    if state.pending and not state.deferring and not (state.raised or state.finished or state.committed):
+        state.pending = False
+        state.raised = True
+        raise Cancelled("terminated by a signal")
+
+
+@contextlib.contextmanager
+def terminate_as_cancel() -> Iterator[None]:
+    """Turn SIGTERM / SIGINT into ``Cancelled`` within the block (for callers other than ``caml``'s main).
+
+    ``caml`` installs the handler itself before any work (``install_cancel_handler``);
+    inside it this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is _on_signal:
+        yield
+        return
+    previous = install_cancel_handler(None)
+    try:
+        yield
+    finally:
+        restore_handlers(previous)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from .devices import DEVICE_CHOICES
-from .progress import terminate_as_cancel
+from .errors import UserError
 
 if TYPE_CHECKING:  # the CLI imports torch only once a command runs, so `caml --help` stays fast
     from .inference import InferenceModel, InferenceOptions
@@ -84,12 +83,12 @@ def options_from_args(args: argparse.Namespace, uncertainty: bool = False) -> In
     from .inference import InferenceOptions
 
     if not 0.0 <= args.overlap < 0.95:
-        raise ValueError(f"--overlap must be between 0 and 0.95, got {args.overlap}")
+        raise UserError(f"--overlap must be between 0 and 0.95, got {args.overlap}")
     if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     base = InferenceOptions.official() if args.protocol == "official" else InferenceOptions(overlap=args.overlap)
     if args.protocol == "official" and (args.tta or args.lcc or args.ensemble):
-        raise ValueError("--protocol official is model V without post-processing: "
+        raise UserError("--protocol official is model V without post-processing: "
                          "it cannot be combined with --tta, --lcc or --ensemble")
     return base.with_changes(batch_size=args.batch_size, tta=args.tta, lcc=args.lcc,
                              ensemble=args.ensemble, uncertainty=uncertainty)
@@ -98,7 +97,6 @@ def options_from_args(args: argparse.Namespace, uncertainty: bool = False) -> In
 def load_model_from_args(args: argparse.Namespace, with_a: bool = False) -> InferenceModel:
     """The model ``--weights`` or ``--model`` names, else the catalog default; UserError when there is none."""
     from .catalog import default_model, find_model, verify
-    from .cli import UserError
     from .inference import load_inference_model
 
     if args.weights:
@@ -121,22 +119,17 @@ def progress_callback(mode: str) -> ProgressCallback:
 
 @contextlib.contextmanager
 def json_outcome(enabled: bool) -> Iterator[Dict[str, Any]]:
-    """In JSON mode, end stdout with a ``done`` line (fields set by the caller) or an ``error`` line."""
-    from .progress import Cancelled
+    """In JSON mode, end stdout with a ``done`` line holding the fields the caller set.
+
+    Errors and cancels are told by ``cli.main`` (one ``error`` or ``cancelled``
+    line), so every command ends with exactly one final event.
+    """
+    from .progress import emit_final
 
     final: Dict[str, Any] = {}
-    try:
-        yield final
-    except Cancelled as exc:
-        if enabled:
-            print(json.dumps({"event": "error", "message": str(exc), "cancelled": True}), flush=True)
-        raise
-    except Exception as exc:
-        if enabled:
-            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
-        raise
+    yield final
     if enabled:
-        print(json.dumps(dict({"event": "done"}, **final), default=str), flush=True)
+        emit_final(dict({"event": "done"}, **final))
 
 
 @contextlib.contextmanager
@@ -156,24 +149,21 @@ def _snapshot_beside(path: Optional[Path], volume: Any, mask: Any, uncertainty: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import UserError
-    from .volume import mask_format, read_volume, write_outputs
+    from .files import check_utf8_name
+    from .volume import check_output_paths, read_volume, write_outputs
 
     json_mode = args.progress == "json"
-    with json_outcome(json_mode) as final, terminate_as_cancel():
+    with json_outcome(json_mode) as final:
         source = Path(args.input)
+        check_utf8_name(source, "input")
         output = Path(args.output) if args.output else default_output(source)
         outputs: List[Tuple[str, str, Path]] = [("mask", "mask", output)]
         if args.uncertainty:
             outputs.append(("uncertainty", "image", Path(args.uncertainty)))
         if args.probability:
             outputs.append(("probability", "image", Path(args.probability)))
-        for _, kind, path in outputs:  # reject bad names before minutes of work
-            fmt = mask_format(path)
-            if kind == "image" and fmt == ".seg.nrrd":
-                raise UserError(f"{path}: a .seg.nrrd holds a segmentation, not a float map; use .nrrd or .nii.gz")
-            if path.resolve() == source.resolve():
-                raise UserError(f"{path}: output would overwrite the input image")
+        # Every output checked before minutes of work; all are written, or none.
+        check_output_paths(outputs, inputs=[source] + ([args.weights] if args.weights else []))
         snapshot = Path(args.snapshot) if getattr(args, "snapshot", None) else None
         if snapshot is not None and snapshot.suffix.lower() != ".png":
             raise UserError(f"{snapshot}: --snapshot writes a PNG picture; give a name ending in .png")
@@ -187,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with _snapshot_beside(snapshot, volume, result.mask, result.uncertainty) as picture:
                 written = write_outputs([(name, kind, arrays[name], path) for name, kind, path in outputs],
-                                        volume)
+                                        volume, commit=True)
                 written.update(picture)
         except OSError as exc:
             raise UserError(str(exc)) from exc

@@ -42,35 +42,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .errors import UserError
     from .presets import load_preset
-    from .progress import json_lines, no_progress, terminate_as_cancel, text_bar
+    from .progress import commit_job, emit_final, json_lines, no_progress, text_bar
     from .trainer import TrainConfig, train
 
     preset = load_preset(args.preset)
     if args.iterations is not None:
         if args.iterations < 1:
-            raise ValueError("--iterations must be at least 1")
+            raise UserError("--iterations must be at least 1")
         preset = preset.with_overrides(iterations=args.iterations)
     if args.labeled is not None and args.labeled < 1:
-        raise ValueError("--labeled must be at least 1")
+        raise UserError("--labeled must be at least 1")
     progress = {"bar": text_bar(), "json": json_lines(), "none": no_progress}[args.progress]
     cfg = TrainConfig(data_root=args.data, out_dir=args.out, preset=preset, labeled=args.labeled,
                       labeled_list=args.labeled_list, val_list=args.val_list, val_last=args.val_last,
                       device=args.device,
                       seed=args.seed, resume=args.resume, supervised_only=args.supervised_only)
-    # SIGTERM (a parent's Cancel) stops like Ctrl-C: a resumable last.pt is written first.
-    with terminate_as_cancel():
-        result = train(cfg, progress=progress)
+    # A cancel (SIGTERM from a parent, Ctrl-C) stops at an iteration boundary and writes a
+    # resumable last.pt first; `caml` installed the handler before any work.
+    result = train(cfg, progress=progress)
+    commit_job()  # trained to the end: a late signal changes nothing
     summary = (f"trained {result.iterations} iterations in {result.seconds:.0f} s; "
                f"checkpoints in {result.out_dir}")
     if result.best_dice is not None:
         summary += f"; best validation Dice {result.best_dice:.4f} at iteration {result.best_iteration}"
     if args.progress == "json":
-        import json
-
-        print(json.dumps({"event": "done", "outputs": {"last": str(result.out_dir / "last.pt"),
-                                                       "best": str(result.out_dir / "best.pt")},
-                          "best_dice": result.best_dice, "iterations": result.iterations}), flush=True)
+        # best.pt exists only when a validation ran: name only files that are there.
+        outputs = {name: str(result.out_dir / f"{name}.pt") for name in ("last", "best")
+                   if (result.out_dir / f"{name}.pt").is_file()}
+        emit_final({"event": "done", "outputs": outputs, "best_dice": result.best_dice,
+                    "best_iteration": result.best_iteration, "iterations": result.iterations})
     else:
         print(summary, file=sys.stderr)
     return 0

@@ -36,13 +36,23 @@ from torch import nn
 from . import data as data_mod
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .devices import resolve_device
+from .errors import MissingFileError, UserError
 from .inference import InferenceOptions, model_from_network, segment_volume
 from .losses import dice_loss, mutual_consistency_loss, sigmoid_rampup
 from .metrics import dice
 from .network import CAMLNet, NetworkConfig
 from .occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
 from .presets import TrainingPreset
-from .progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from .progress import (
+    Cancelled,
+    CancelToken,
+    ProgressCallback,
+    ProgressEvent,
+    cancel_requested,
+    deferred_cancel,
+    no_progress,
+    raise_pending_cancel,
+)
 from .settings import InferenceSettings
 from .volume import Volume
 
@@ -378,6 +388,32 @@ def _restore_rank_state(checkpoint: Dict[str, Any], rank: int, world: int, seed:
     rng.bit_generator.state = np.random.default_rng([seed, rank, iteration]).bit_generator.state
     objective.memory_generator.manual_seed(seed + 7919 * rank + 104729 * iteration)
     sampler.queues = [[], []]
+def restore_scaler(scaler: torch.amp.GradScaler, state: Optional[Dict[str, Any]]) -> None:
+    """Load a GradScaler's saved state when there is one to load.
+
+    A run started on a CPU (or with amp off) saves the empty state of a
+    disabled scaler; resumed on a GPU, the enabled scaler starts from its
+    default scale instead of refusing the empty state. A GPU run resumed on
+    a CPU has a disabled scaler, which ignores the saved state.
+    """
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
+
+
+def _stop_if_cancelled(world: int, device: torch.device) -> None:
+    """At an iteration boundary: raise ``Cancelled`` if a signal arrived during the step.
+
+    With several ranks the decision is shared (any rank signalled stops all
+    at the same iteration), or the others would wait forever in the next
+    step's all-reduce.
+    """
+    if world > 1:
+        flag = torch.tensor([1.0 if cancel_requested() else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if float(flag) > 0:
+            raise Cancelled("terminated by a signal")
+        return
+    raise_pending_cancel()
 
 
 def _setup_logging(out_dir: Path) -> logging.Handler:
@@ -423,12 +459,12 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
     out_dir = Path(cfg.out_dir)
     last_path = out_dir / "last.pt"
     if last_path.exists() and not cfg.resume:
-        raise ValueError(f"{out_dir} already holds a training run (last.pt); pass --resume to continue it "
+        raise UserError(f"{out_dir} already holds a training run (last.pt); pass --resume to continue it "
                          "or choose another --out")
     resume_state = None
     if cfg.resume:
         if not last_path.exists():
-            raise FileNotFoundError(f"{last_path}: nothing to resume (no last.pt in the output folder)")
+            raise MissingFileError(f"{last_path}: nothing to resume (no last.pt in the output folder)")
         resume_state = read_checkpoint(last_path)
         for key in ("optimizer", "iteration", "memory_bank", "split"):
             if key not in resume_state:
@@ -437,7 +473,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
             raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no 'rank_states')")
 
     split, labeled, unlabeled, validation = prepare_data(cfg, progress)
-    if resume_state is not None and resume_state["split"]["labeled"] != split.labeled:
+    saved_split = resume_state.get("split") if resume_state is not None else None
+    if resume_state is not None and (not isinstance(saved_split, dict) or saved_split.get("labeled") != split.labeled):
         raise CheckpointError(f"{last_path}: incompatible checkpoint: it was trained with other labeled "
                               "cases than this command selects")
 
@@ -464,11 +501,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
             net.load_state_dict(resume_state["model"], strict=True)
             optimizer.load_state_dict(resume_state["optimizer"])
             bank.load_state_dict(resume_state["memory_bank"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{last_path}: incompatible checkpoint ({exc})") from exc
-        scaler.load_state_dict(resume_state.get("scaler", {}))
-        _restore_rank_state(resume_state, rank, world, cfg.seed, rng, objective, sampler)
-        start_iter = int(resume_state["iteration"])
+            restore_scaler(scaler, resume_state.get("scaler"))
+            _restore_rank_state(resume_state, rank, world, cfg.seed, rng, objective, sampler)
+            start_iter = int(resume_state["iteration"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"{last_path}: incompatible checkpoint ({type(exc).__name__}: {exc})") from exc
         best_dice, best_iter = resume_state.get("best_dice"), resume_state.get("best_iteration")
         history = list(resume_state.get("history", []))
 
@@ -509,25 +546,29 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
         while iteration < preset.iterations:
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            # What an interrupted step must roll back so the checkpoint stays exact.
-            snapshot = (_rng_state(rng, objective), [list(q) for q in sampler.queues], list(bank.slots))
-            li, ui = sampler.next(preset.labeled_batch, n_unlabeled_batch)
-            x, y = make_batch(labeled, unlabeled, li, ui, preset, rng)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
-            y = y.to(device, non_blocking=True)
-            iteration += 1
-            lambda_c, lambda_o = loss_weights(preset, iteration, len(labeled))
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(preset, iteration - 1)
-            loss, parts = model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o)
-            if not math.isfinite(parts["loss"]):
-                raise FloatingPointError(f"loss became {parts['loss']} at iteration {iteration}; "
-                                         "the last good checkpoint is kept")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            completed, snapshot = iteration, None
+            # A cancel signal during the step is held back to its end: stopping mid-step would
+            # leave BatchNorm statistics and the optimizer half-updated, and the resumed run
+            # would differ from an uninterrupted one.
+            with deferred_cancel(raise_at_end=False):
+                # What a step cut by an error must roll back so the checkpoint stays exact.
+                snapshot = (_rng_state(rng, objective), [list(q) for q in sampler.queues], list(bank.slots))
+                li, ui = sampler.next(preset.labeled_batch, n_unlabeled_batch)
+                x, y = make_batch(labeled, unlabeled, li, ui, preset, rng)
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+                y = y.to(device, non_blocking=True)
+                iteration += 1
+                lambda_c, lambda_o = loss_weights(preset, iteration, len(labeled))
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(preset, iteration - 1)
+                loss, parts = model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o)
+                if not math.isfinite(parts["loss"]):
+                    raise FloatingPointError(f"loss became {parts['loss']} at iteration {iteration}; "
+                                             "the last good checkpoint is kept")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                completed, snapshot = iteration, None
 
             record: Dict[str, Any] = {"iteration": iteration, **parts}
             if validation and iteration >= preset.val_start and (
@@ -553,6 +594,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
                     save_checkpoint(last_path, checkpoint(iteration, rank_states))
             progress(ProgressEvent("train", iteration, preset.iterations,
                                    values={k: round(v, 5) for k, v in record.items() if k != "iteration"}))
+            _stop_if_cancelled(world, device)
     except BaseException:
         # Keep what was learned: a resumable checkpoint at the last completed iteration.
         if snapshot is not None:

@@ -14,14 +14,15 @@ overlays its image in any viewer, flipped and oblique axes included.
 
 from __future__ import annotations
 
-import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .files import atomic_output
+from .errors import CAMLError, MissingFileError, OutputError, SizeLimitError
+from .files import atomic_outputs, check_utf8_name
 
 if TYPE_CHECKING:  # SimpleITK is imported where it is used, so importing this module stays cheap
     import SimpleITK as sitk
@@ -50,8 +51,40 @@ SEGMENT_TERMINOLOGY = ("Segmentation category and type - DICOM master list"
 MASK_FORMATS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
-class ImageError(ValueError):
+class ImageError(CAMLError, ValueError):
     """An input image that cannot be segmented; the message names the file and the problem."""
+
+
+#: Largest image (voxels) read or resampled unless ``CAML_MAX_VOXELS`` says otherwise: 2^28, about
+#: 268 million voxels (1 GiB as float32), several times a 576x576x88 clinical MRI. A header may
+#: claim any size; the claim is checked before a byte is allocated.
+DEFAULT_MAX_VOXELS = 1 << 28
+
+
+def max_voxels() -> int:
+    """The voxel limit: ``CAML_MAX_VOXELS`` from the environment, else ``DEFAULT_MAX_VOXELS``."""
+    raw = os.environ.get("CAML_MAX_VOXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise SizeLimitError(f"CAML_MAX_VOXELS={raw!r} is not a number") from None
+    if value < 1:
+        raise SizeLimitError(f"CAML_MAX_VOXELS={raw!r} must be positive")
+    return value
+
+
+def check_size(shape: Sequence[int], source: PathLike, what: str = "image") -> None:
+    """Refuse a grid of more voxels than ``max_voxels()`` before anything of that size is allocated."""
+    count = 1
+    for n in shape:
+        count *= max(0, int(n))
+    limit = max_voxels()
+    if count > limit:
+        dims = "x".join(str(int(n)) for n in shape)
+        raise SizeLimitError(f"{source}: {what} of {dims} = {count:,} voxels exceeds the limit of {limit:,} "
+                             f"(set CAML_MAX_VOXELS to raise it if the machine has the memory)")
 
 
 @dataclass
@@ -100,16 +133,27 @@ def read_volume(path: PathLike) -> Volume:
 
 def read_image(path: PathLike) -> Volume:
     """Read a 3D scalar image (any SimpleITK format, or a folder with one DICOM series) as float32."""
-    import SimpleITK as sitk
 
     path = Path(path)
+    check_utf8_name(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise MissingFileError(f"{path}: no such file or folder")
     try:
-        img = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+        img = _read_dicom_folder(path) if path.is_dir() else _read_image_file(path)
     except RuntimeError as exc:
         raise ImageError(f"{path}: unreadable image ({_last_line(exc)})") from exc
     return volume_from_sitk(img, path)
+
+
+def _read_image_file(path: Path) -> sitk.Image:
+    """Read one image file after checking the size its header claims against ``max_voxels()``."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()  # the header only
+    check_size(reader.GetSize(), path)
+    return reader.Execute()
 
 
 def _read_dicom_folder(path: Path) -> sitk.Image:
@@ -120,6 +164,10 @@ def _read_dicom_folder(path: Path) -> sitk.Image:
         raise ImageError(f"{path}: a folder, but it holds no DICOM series")
     # Several series in one folder (localisers, other sequences): take the one with most slices.
     files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    first.ReadImageInformation()
+    check_size(tuple(first.GetSize()[:2]) + (len(files),), path)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
@@ -171,11 +219,12 @@ def read_la_h5(path: PathLike) -> Tuple[Volume, Optional[np.ndarray]]:
     h5py = import_h5py(path)
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     try:
         with h5py.File(path, "r") as f:
             if "image" not in f:
                 raise ImageError(f"{path}: no 'image' dataset (not an LA mri_norm2.h5 file)")
+            check_size(f["image"].shape, path)
             image = np.asarray(f["image"][()], dtype=np.float32)
             label = np.asarray(f["label"][()], dtype=np.uint8) if "label" in f else None
     except OSError as exc:
@@ -226,7 +275,7 @@ def mask_format(path: PathLike) -> str:
     for ending in MASK_FORMATS:
         if name.endswith(ending):
             return ending
-    raise ValueError(f"{path}: unknown output format; use one of {', '.join(MASK_FORMATS)}")
+    raise OutputError(f"{path}: unknown output format; use one of {', '.join(MASK_FORMATS)}")
 
 
 def segmentation_metadata(mask: np.ndarray) -> Dict[str, str]:
@@ -272,36 +321,76 @@ def write_image(array: np.ndarray, reference: Volume, path: PathLike) -> Path:
     return Path(path)
 
 
-def write_outputs(items: Sequence[Tuple[str, str, np.ndarray, PathLike]], reference: Volume) -> Dict[str, str]:
+def write_outputs(items: Sequence[Tuple[str, str, np.ndarray, PathLike]], reference: Volume,
+                  commit: bool = False) -> Dict[str, str]:
     """Write several outputs all-or-nothing and return ``{name: path}``.
 
     Each item is ``(name, kind, array, path)`` with kind ``"mask"`` (binary,
     written as uint8 or a Slicer segmentation) or ``"image"`` (float32 map).
     Every file is first written beside its target under a temporary name; the
     renames happen only after all writes succeeded, so a failure (bad array,
-    disk full, unwritable folder) leaves none of them behind.
+    disk full, unwritable folder) leaves none of them behind. ``commit``:
+    these are the job's final outputs (see ``files.atomic_outputs``).
     """
     import SimpleITK as sitk
 
     images = [(name, _output_image(kind, array, reference, Path(path)), Path(path))
               for name, kind, array, path in items]  # every check before the first byte is written
     written: Dict[str, str] = {}
-    with contextlib.ExitStack() as stack:
-        for name, img, path in images:
-            tmp = stack.enter_context(atomic_output(path))
+    with atomic_outputs([path for _, _, path in images], commit=commit) as temps:
+        for (name, img, path), tmp in zip(images, temps):
             try:
                 sitk.WriteImage(img, str(tmp), useCompression=True)
             except RuntimeError as exc:
-                raise OSError(f"{path}: could not write ({_last_line(exc)})") from exc
+                raise OutputError(f"{path}: could not write ({_last_line(exc)})") from exc
             written[name] = str(path)
     return written
 
 
+def check_output_paths(items: Sequence[Tuple[str, str, PathLike]], inputs: Sequence[PathLike] = ()) -> None:
+    """Refuse, before any work, outputs that could not all be written: ``(name, kind, path)`` items.
+
+    Image outputs (kind ``mask`` or ``image``) must have a known lower-case
+    ending that suits their kind (``.mhd`` writes two files, so it is
+    refused); other kinds (``table``) are checked for place only. No two outputs may be
+    the same file, none may be an input or a folder, and each must lie in a
+    folder this process can write (or create).
+    """
+    seen: Dict[str, str] = {}
+    protected = {os.path.normcase(str(Path(p).resolve())) for p in inputs}
+    for name, kind, path in items:
+        path = Path(path)
+        check_utf8_name(path, f"{name} output")
+        fmt = mask_format(path) if kind in ("mask", "image") else path.suffix
+        if not path.name.endswith(fmt):
+            raise OutputError(f"{path}: write the file name ending in lower case ({fmt}); the image "
+                              f"writers choose the format from a case-sensitive ending")
+        if fmt == ".mhd":
+            raise OutputError(f"{path}: .mhd writes two files; use .mha, .nrrd or .nii.gz")
+        if kind == "image" and fmt == ".seg.nrrd":
+            raise OutputError(f"{path}: a .seg.nrrd holds a segmentation, not a float map; "
+                              f"use .nrrd or .nii.gz")
+        key = os.path.normcase(str(path.resolve()))
+        if key in protected:
+            raise OutputError(f"{path}: the {name} output would overwrite an input")
+        if key in seen:
+            raise OutputError(f"{path}: named for both the {seen[key]} and the {name} output")
+        seen[key] = name
+        if path.is_dir():
+            raise OutputError(f"{path}: a folder; the {name} output needs a file name")
+        folder = path.resolve().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{path}: cannot write the {name} output: {folder} is not a writable folder")
+
+
 def _output_image(kind: str, array: np.ndarray, reference: Volume, path: Path) -> sitk.Image:
+    check_utf8_name(path)
     fmt = mask_format(path)
     if fmt == ".mhd":
         # A .mhd has a companion .raw that a single-file atomic rename cannot carry.
-        raise ValueError(f"{path}: .mhd writes two files; use .mha, .nrrd or .nii.gz")
+        raise OutputError(f"{path}: .mhd writes two files; use .mha, .nrrd or .nii.gz")
     if kind == "mask":
         labels = (np.asarray(array) > 0).astype(np.uint8)
         img = to_sitk(labels, reference)
@@ -312,5 +401,5 @@ def _output_image(kind: str, array: np.ndarray, reference: Volume, path: Path) -
     if kind != "image":
         raise ValueError(f"unknown output kind {kind!r}")
     if fmt == ".seg.nrrd":
-        raise ValueError(f"{path}: a .seg.nrrd holds a segmentation, not a float map; use .nrrd or .nii.gz")
+        raise OutputError(f"{path}: a .seg.nrrd holds a segmentation, not a float map; use .nrrd or .nii.gz")
     return to_sitk(np.asarray(array, dtype=np.float32), reference)

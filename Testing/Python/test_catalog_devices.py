@@ -40,7 +40,7 @@ def test_register_reads_preset_and_verifies_checksum(tmp_path: Path) -> None:
     catalog = tmp_path / "home" / "models" / "models.json"
     entry = register_model(weights, "la-tiny", version="3", catalog_path=catalog, metrics={"dice": 0.5},
                            training="60 iterations on a test machine", half=True)
-    assert entry.path == catalog.parent / "la-tiny-3.pt" and entry.path.is_file()
+    assert entry.path == catalog.parent / "la-tiny@3.pt" and entry.path.is_file()
     assert entry.sha256 == sha256_file(entry.path)
     stored = read_checkpoint(entry.path)  # the compact release form, not a copy of the training file
     assert stored["dtype"] == "float16" and stored["sub_models"] == ["v", "a"]

@@ -149,7 +149,7 @@ def test_models_register_list_and_checksum(tmp_path: Path, weights: Path, empty_
     # A user model registered with --default is used when no --model is given.
     assert cli.main(["segment", str(src), str(tmp_path / "a.nrrd"), "--progress", "json"]) == 0
     assert "tiny-la (version 2)" in capsys.readouterr().out
-    stored = empty_user_catalog / "models" / "tiny-la-2.pt"
+    stored = empty_user_catalog / "models" / "tiny-la@2.pt"
     stored.write_bytes(stored.read_bytes()[:-10])  # truncated: a broken download
     capsys.readouterr()
     assert cli.main(["segment", str(src), str(tmp_path / "b.nrrd"), "--model", "tiny-la",
@@ -213,7 +213,7 @@ def test_sigterm_cancels_and_leaves_nothing(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130, err
     last = json.loads(out.strip().splitlines()[-1])
-    assert last["event"] == "error" and last.get("cancelled") is True
+    assert last["event"] == "cancelled"
     assert files_in(tmp_path) == {"w.pt", "big.nrrd"}
 
 

@@ -194,3 +194,41 @@ def test_child_output_is_utf8_whatever_the_locale(tmp_path):
     events = job.poll()
     assert any(e.get("stage") == "Vorhof ä ✓" for e in events)
     assert "Wörter ✓" in job.stderr_tail
+def test_cancel_asks_first_so_the_child_can_save_its_work(tmp_path):
+    """SIGTERM first: a training run gets to write its resumable last.pt before it goes."""
+    saved = tmp_path / "last.pt"
+    child = _script(tmp_path, """
+        import json, signal, sys, time
+        def stop(signum, frame):
+            time.sleep(0.5)  # writing a checkpoint takes a moment
+            open(sys.argv[1], "w").write("resumable")
+            print(json.dumps({"event": "cancelled", "message": "terminated by a signal"}), flush=True)
+            sys.exit(130)
+        signal.signal(signal.SIGTERM, stop)
+        print(json.dumps({"event": "progress", "stage": "train", "done": 1, "total": 9}), flush=True)
+        time.sleep(600)
+    """)
+    job = jobs.Job(child + [str(saved)], grace_seconds=20).start()
+    _events_until(job, lambda e: e["event"] == "progress")
+    job.cancel()
+    assert job.wait(timeout=30) == jobs.CANCELLED
+    assert job.returncode == 130, "the child was killed instead of asked"
+    assert saved.read_text() == "resumable"
+    assert [e["event"] for e in job.poll()][-2:] == ["cancelled", "finished"]
+
+
+def test_cancel_kills_a_child_that_ignores_the_request_after_the_grace_period(tmp_path):
+    child = _script(tmp_path, """
+        import json, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(json.dumps({"event": "progress", "stage": "train", "done": 1, "total": 9}), flush=True)
+        time.sleep(600)
+    """)
+    job = jobs.Job(child, grace_seconds=1.0).start()
+    _events_until(job, lambda e: e["event"] == "progress")
+    started = time.time()
+    job.cancel()
+    assert job.wait(timeout=0.5) == jobs.RUNNING  # still within its grace period; cancel() did not block
+    assert job.wait(timeout=30) == jobs.CANCELLED
+    assert 0.9 < time.time() - started < 15
+    assert job.returncode == -9
