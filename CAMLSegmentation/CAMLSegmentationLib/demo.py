@@ -57,21 +57,18 @@ def la_root(explicit: Optional[str] = None) -> Optional[Path]:
 
 def la_demo_case(root: Path) -> str:
     """The last case of ``train.list``: a validation case (its label only ever chose checkpoints)."""
-    ids = [line.split("#")[0].strip() for line in (root / "train.list").read_text().splitlines()]
-    ids = [i for i in ids if i]
-    if not ids:
-        raise ValueError(f"{root / 'train.list'} lists no case")
-    return ids[-1]
+    from .data import ORDER_FILE, read_id_list
+
+    return read_id_list(root / ORDER_FILE)[-1]
 
 
 def convert_la_case(root: Path, case_id: str, out: Path) -> Tuple[Path, Path]:
     """The case's image and label as NRRD files in ``out`` (0.625 mm voxels): (image, label)."""
-    from .evaluate_cli import case_path
-    from .volume import read_la_h5, write_image, write_mask
+    from .data import open_source
+    from .volume import write_image, write_mask
 
-    volume, label = read_la_h5(case_path(root, case_id))
-    if label is None:
-        raise ValueError(f"LA case {case_id} has no label")
+    volume, label = open_source(root).read(case_id, with_label=True)
+    assert label is not None  # read(with_label=True) raises for an unlabeled case
     image = write_image(volume.array, volume, out / f"{case_id}.nrrd")
     reference = write_mask(label, volume, out / f"{case_id}_reference.nrrd")
     return image, reference

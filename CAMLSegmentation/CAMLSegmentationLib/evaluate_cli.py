@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .errors import MissingFileError, UserError
+from .errors import MissingFileError
 from .segment_cli import add_inference_arguments, add_model_arguments, json_outcome
 
 COLUMNS = [("dice", "Dice(%)", 100.0), ("jaccard", "Jaccard(%)", 100.0), ("hd95_voxels", "95HD(vox)", 1.0),
@@ -28,32 +28,15 @@ def add_parser(subparsers: Any) -> None:
         "evaluate", help="Dice, Jaccard, 95HD and ASD of a model on labeled cases",
         description="Segment every case of --list under --data and compare with its label.")
     p.add_argument("--data", required=True, metavar="ROOT",
-                   help="LA data folder (holding '2018LA_Seg_Training Set/<id>/mri_norm2.h5')")
-    p.add_argument("--list", required=True, metavar="FILE", help="case ids, one per line")
+                   help="data folder in any layout `caml train` reads: LA (train.list + '2018LA_Seg_Training "
+                        "Set/<id>/mri_norm2.h5'), images/ + labels/, or nnU-Net imagesTr/ + labelsTr/")
+    p.add_argument("--list", required=True, metavar="FILE",
+                   help="ids of the cases to score, one per line (each needs a label)")
     p.add_argument("--out", default="caml-evaluation", metavar="DIR",
                    help="folder for metrics.csv and metrics.json (default ./caml-evaluation)")
     add_model_arguments(p)
     add_inference_arguments(p)
     p.set_defaults(func=run)
-
-
-def case_path(root: Path, case_id: str) -> Path:
-    """Where a case's h5 lives: the LA layout, a flat layout, or the list line itself as a path."""
-    for candidate in (root / "2018LA_Seg_Training Set" / case_id / "mri_norm2.h5",
-                      root / case_id / "mri_norm2.h5", root / case_id, Path(case_id)):
-        if candidate.is_file():
-            return candidate
-    raise MissingFileError(f"{root}: no image for case {case_id!r} "
-                            f"(looked for '2018LA_Seg_Training Set/{case_id}/mri_norm2.h5')")
-
-
-def read_case_list(path: Path) -> List[str]:
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such case list")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not ids:
-        raise UserError(f"{path}: the case list is empty")
-    return ids
 
 
 def _fmt(value: float, scale: float) -> str:
@@ -92,20 +75,28 @@ def _json_safe(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .data import DataError, open_source, read_id_list
     from .files import atomic_outputs
     from .inference import segment_volume
     from .metrics import METRIC_NAMES, evaluate_case, summarize
     from .progress import ProgressEvent
     from .segment_cli import load_model_from_args, options_from_args, progress_callback
-    from .volume import ImageError, check_output_paths, read_la_h5, validate_volume
+    from .volume import check_output_paths, validate_volume
 
     json_mode = args.progress == "json"
     with json_outcome(json_mode) as final:
         root = Path(args.data)
         if not root.is_dir():
             raise MissingFileError(f"{root}: no such data folder")
-        ids = read_case_list(Path(args.list))
-        paths = [case_path(root, cid) for cid in ids]  # every case found before any work
+        source = open_source(root)  # the layouts `caml train` reads, found the same way
+        ids = read_id_list(Path(args.list))
+        known = set(source.case_ids())
+        unknown = [cid for cid in ids if cid not in known]
+        if unknown:  # every case found before any work
+            raise DataError(f"{args.list}: case id(s) not in {root}: {', '.join(unknown[:5])}")
+        unlabeled = [cid for cid in ids if not source.has_label(cid)]
+        if unlabeled:
+            raise DataError(f"{args.list}: case(s) without a label, cannot evaluate: {', '.join(unlabeled[:5])}")
         out_dir = Path(args.out)
         check_output_paths([("metrics", "table", out_dir / "metrics.json"),
                             ("table", "table", out_dir / "metrics.csv")])
@@ -114,11 +105,10 @@ def run(args: argparse.Namespace) -> int:
         progress = progress_callback(args.progress)
         rows: List[Dict[str, Any]] = []
         results = []
-        for n, (cid, path) in enumerate(zip(ids, paths)):
-            volume, label = read_la_h5(path)
-            if label is None:
-                raise ImageError(f"{path}: no 'label' dataset, cannot evaluate")
-            validate_volume(volume, path)
+        for n, cid in enumerate(ids):
+            # As stored, on its own grid: the same voxels `caml segment` would be given.
+            volume, label = source.read(cid, with_label=True)
+            validate_volume(volume, source.describe(cid))
             start = time.perf_counter()
             result = segment_volume(volume, model, options, progress=progress)
             seconds = time.perf_counter() - start
