@@ -92,9 +92,9 @@ CREATE TABLE scores (
 CREATE TABLE val_scores (
     version INTEGER NOT NULL REFERENCES versions(id),
     case_id TEXT NOT NULL REFERENCES cases(id),
-    label_time TEXT NOT NULL,
+    label_sha256 TEXT NOT NULL,
     dice REAL NOT NULL,
-    PRIMARY KEY (version, case_id, label_time)
+    PRIMARY KEY (version, case_id, label_sha256)
 );
 CREATE TABLE jobs (
     id INTEGER PRIMARY KEY,
@@ -266,6 +266,7 @@ class Cohort:
         if not db.is_file():
             raise CohortError(f"{root}: not an active-learning cohort (no {STATE_DIR}/{DB_NAME}; "
                               "run caml al init first)")
+        con = None
         try:
             con = _connect(db)
             check = con.execute("PRAGMA quick_check").fetchone()[0]
@@ -280,6 +281,8 @@ class Cohort:
                 raise sqlite3.DatabaseError(f"schema version {row[0] if row else 'missing'}, "
                                             f"expected {SCHEMA_VERSION}")
         except (sqlite3.DatabaseError, ValueError) as exc:
+            if con is not None:
+                con.close()
             raise CohortError(f"{db}: damaged state database ({str(exc).splitlines()[0]}); it was left as it "
                               "is: restore it from a backup") from exc
         cohort = cls(root, con, cls._source(root))
@@ -531,15 +534,21 @@ class Cohort:
         return self.version(int(version))
 
     # ------------------------------------------------------------------ validation scores
-    def _label_time(self, case_id: str) -> str:
-        return self.case(case_id).accepted_at or ""
+    def _label_key(self, case_id: str) -> str:
+        """SHA-256 of the case's label file: a cached score is for these exact label voxels."""
+        import hashlib
+
+        path = self.path(self.case(case_id).label_file)
+        if path is None or not path.is_file():
+            return ""
+        return hashlib.sha256(path.read_bytes()).hexdigest()
 
     def cached_val_scores(self, version: int, case_ids: Sequence[str]) -> Dict[str, float]:
-        """Dice of ``version`` on validation cases, for labels as accepted now (a re-accepted label is rescored)."""
+        """Dice of ``version`` on validation cases, for their labels as they are now (a changed label is rescored)."""
         out = {}
         for case_id in case_ids:
-            row = self.con.execute("SELECT dice FROM val_scores WHERE version = ? AND case_id = ? AND label_time = ?",
-                                   (version, case_id, self._label_time(case_id))).fetchone()
+            row = self.con.execute("SELECT dice FROM val_scores WHERE version = ? AND case_id = ? AND label_sha256 = ?",
+                                   (version, case_id, self._label_key(case_id))).fetchone()
             if row is not None:
                 out[case_id] = float(row[0])
         return out
@@ -547,7 +556,7 @@ class Cohort:
     def _store_val_scores(self, con: sqlite3.Connection, version: int, per_case: Dict[str, float]) -> None:
         for case_id, value in per_case.items():
             con.execute("INSERT OR REPLACE INTO val_scores VALUES (?, ?, ?, ?)",
-                        (version, case_id, self._label_time(case_id), float(value)))
+                        (version, case_id, self._label_key(case_id), float(value)))
 
     def store_val_scores(self, version: int, per_case: Dict[str, float]) -> None:
         with self.transaction() as con:
