@@ -37,11 +37,11 @@ PROMOTE_CHOICES = ("auto", "always", "never")
 
 def score_on_validation(cohort: Cohort, version: int, case_ids: Sequence[str], device: str = "auto",
                         weights: Optional[Path] = None, progress: ProgressCallback = no_progress,
-                        cancel: Optional[CancelToken] = None) -> Dict[str, float]:
+                        cancel: Optional[CancelToken] = None, store: bool = True) -> Dict[str, float]:
     """Dice per validation case of a version (or of ``weights`` not yet a version: pass version -1).
 
     Uses ``segment_volume``, the predictor every user-facing command uses, and the cache of
-    scores for versions already recorded.
+    scores for versions already recorded; new scores are cached when ``store``.
     """
     from ..inference import InferenceOptions, load_inference_model, segment_volume
     from ..metrics import dice
@@ -59,7 +59,7 @@ def score_on_validation(cohort: Cohort, version: int, case_ids: Sequence[str], d
         out[case_id] = dice(result.mask > 0, cohort.label(case_id) > 0)
         progress(ProgressEvent("validate", n, len(todo), f"version {version if version >= 0 else 'new'} "
                                                           f"{case_id}"))
-    if version >= 0:
+    if version >= 0 and store:
         cohort.store_val_scores(version, {c: out[c] for c in todo})
     return out
 
@@ -169,7 +169,8 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
             validation = cohort.validation_ids()
             cand_scores = score_on_validation(cohort, -1, validation, device, weights=candidate,
                                               progress=progress, cancel=cancel) if validation else {}
-            base_scores = (score_on_validation(cohort, base, validation, device, progress=progress, cancel=cancel)
+            base_scores = (score_on_validation(cohort, base, validation, device, progress=progress, cancel=cancel,
+                                               store=False)  # cached by the commit below, with the version
                            if validation and base is not None else {})
             fault_point("retrain-after-score")
             cand_dice, base_dice = mean(cand_scores), mean(base_scores)
@@ -189,7 +190,8 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
             version = cohort.add_version(
                 candidate, parent=base, job=job["id"], val_dice=cand_dice, val_cases=len(validation),
                 train_cases=labeled, promote=promoted, note=why,
-                val_scores={-1: cand_scores} if cand_scores else None, job_message=why)
+                val_scores={-1: cand_scores, **({base: base_scores} if base is not None else {})},
+                job_message=why)
         except Cancelled:
             cohort.end_job(job["id"], "cancelled", "cancelled; caml al retrain --resume continues it")
             raise
