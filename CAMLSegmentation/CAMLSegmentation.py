@@ -444,8 +444,16 @@ class ActiveLearningWidgetMixin:
         self.ui.alRetrainButton.text = "Cancel" if running and self._alRun.kind == "retrain" else "Retrain"
         self.ui.alUseVersionButton.enabled = hasCohort and not running
 
+    def cleanupActiveLearning(self) -> None:
+        if self._alRun is not None and self._alRun.running:
+            self.logic.alCancel(self._alRun)
+        self._alTimer.stop()
+
     def onAlCohortChanged(self, path: str) -> None:
-        if not path:
+        # The line edit reports every keystroke: act only on a folder that holds images/.
+        if not path or not (Path(path) / "images").is_dir():
+            self.ui.alStatusLabel.text = "Choose a folder that holds images/<id>.nrrd|.nii.gz|... files."
+            self._alUpdateButtons()
             return
         with slicer.util.tryWithErrorDisplay("Cannot open the cohort.", waitCursor=True):
             weights = self.logic.alModelWeights(self._params.model if self._params is not None else "")
@@ -968,6 +976,7 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
     def cleanup(self) -> None:
         if self._run is not None and self._run.running:
             self.logic.cancel(self._run)
+        self.cleanupActiveLearning()
         self.removeObservers()
 
     def enter(self) -> None:
