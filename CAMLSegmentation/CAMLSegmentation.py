@@ -436,7 +436,7 @@ class ActiveLearningWidgetMixin:
 
     def _alUpdateButtons(self) -> None:
         running = self._alRun is not None and self._alRun.running
-        hasCohort = bool(self._alFolder())
+        hasCohort = bool(self._alFolder()) and (Path(self._alFolder()) / "caml-al" / "state.sqlite").is_file()
         self.ui.alNextButton.enabled = hasCohort and not running
         self.ui.alAcceptButton.enabled = hasCohort and not running and bool(
             self.logic.getParameterNode().node.GetParameter("alCase"))
