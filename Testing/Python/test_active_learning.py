@@ -640,3 +640,28 @@ def test_every_al_flag_is_in_help_and_readme():
                     continue
                 assert flag in help_text, (name, flag)
                 assert flag in section, (name, flag)
+
+
+def test_retrain_warm_starts_from_the_bundled_release(tmp_path, capsys):
+    """The bundled model (a release: models V and A in fp16, no OCC heads) as version 1, then a retrain."""
+    from CAMLSegmentationLib.catalog import find_model, verify
+
+    bundled = read_checkpoint(verify(find_model("caml-la-cpu8")))
+    root = make_cohort(tmp_path / "cohort", n=4)
+    assert caml(["al", "init", str(root), "--model", "caml-la-cpu8"]) == 0
+    _accept_training_cases(root, ["case0", "case1"])
+    capsys.readouterr()
+    assert caml(["al", "retrain", str(root), "--iterations", "1", "--device", "cpu", "--progress", "none",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["promoted"] and result["base_version"] == 1
+    with Cohort.open(root) as cohort:
+        assert [v["parent"] for v in cohort.versions()] == [None, 1] and cohort.current_version() == 2
+        new = read_checkpoint(cohort.weights(2))
+    # Same network and geometry as the release; the weights moved from it by one step only.
+    assert new["network"]["base_filters"] == bundled["network"]["base_filters"]
+    assert new["preset"]["spacing"] == bundled["preset"]["spacing"]
+    assert new["preset"]["patch_size"] == bundled["preset"]["patch_size"]
+    key = "encoder1.block_one.conv.0.weight"
+    start, after = bundled["model"][key].float(), new["model"][key]
+    assert not torch.equal(start, after) and torch.allclose(start, after, atol=0.05)
