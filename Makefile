@@ -1,12 +1,16 @@
 # Two entry points do all the set-up on a fresh machine:
-#   make demo   - the main job (creates .venv on first use)
+#   make demo   - the main job (creates .venv on first use): segments a real LA MRI when
+#                 ../shared/data/LA is beside the repository, else a synthetic phantom
 #   make test   - the whole test suite (creates .venv on first use)
+# Others: make demo-synthetic (the phantom even with the data), make screenshot (regenerates
+# Resources/Screenshot.png from the phantom), make slicer SLICER=/path/to/Slicer (adds the
+# module to that Slicer's settings), make bench, make lint, make clean.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo demo-synthetic screenshot slicer test lint bench clean venv
 
 venv: $(STAMP)
 
@@ -21,9 +25,25 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/python -m CAMLSegmentationLib.demo
 
+demo-synthetic: $(STAMP)
+	$(BIN)/python -m CAMLSegmentationLib.demo --synthetic
+
+# The Extensions Index / README picture: the bundled model on the synthetic phantom (never patient data).
+screenshot: $(STAMP)
+	$(BIN)/python -m CAMLSegmentationLib.demo --synthetic --out build/screenshot
+	$(BIN)/caml segment build/screenshot/synthetic_mri.nrrd build/screenshot/screenshot.seg.nrrd \
+		--snapshot Resources/Screenshot.png --progress none
+
+slicer:
+	@test -n "$(SLICER)" || { echo "usage: make slicer SLICER=/path/to/Slicer (the application or its folder)"; exit 2; }
+	PYTHONPATH=CAMLSegmentation $(PYTHON) -m CAMLSegmentationLib.install_in_slicer "$(SLICER)"
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py

@@ -19,9 +19,7 @@ is installed.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -65,8 +63,22 @@ except ImportError:  # MRML without a GUI (slicer-core wheels): the Logic and it
 
     IN_SLICER_APP = False
 
+try:  # Slicer >= 5.4: user-visible strings go through Slicer's translation machinery
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # older Slicer, or the slicer-core wheels
+
+    def _(text: str) -> str:
+        return text
+
+    def translate(context: str, text: str) -> str:
+        return text
+
 MODULE_NAME = "CAMLSegmentation"
 MODULE_DIR = Path(__file__).resolve().parent
+DOCUMENTATION_URL = "https://github.com/camlsegmentation/SlicerCAMLSegmentation#readme"
+#: The oldest PyTorch the engine runs on (checked from the installed package, never by importing it here).
+TORCH_REQUIREMENT = ">=2.0"
 
 
 def moduleResourcePath(relative: str) -> Path:
@@ -91,21 +103,51 @@ def moduleResourcePath(relative: str) -> Path:
 class CAMLSegmentation(ScriptedLoadableModule):
     def __init__(self, parent: Any) -> None:
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "CAML Segmentation"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("CAML Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["CAMLSegmentation contributors"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Segments the left atrium in an MRI with CAML (Correlation-Aware Mutual Learning). "
             "Pick a volume, press Segment, then Correct the result in the Segment Editor. "
             "Research use only, not a medical device.")
-        self.parent.acknowledgementText = (
+        self.parent.helpText += " " + _(
+            'See more information in the <a href="{url}">module documentation</a>.').format(url=DOCUMENTATION_URL)
+        self.parent.acknowledgementText = _(
             "CAML: Gao S., Zhang Z., Ma J., Li Z., Zhang S., Correlation-Aware Mutual Learning for "
             "Semi-supervised Medical Image Segmentation, MICCAI 2023 (arXiv 2307.06312).")
         if qt is not None:
             icon = moduleResourcePath("Icons/CAMLSegmentation.png")
             if icon.exists():
                 self.parent.icon = qt.QIcon(str(icon))
+            # Sample Data: registered once the application has started (as in the module template).
+            slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data
+#
+
+#: What the Sample Data module shows; the volume is generated on click, never downloaded.
+SAMPLE_NAME = "CAMLPhantom"
+
+
+def registerSampleData() -> None:
+    """A synthetic MRI-like chest phantom in the Sample Data module ("CAML Segmentation" category).
+
+    No patient data ships with the extension: a click generates the project's
+    phantom (``CAMLSegmentationLib.phantom``, numpy only) into the scene.
+    """
+    try:
+        import SampleData
+    except ImportError:  # Sample Data module disabled
+        return
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        # No URI, file or node name: SampleDataSource needs those lists of equal length, and the
+        # custom downloader makes the node itself.
+        category="CAML Segmentation", sampleName=SAMPLE_NAME, uris=[], fileNames=[],
+        thumbnailFileName=str(moduleResourcePath("Icons/CAMLSegmentation.png")),
+        customDownloader=lambda source=None: CAMLSegmentationLogic().loadSamplePhantom())
 
 
 #
@@ -129,9 +171,11 @@ class CAMLSegmentationParameters:
 
     _NODE_ROLES = {"inputVolume": "InputVolume", "roi": "ROI",
                    "outputSegmentation": "OutputSegmentation", "uncertaintyVolume": "UncertaintyVolume"}
-    _DEFAULTS = {"model": "", "device": "auto", "quality": "balanced",
-                 "overlap": str(QUALITY_PRESETS["balanced"]["overlap"]), "tta": "false",
-                 "uncertainty": "false", "largestComponent": "true"}
+    # The defaults are the settings the bundled model's card was scored with (`caml segment`'s
+    # defaults: 25 % window overlap, no test-time flips, no largest-component filter).
+    _DEFAULTS = {"model": "", "device": "auto", "quality": "fast",
+                 "overlap": str(QUALITY_PRESETS["fast"]["overlap"]), "tta": "false",
+                 "uncertainty": "false", "largestComponent": "false"}
 
     def __init__(self, node: Any) -> None:
         object.__setattr__(self, "node", node)
@@ -178,7 +222,7 @@ class SegmentationRun:
 
     def __init__(self, job: Any, workDir: Path, inputNode: Any, outputNode: Any,
                  engineInput: Any, cropStart: Tuple[int, int, int], fullShape: Tuple[int, int, int],
-                 outputPath: Path, uncertaintyPath: Optional[Path], deviceMessage: str) -> None:
+                 outputPath: Path, uncertaintyPath: Optional[Path], requestedDevice: str = "auto") -> None:
         self.job = job
         #: The Volume the engine was given (cropped to the ROI); its output must be on this grid.
         self.engineInput = engineInput
@@ -189,10 +233,19 @@ class SegmentationRun:
         self.fullShape = fullShape
         self.outputPath = outputPath
         self.uncertaintyPath = uncertaintyPath
-        self.deviceMessage = deviceMessage
+        self.requestedDevice = requestedDevice
+        #: The device the engine reports it ran on ("cpu", "cuda", ...), known once the job is done.
+        self.device = ""
+        #: Why the Logic ended the run on its own (the scene was closed), or "".
+        self.abandoned = ""
         self.fraction = 0.0
-        self.status = deviceMessage or "Starting..."
+        self.status = _("Starting (device: {device})...").format(device=requestedDevice)
         self.log: List[str] = []
+
+    @property
+    def deviceMessage(self) -> str:
+        """For the status line: where the engine ran, as it reported it."""
+        return _("Ran on {device}.").format(device=self.device) if self.device else ""
 
     @property
     def running(self) -> bool:
@@ -209,6 +262,8 @@ class SegmentationRun:
                 self.status = status
             if event.get("event") == "log":
                 self.log.append(str(event.get("message", "")))
+            if event.get("event") == "done":
+                self.device = str((event.get("info") or {}).get("device", "")) or self.device
         return events
 
 
@@ -373,6 +428,7 @@ class ActiveLearningLogicMixin:
 
     def alCancel(self, run: ActiveLearningRun, grace: float = 30.0) -> None:
         """Stop a run: SIGTERM first (a retrain keeps a resumable checkpoint), then kill the process tree."""
+        import os
         import signal
 
         if run.running and run.job.pid and hasattr(signal, "SIGTERM") and os.name != "nt":
@@ -557,9 +613,9 @@ class ActiveLearningWidgetMixin:
 class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogic):
     """All behaviour of the module; works on any MRML scene, with or without the Slicer GUI."""
 
-    #: Python packages the engine needs besides torch (import name -> pip requirement).
-    ENGINE_REQUIREMENTS = {"numpy": "numpy>=1.21", "scipy": "scipy>=1.7", "SimpleITK": "SimpleITK>=2.1",
-                           "h5py": "h5py>=3.0"}
+    #: Python packages ``caml segment`` needs besides torch (import name -> pip requirement). h5py is
+    #: not among them: only ``.h5`` input and training read HDF5, and they import it when they do.
+    ENGINE_REQUIREMENTS = {"numpy": "numpy>=1.21", "scipy": "scipy>=1.7", "SimpleITK": "SimpleITK>=2.1"}
     #: Packages Slicer bundles: never reinstalled or upgraded from here.
     SLICER_BUNDLED = ("numpy", "SimpleITK", "requests")
 
@@ -568,22 +624,26 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         self.scene = scene if scene is not None else slicer.mrmlScene
         #: argv prefix that runs ``caml`` (replaceable, e.g. by a test's stand-in engine).
         self.engineCommand: Optional[List[str]] = None
+        #: Runs started here and not finished or cancelled yet: closing the scene cancels them.
+        self._activeRuns: List[SegmentationRun] = []
+        self._sceneCloseObserver: Optional[int] = None
 
     # -- parameters --------------------------------------------------------------
     def getParameterNode(self) -> CAMLSegmentationParameters:
-        """The module's singleton parameter node in ``self.scene``, with defaults filled in."""
-        node = None
-        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode")):
-            candidate = self.scene.GetNthNodeByClass(i, "vtkMRMLScriptedModuleNode")
-            if candidate.GetModuleName() == MODULE_NAME:
-                node = candidate
-                break
+        """The module's singleton parameter node in ``self.scene``, with defaults filled in.
+
+        Found as the scripted-module base class finds it: by singleton tag, with the
+        ``ModuleName`` attribute that node selectors filter on (restored after a scene close).
+        """
+        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
         if node is None:
             node = slicer.vtkMRMLScriptedModuleNode()
-            node.SetName(f"{MODULE_NAME}Parameters")
-            node.SetModuleName(MODULE_NAME)
             node.SetSingletonTag(MODULE_NAME)
+            node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
+            node.SetAttribute("ModuleName", MODULE_NAME)
             node = self.scene.AddNode(node)
+        elif node.GetAttribute("ModuleName") != MODULE_NAME:
+            node.SetAttribute("ModuleName", MODULE_NAME)
         params = CAMLSegmentationParameters(node)
         params.setDefaults()
         if not params.model:
@@ -598,56 +658,73 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         params.tta = QUALITY_PRESETS[quality]["tta"]
 
     # -- models ------------------------------------------------------------------
-    @staticmethod
-    def userCatalogPath() -> Path:
-        """The catalog of user-trained models (``CAML_HOME`` or ``~/.caml``)."""
-        home = Path(os.environ.get("CAML_HOME", Path.home() / ".caml"))
-        return home / "models" / "models.json"
+    def availableModels(self, catalogs: Optional[Sequence[Tuple[Path, str]]] = None) -> List[Dict[str, Any]]:
+        """Bundled then user-trained models, read by the engine's catalog code (the ``caml`` CLI's view).
 
-    def availableModels(self, catalogs: Optional[Sequence[Path]] = None) -> List[Dict[str, Any]]:
-        """Bundled then user-trained models: dicts with ``id``, ``label`` and ``source``.
-
-        Unreadable or missing catalogs are skipped (logged), never fatal for the panel.
+        ``catalogs`` are ``(models.json, "bundled" | "user")`` pairs (default: the engine's
+        bundled and user catalogs). Returns dicts with ``id``, ``label``, ``source`` and the
+        engine's ``entry``. A catalog that cannot be read is skipped (logged), never fatal
+        for the panel; an id listed twice keeps its first entry.
         """
+        from CAMLSegmentationLib import catalog
+
         if catalogs is None:
-            catalogs = [moduleResourcePath("Models/models.json"), self.userCatalogPath()]
+            catalogs = [(catalog.bundled_catalog_path(), "bundled"), (catalog.user_catalog_path(), "user")]
         models: List[Dict[str, Any]] = []
         seen = set()
-        for index, path in enumerate(catalogs):
-            source = "bundled" if index == 0 else "user"
+        for path, source in catalogs:
             try:
-                entries = json.loads(Path(path).read_text()).get("models", [])
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError, AttributeError) as exc:
-                logging.warning("CAMLSegmentation: ignoring model catalog %s: %s", path, exc)
+                entries = catalog.read_catalog(path, source)
+            except catalog.CatalogError as exc:
+                logging.warning("CAMLSegmentation: ignoring model catalog: %s", exc)
                 continue
             for entry in entries:
-                model_id = entry.get("id") if isinstance(entry, dict) else None
-                if not model_id or model_id in seen:
+                if entry.id in seen:
+                    logging.warning("CAMLSegmentation: model id %r listed again in %s; ignored", entry.id, path)
                     continue
-                seen.add(model_id)
-                version = entry.get("version")
-                label = f"{model_id} ({'v' + str(version) + ', ' if version else ''}{source})"
-                models.append({"id": model_id, "label": label, "source": source, "entry": entry})
+                seen.add(entry.id)
+                label = f"{entry.id} (v{entry.version}, {source})"
+                models.append({"id": entry.id, "label": label, "source": source, "entry": entry})
         return models
 
     @staticmethod
     def defaultModelId(models: Sequence[Dict[str, Any]]) -> str:
-        """The engine's rule (``catalog.default_model``): a user model marked default, then the
-        bundled one marked default, then the first listed; "" when there is none."""
-        for source in ("user", "bundled"):
-            for model in models:
-                if model["source"] == source and model["entry"].get("default"):
-                    return str(model["id"])
-        return str(models[0]["id"]) if models else ""
+        """The engine's choice (``catalog.default_model``) among ``models``; "" when there is none."""
+        from CAMLSegmentationLib import catalog
+
+        entry = catalog.default_model([m["entry"] for m in models])
+        return entry.id if entry is not None else ""
 
     # -- dependencies ------------------------------------------------------------
     @staticmethod
-    def torchAvailable() -> bool:
-        import importlib.util
+    def installedTorchVersion() -> Optional[str]:
+        """The installed PyTorch's version, read from its package metadata (torch is not imported here)."""
+        import importlib.metadata
 
-        return importlib.util.find_spec("torch") is not None
+        try:
+            return importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    @staticmethod
+    def versionSatisfies(version: str, requirement: str = TORCH_REQUIREMENT) -> bool:
+        """``version`` (e.g. ``2.13.0+cpu``) against a ``>=X.Y`` requirement, by its leading numbers."""
+        import re
+
+        def numbers(text: str) -> Tuple[int, ...]:
+            return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3])
+
+        minimum = requirement.strip()
+        if not minimum.startswith(">="):
+            raise ValueError(f"only '>=' requirements are supported, not {requirement!r}")
+        have, need = numbers(version), numbers(minimum[2:])
+        width = max(len(have), len(need))
+        return have + (0,) * (width - len(have)) >= need + (0,) * (width - len(need))
+
+    def torchAvailable(self) -> bool:
+        """PyTorch is installed and recent enough (``TORCH_REQUIREMENT``)."""
+        version = self.installedTorchVersion()
+        return version is not None and self.versionSatisfies(version)
 
     def missingPackages(self, requirements: Optional[Dict[str, str]] = None) -> List[str]:
         """pip requirements of the engine whose package cannot be imported here."""
@@ -662,16 +739,22 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         """Offer, with one confirmation, to install what is missing; True when all is there.
 
         torch comes from the PyTorch extension (which picks the CUDA build for the
-        driver); the other packages from pip, never touching the ones Slicer bundles.
+        driver), at ``TORCH_REQUIREMENT`` or newer; the other packages from pip, never
+        touching the ones Slicer bundles. Nothing is imported: torch is only ever loaded
+        by the ``caml`` child process, so upgrading it here needs no restart.
         """
+        version = self.installedTorchVersion()
         needTorch = not self.torchAvailable()
         packages = [p for p in self.missingPackages()
                     if not any(p.startswith(b) for b in self.SLICER_BUNDLED)]
         if not needTorch and not packages:
             return True
-        what = (["PyTorch (through the PyTorch extension)"] if needTorch else []) + packages
-        if not confirm("CAML Segmentation needs these Python packages, which will be downloaded and "
-                       "installed now (this can take several minutes):\n\n  " + "\n  ".join(what)):
+        torchLine = (_("PyTorch {requirement} (installed: {version}), through the PyTorch extension").format(
+            requirement=TORCH_REQUIREMENT, version=version) if version else
+            _("PyTorch (through the PyTorch extension)"))
+        what = ([torchLine] if needTorch else []) + packages
+        if not confirm(_("CAML Segmentation needs these Python packages, which will be downloaded and "
+                         "installed now (this can take several minutes):") + "\n\n  " + "\n  ".join(what)):
             return False
         if needTorch:
             (installTorch or self._installTorchWithPyTorchExtension)()
@@ -685,43 +768,24 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         try:
             import PyTorchUtils
         except ImportError as exc:
-            raise RuntimeError("The PyTorch extension is required: install 'PyTorch' from the "
-                               "Extensions Manager and restart Slicer.") from exc
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+            raise RuntimeError(_("The PyTorch extension is required: install 'PyTorch' from the "
+                                 "Extensions Manager and restart Slicer.")) from exc
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                              torchVersionRequirement=TORCH_REQUIREMENT)
         if torch is None:
-            raise RuntimeError("PyTorch could not be installed.")
+            raise RuntimeError(_("PyTorch could not be installed."))
 
     @staticmethod
     def _pipInstall(requirements: List[str]) -> None:
+        """``slicer.packaging.pip_ensure`` (Slicer 5.12+; the user already confirmed), else ``pip_install``."""
         try:
-            import slicer.pydeps as pydeps  # Slicer >= 5.11
-            from packaging.requirements import Requirement
-
-            pydeps.pip_ensure([Requirement(r) for r in requirements], requester=MODULE_NAME)
+            from slicer.packaging import pip_ensure
         except ImportError:
+            pip_ensure = None
+        if pip_ensure is not None:
+            pip_ensure(requirements, prompt_install=False, requester=MODULE_NAME)
+        else:
             slicer.util.pip_install(requirements)
-
-    # -- device ------------------------------------------------------------------
-    @staticmethod
-    def cudaAvailable() -> bool:
-        try:
-            import torch
-        except ImportError:
-            return False
-        return bool(torch.cuda.is_available())
-
-    def resolveDevice(self, requested: str, cudaAvailable: Optional[bool] = None) -> Tuple[str, str]:
-        """(device to pass to ``caml``, message for the status line); falls back to the CPU and says so."""
-        if requested not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, not {requested!r}")
-        if requested == "cpu":
-            return "cpu", "Running on the CPU."
-        cuda = self.cudaAvailable() if cudaAvailable is None else cudaAvailable
-        if cuda:
-            return "cuda", "Running on the GPU."
-        if requested == "cuda":
-            return "cpu", "GPU requested but PyTorch sees no CUDA GPU: falling back to the CPU (slower)."
-        return "cpu", "No CUDA GPU found: running on the CPU (slower)."
 
     # -- the segmentation job ----------------------------------------------------
     def segmentCommand(self, inputPath: Path, outputPath: Path, params: CAMLSegmentationParameters,
@@ -742,49 +806,89 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         prefix = self.engineCommand
         return [*prefix, *args] if prefix else caml_command(*args)
 
-    def startSegmentation(self, params: CAMLSegmentationParameters,
-                          cudaAvailable: Optional[bool] = None) -> SegmentationRun:
-        """Write the input (cropped to the ROI), start ``caml segment`` in the background, return the run."""
+    @staticmethod
+    def makeWorkDirectory() -> Path:
+        """A fresh folder for one job's files: under Slicer's temporary folder in the application."""
+        if IN_SLICER_APP:
+            return Path(slicer.util.tempDirectory("CAMLSegmentation-"))
+        return Path(tempfile.mkdtemp(prefix="CAMLSegmentation-"))
+
+    def startSegmentation(self, params: CAMLSegmentationParameters) -> SegmentationRun:
+        """Write the input (cropped to the ROI), start ``caml segment`` in the background, return the run.
+
+        The device choice goes to the engine as is (``auto`` included): the child
+        process picks CUDA or the CPU and reports which it used, so Slicer's own
+        process never imports torch.
+        """
         from CAMLSegmentationLib import mrml_bridge
         from CAMLSegmentationLib.jobs import Job
 
         inputNode = params.inputVolume
         if inputNode is None or inputNode.GetImageData() is None:
-            raise ValueError("Select an input volume first.")
+            raise ValueError(_("Select an input volume first."))
         volume = mrml_bridge.volume_from_node(inputNode)
         start, stop = (0, 0, 0), volume.shape
         if params.roi is not None:
             start, stop = mrml_bridge.roi_index_bounds(params.roi, inputNode)
             volume = mrml_bridge.crop_volume(volume, start, stop)
-        device, deviceMessage = self.resolveDevice(params.device, cudaAvailable)
 
-        workDir = Path(tempfile.mkdtemp(prefix="caml-segment-"))
+        workDir = self.makeWorkDirectory()
         try:
             inputPath = workDir / "input.nrrd"
             writeVolume(volume, inputPath)
             outputPath = workDir / "segmentation.nrrd"
             uncertaintyPath = workDir / "uncertainty.nrrd" if params.uncertainty else None
-            argv = self.segmentCommand(inputPath, outputPath, params, device, uncertaintyPath)
+            argv = self.segmentCommand(inputPath, outputPath, params, params.device, uncertaintyPath)
             outputs = [outputPath] + ([uncertaintyPath] if uncertaintyPath else [])
             job = Job(argv, outputs=outputs, cwd=workDir).start()
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
         fullShape = tuple(int(d) for d in inputNode.GetImageData().GetDimensions())
-        return SegmentationRun(job, workDir, inputNode, params.outputSegmentation, volume, start, fullShape,
-                               outputPath, uncertaintyPath, deviceMessage)
+        run = SegmentationRun(job, workDir, inputNode, params.outputSegmentation, volume, start, fullShape,
+                              outputPath, uncertaintyPath, params.device)
+        self._track(run)
+        return run
+
+    # -- runs and the scene --------------------------------------------------------
+    def _track(self, run: SegmentationRun) -> None:
+        self._activeRuns.append(run)
+        if self._sceneCloseObserver is None:
+            self._sceneCloseObserver = self.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent,
+                                                              self._onSceneStartClose)
+
+    def _forget(self, run: SegmentationRun) -> None:
+        if run in self._activeRuns:
+            self._activeRuns.remove(run)
+        if not self._activeRuns and self._sceneCloseObserver is not None:
+            self.scene.RemoveObserver(self._sceneCloseObserver)
+            self._sceneCloseObserver = None
+
+    def _onSceneStartClose(self, caller: Any = None, event: Any = None) -> None:
+        """The scene is being closed: a result must not land in the next, empty scene. Cancel every run."""
+        for run in list(self._activeRuns):
+            run.abandoned = _("the scene was closed while it ran")
+            self.cancel(run)
+
+    def inputStillInScene(self, run: SegmentationRun) -> bool:
+        node = run.inputNode
+        return (node is not None and node.GetScene() is self.scene
+                and self.scene.GetNodeByID(node.GetID()) is node)
 
     def cancel(self, run: SegmentationRun) -> None:
         """Kill the job and its children; nothing is added to the scene."""
         run.job.cancel()
         run.job.wait(timeout=30)
         shutil.rmtree(run.workDir, ignore_errors=True)
+        self._forget(run)
 
     def finishSegmentation(self, run: SegmentationRun,
                            params: Optional[CAMLSegmentationParameters] = None) -> Any:
         """Turn a finished run into the "Left atrium" segment (and the uncertainty volume); returns the node.
 
-        Raises ``RuntimeError`` if the job failed or was cancelled; the scene is then unchanged.
+        Raises ``RuntimeError`` if the job failed or was cancelled, or if its input
+        volume is no longer in the scene (closed or deleted meanwhile); the scene is
+        then unchanged.
         """
         from CAMLSegmentationLib import mrml_bridge
         from CAMLSegmentationLib.volume import read_image
@@ -792,15 +896,21 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         try:
             state = run.job.wait()
             run.poll()
+            if run.abandoned:
+                raise RuntimeError(_("Segmentation cancelled: {why}.").format(why=run.abandoned))
             if state != "done":
                 raise RuntimeError(f"Segmentation {state}: {run.job.error}" if run.job.error
                                    else f"Segmentation {state}.")
+            if not self.inputStillInScene(run):
+                raise RuntimeError(_("The input volume is no longer in the scene: the result was discarded."))
+            if run.outputNode is not None and self.scene.GetNodeByID(run.outputNode.GetID()) is not run.outputNode:
+                run.outputNode = None  # the chosen output node was deleted meanwhile: make a new one
             result = read_image(run.outputPath)
             if not result.same_geometry(run.engineInput, tol=1e-3):
                 raise RuntimeError(f"the engine's mask ({result.shape} voxels) is not on the input's grid "
                                    f"({run.engineInput.shape} voxels)")
             mask = mrml_bridge.paste_mask((result.array > 0.5).astype("uint8"), run.fullShape, run.cropStart)
-            segNode, _ = mrml_bridge.mask_to_segmentation_node(
+            segNode, _segmentId = mrml_bridge.mask_to_segmentation_node(
                 mask, run.inputNode, self.scene, segmentation_node=run.outputNode)
             if run.outputNode is None:
                 segNode.SetName(self.scene.GenerateUniqueName(f"{run.inputNode.GetName()} left atrium"))
@@ -814,6 +924,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
             return segNode
         finally:
             shutil.rmtree(run.workDir, ignore_errors=True)
+            self._forget(run)
 
     def loadUncertainty(self, run: SegmentationRun, uncertainty: Any, node: Any = None) -> Any:
         """Put the uncertainty map (on the cropped grid) into a volume node on the input's full grid."""
@@ -853,9 +964,13 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
 
     def segment(self, params: CAMLSegmentationParameters,
                 progress: Optional[Callable[[SegmentationRun], None]] = None,
-                timeout: Optional[float] = None, cudaAvailable: Optional[bool] = None) -> Any:
-        """Blocking convenience for scripts and tests: start, follow, finish; returns the segment's node."""
-        run = self.startSegmentation(params, cudaAvailable=cudaAvailable)
+                timeout: Optional[float] = None) -> Any:
+        """Blocking convenience for scripts and tests: start, follow, finish; returns the segment's node.
+
+        ``progress(run)`` is called about ten times a second while waiting (the self-test
+        passes one that processes Qt events, so Slicer stays responsive).
+        """
+        run = self.startSegmentation(params)
         deadline = None if timeout is None else time.time() + timeout
         while run.running:
             run.poll()
@@ -868,6 +983,20 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         return self.finishSegmentation(run, params)
 
     # -- correction --------------------------------------------------------------
+    # -- sample data ---------------------------------------------------------------
+    def loadSamplePhantom(self, name: str = SAMPLE_NAME) -> Any:
+        """Add the synthetic MRI-like phantom (the README picture's image) to the scene as a volume node."""
+        from CAMLSegmentationLib import mrml_bridge
+        from CAMLSegmentationLib.demo import PHANTOM_SEED
+        from CAMLSegmentationLib.phantom import mri_phantom
+
+        volume, _label = mri_phantom(seed=PHANTOM_SEED)
+        node = mrml_bridge.volume_to_node(volume, self.scene, self.scene.GenerateUniqueName(name))
+        node.SetAttribute("CAMLSegmentation.Synthetic", "phantom: not patient data")
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        return node
+
     def prepareCorrection(self, segmentationNode: Any, volumeNode: Any) -> Any:
         """A Segment Editor parameter node set up to edit the left-atrium segment on the input volume."""
         from CAMLSegmentationLib.mrml_bridge import LEFT_ATRIUM_NAME
@@ -945,10 +1074,11 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
         self.logic = CAMLSegmentationLogic()
 
         self.ui.deviceSelector.clear()
-        for label, value in (("Auto (GPU if available)", "auto"), ("CPU", "cpu"), ("GPU (CUDA)", "cuda")):
+        for label, value in ((_("Auto (GPU if available)"), "auto"), (_("CPU"), "cpu"), (_("GPU (CUDA)"), "cuda")):
             self.ui.deviceSelector.addItem(label, value)
         self.ui.qualitySelector.clear()
-        for label, value in (("Fast", "fast"), ("Balanced", "balanced"), ("Best (test-time flips)", "best")):
+        for label, value in ((_("Fast (as scored in the model card)"), "fast"), (_("Balanced"), "balanced"),
+                             (_("Best (test-time flips)"), "best")):
             self.ui.qualitySelector.addItem(label, value)
         self._fillModels()
 
@@ -974,8 +1104,12 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """Called when the application closes or the module is reloaded: stop the timer, end and forget the run."""
+        if self._timer is not None:
+            self._timer.stop()
         if self._run is not None and self._run.running:
             self.logic.cancel(self._run)
+        self._run = None
         self.cleanupActiveLearning()
         self.removeObservers()
 
@@ -1034,11 +1168,11 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
             self.ui.uncertaintyCheckBox.checked = p.uncertainty
             self.ui.lccCheckBox.checked = p.largestComponent
             running = self._run is not None and self._run.running
-            self.ui.segmentButton.text = "Cancel" if running else "Segment"
+            self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
             self.ui.segmentButton.enabled = running or (p.inputVolume is not None and bool(p.model))
-            self.ui.segmentButton.toolTip = ("Stop the running segmentation" if running else
-                                             "Segment the left atrium" if p.inputVolume is not None
-                                             else "Select an input volume")
+            self.ui.segmentButton.toolTip = (_("Stop the running segmentation") if running else
+                                             _("Segment the left atrium") if p.inputVolume is not None
+                                             else _("Select an input volume"))
             self.ui.correctButton.enabled = not running and p.outputSegmentation is not None
             for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton,
                            self.ui.outputsCollapsibleButton):
@@ -1074,10 +1208,12 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
         if self._run is not None and self._run.running:
             self.logic.cancel(self._run)
             return  # the timer sees the job end and resets the panel
-        with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
+        # The installation dialog first, without a wait cursor over it.
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the required Python packages.")):
             if not self.logic.ensureDependencies(slicer.util.confirmOkCancelDisplay):
-                self.ui.statusLabel.text = "Missing Python packages: segmentation not started."
+                self.ui.statusLabel.text = _("Missing Python packages: segmentation not started.")
                 return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             self._run = self.logic.startSegmentation(self._params)
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = self._run.status
@@ -1096,13 +1232,15 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
             return
         self._timer.stop()
         self._run = None
-        if run.job.state == "cancelled":
-            self.ui.statusLabel.text = "Cancelled: nothing was added to the scene."
+        if run.job.state == "cancelled" or run.abandoned:
+            self.logic.cancel(run)  # removes its files, forgets it
+            self.ui.statusLabel.text = (_("Cancelled ({why}): nothing was added to the scene.").format(
+                why=run.abandoned) if run.abandoned else _("Cancelled: nothing was added to the scene."))
             self.ui.progressBar.value = 0
         else:
-            with slicer.util.tryWithErrorDisplay("Segmentation failed.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
                 segNode = self.logic.finishSegmentation(run, self._params)
-                self.ui.statusLabel.text = f"Done. {run.deviceMessage}"
+                self.ui.statusLabel.text = _("Done.") + " " + run.deviceMessage
                 slicer.util.setSliceViewerLayers(background=run.inputNode, fit=True)
                 if self._params.uncertaintyVolume is not None and self._params.uncertainty:
                     slicer.util.setSliceViewerLayers(foreground=self._params.uncertaintyVolume,
@@ -1111,7 +1249,7 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
         self.updateGUIFromParameterNode()
 
     def onCorrectButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Cannot open the Segment Editor.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Cannot open the Segment Editor."), waitCursor=True):
             p = self._params
             editorNode = self.logic.prepareCorrection(p.outputSegmentation, p.inputVolume)
             slicer.util.selectModule("SegmentEditor")
@@ -1127,7 +1265,13 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
 
 
 class CAMLSegmentationTest(ScriptedLoadableModuleTest):
-    """Self-test run in Slicer (Developer mode > Reload and Test, or the generic extension tests)."""
+    """Self-test: Developer mode > Reload and Test, and CTest (``slicer_add_python_unittest``).
+
+    It segments a generated volume with the bundled model on the CPU through the
+    same ``caml segment`` child process the panel uses. Where PyTorch or the
+    engine's packages are missing it does not pass quietly: it reports a skip
+    with the reason (``unittest.SkipTest``, logged too).
+    """
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -1137,19 +1281,27 @@ class CAMLSegmentationTest(ScriptedLoadableModuleTest):
         self.test_SegmentGeneratedVolume()
 
     def test_SegmentGeneratedVolume(self) -> None:
+        import unittest
+
         self.delayDisplay("Generating a test volume")
         logic = CAMLSegmentationLogic()
         params = logic.getParameterNode()
-        if not logic.torchAvailable() or logic.missingPackages() or not params.model:
-            self.delayDisplay("Skipped: PyTorch, the engine's packages or a bundled model is missing")
-            return
+        missing = ([f"PyTorch {TORCH_REQUIREMENT}"] if not logic.torchAvailable() else []) + logic.missingPackages()
+        if not params.model:
+            missing.append("a model in the catalog")
+        if missing:
+            reason = "CAMLSegmentation self-test not run, missing: " + ", ".join(missing)
+            logging.warning(reason)
+            self.delayDisplay(reason)
+            raise unittest.SkipTest(reason)
         volumeNode = makeTestVolume(slicer.mrmlScene)
         params.inputVolume = volumeNode
         logic.applyQualityPreset(params, "fast")
         params.device = "cpu"
 
         self.delayDisplay("Segmenting (CPU)")
-        segNode = logic.segment(params, timeout=600)
+        pumpEvents = (lambda run: slicer.app.processEvents()) if IN_SLICER_APP else None
+        segNode = logic.segment(params, progress=pumpEvents, timeout=600)
 
         from CAMLSegmentationLib import mrml_bridge
 

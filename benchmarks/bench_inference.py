@@ -76,7 +76,7 @@ def measure(mode: str, case: Path, weights: str, threads: int) -> dict:
         with torch.inference_mode():
             probs = sliding_window(torch.from_numpy(zscore(volume.array))[None], window,
                                    lambda x: torch.softmax(net(x)[0], 1)[:, 1:], strides=OFFICIAL_STRIDES,
-                                   blend="constant", batch_size=1)
+                                   layout="flush", blend="constant", batch_size=1)
         seconds = time.perf_counter() - start
         mask = (probs[0].numpy() > 0.5).astype(np.uint8)
         windows = count_windows(volume.shape, window, OFFICIAL_STRIDES)

@@ -2,11 +2,21 @@
 
 Times the whole iteration (forward of both sub-models, losses, memory-bank
 update and sampling, OCC, backward, SGD step) on generated batches of the
-preset's patch size, after warm-up iterations that fill the memory bank.
-Data loading is left out: the trainer keeps every case in memory.
+preset's patch size. Data loading is left out: the trainer keeps every case
+in memory.
+
+The memory bank starts full, as it is after the first pass over the labeled
+cases of a real run: each of ``--labeled`` cases holds the features of the
+voxels of one crop that both models classify correctly (``--correct``, 95 %
+of them by default, as for a trained model); a paper-size bank of 8 cases
+holds about 7.6 million entries. The memory-bank sampling alone is timed
+too, against the full permutation of every stored entry that an earlier
+version did (``--sampler permutation`` puts that one back into the
+iteration).
 
     .venv/bin/python benchmarks/bench_training.py                  # every preset, CPU/auto device
     .venv/bin/python benchmarks/bench_training.py --presets cpu --iterations 20
+    .venv/bin/python benchmarks/bench_training.py --presets paper --sampling-only
 """
 
 from __future__ import annotations
@@ -34,16 +44,74 @@ def make_batch(preset, rng: np.random.Generator):
     return x, y
 
 
-def bench(preset_name: str, iterations: int, warmup: int, device: torch.device) -> float:
-    from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
+def fill_bank(bank, preset, correct: float, rng: np.random.Generator) -> int:
+    """Fill every case of ``bank`` as one pass over the labeled cases does; returns the entries stored."""
+    voxels = int(np.prod(preset.patch_size))
+    g = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    for case in range(bank.num_cases):
+        n = int(voxels * correct)
+        labels = (torch.rand(n, generator=g) < 0.06).long()  # the atrium is ~6 % of a crop
+        bank.update(case, torch.randn(n, bank.feat_dim, generator=g), labels)
+    return sum(bank.count(c) for c in range(bank.num_classes))
+
+
+def sample_by_permutation(bank, per_class: int, generator=None):
+    """The earlier ``MemoryBank.sample``: a permutation of every stored entry per class, kept for comparison."""
+    out = []
+    for c in range(bank.num_classes):
+        parts = [s[c] for s in bank.slots if s is not None and s[c].shape[0] > 0]
+        total = sum(int(p.shape[0]) for p in parts)
+        if total < per_class or per_class <= 0:
+            out.append(None)
+            continue
+        idx = torch.randperm(total, generator=generator, device="cpu")[:per_class].to(bank.device)
+        sizes = torch.tensor([p.shape[0] for p in parts], device=bank.device)
+        ends = torch.cumsum(sizes, 0)
+        which = torch.searchsorted(ends, idx, right=True)
+        rows = idx - (ends - sizes)[which]
+        picked = torch.empty(per_class, bank.feat_dim, device=bank.device)
+        for k, part in enumerate(parts):
+            sel = which == k
+            if bool(sel.any()):
+                picked[sel] = part[rows[sel]]
+        out.append(picked)
+    return out
+
+
+def make_bank(preset, args, device: torch.device):
     from CAMLSegmentationLib.occ import MemoryBank
+
+    bank = MemoryBank(args.labeled, 2, preset.feat_dim, device)
+    stored = fill_bank(bank, preset, args.correct, np.random.default_rng(1)) if args.correct > 0 else 0
+    return bank, stored
+
+
+def bench_sampling(bank, per_class: int, repeats: int) -> dict:
+    """Median milliseconds of one draw of ``per_class`` entries per class, both ways."""
+    result = {}
+    for name, fn in (("index", lambda g: bank.sample(per_class, g)),
+                     ("permutation", lambda g: sample_by_permutation(bank, per_class, g))):
+        g = torch.Generator().manual_seed(0)
+        times = []
+        for _ in range(repeats if name == "index" else max(3, repeats // 10)):
+            t = time.perf_counter()
+            fn(g)
+            times.append(time.perf_counter() - t)
+        result[name] = 1000 * float(np.median(times))
+    return result
+
+
+def bench(preset_name: str, iterations: int, warmup: int, device: torch.device, args, sampler: str) -> float:
+    from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
     from CAMLSegmentationLib.presets import load_preset
     from CAMLSegmentationLib.trainer import CAMLObjective
 
     preset = load_preset(preset_name)
     torch.manual_seed(0)
     net = CAMLNet(NetworkConfig(base_filters=preset.base_filters, feat_dim=preset.feat_dim)).to(device)
-    bank = MemoryBank(8, 2, preset.feat_dim, device)
+    bank, _ = make_bank(preset, args, device)
+    if sampler == "permutation":
+        bank.sample = lambda per_class, generator=None: sample_by_permutation(bank, per_class, generator)
     objective = CAMLObjective(net, bank, preset).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=preset.lr, momentum=preset.momentum,
                           weight_decay=preset.weight_decay)
@@ -53,7 +121,8 @@ def bench(preset_name: str, iterations: int, warmup: int, device: torch.device) 
     x, y = x.to(device), y.to(device)
     times = []
     for it in range(warmup + iterations):
-        case_index = torch.tensor([it % 8, (it + 1) % 8][: preset.labeled_batch], device=device)
+        case_index = torch.tensor([(2 * it + b) % bank.num_cases for b in range(preset.labeled_batch)],
+                                  device=device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -78,16 +147,40 @@ def main() -> None:
                         help="timed iterations (default: 10 for cpu, 2 for paper on CPU, 20 on GPU)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--labeled", type=int, default=8, help="labeled cases in the memory bank (default 8)")
+    parser.add_argument("--correct", type=float, default=0.95,
+                        help="fraction of each crop's voxels stored per case; 0 starts with an empty bank")
+    parser.add_argument("--sampler", nargs="+", choices=("index", "permutation"), default=["index"],
+                        help="memory-bank sampling inside the iteration: the current one, and/or the earlier "
+                             "full permutation (for before/after figures in one run)")
+    parser.add_argument("--sampling-only", action="store_true",
+                        help="time the memory-bank sampling alone, not whole iterations")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"device: {device} ({where}); torch {torch.__version__}")
+    from CAMLSegmentationLib.presets import load_preset
+
     for name in args.presets or available_presets():
+        preset = load_preset(name)
+        bank, stored = make_bank(preset, args, device)
+        ms = bench_sampling(bank, preset.memory_per_class, 50)
+        print(f"preset {name:<8} memory bank {args.labeled} cases, {stored} entries: sampling "
+              f"{preset.memory_per_class}/class {ms['index']:8.2f} ms (full permutation: {ms['permutation']:.2f} ms)")
+        del bank
+        if args.sampling_only:
+            continue
         n = args.iterations or (20 if device.type == "cuda" else (2 if name == "paper" else 10))
-        sec = bench(name, n, args.warmup if name != "paper" or device.type == "cuda" else 1, device)
-        print(f"preset {name:<8} {sec:8.3f} s/iteration (median of {n})")
+        for sampler in args.sampler:
+            sec = bench(name, n, args.warmup if name != "paper" or device.type == "cuda" else 1, device, args,
+                        sampler)
+            print(f"preset {name:<8} {sec:8.3f} s/iteration (median of {n}, {sampler} sampling, "
+                  f"{'full' if args.correct > 0 else 'empty'} bank)", flush=True)
 
 
 if __name__ == "__main__":

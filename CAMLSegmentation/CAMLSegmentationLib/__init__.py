@@ -1,6 +1,6 @@
 """CAMLSegmentation engine: CAML network, semi-supervised training, inference and I/O.
 
-Plain Python on torch, numpy, SimpleITK and h5py. Never imports slicer, qt,
+Plain Python on torch, numpy, SimpleITK and scipy (h5py for .h5 files only). Never imports slicer, qt,
 ctk or vtk at module level, so it runs headless and inside Slicer alike.
 """
 

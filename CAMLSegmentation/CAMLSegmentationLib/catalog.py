@@ -27,7 +27,6 @@ from .files import atomic_output
 
 PathLike = Union[str, Path]
 SCHEMA_VERSION = 1
-DEFAULT_WINDOW = (112, 112, 80)
 
 
 class CatalogError(ValueError):
@@ -43,8 +42,6 @@ class ModelEntry:
     file: str
     sha256: str
     preset: str = ""
-    spacing: Optional[Tuple[float, float, float]] = None
-    window: Tuple[int, int, int] = DEFAULT_WINDOW
     training_data: str = ""
     training: str = ""  # how, how long and on what machine
     metrics: Dict[str, Any] = field(default_factory=dict)
@@ -61,8 +58,6 @@ class ModelEntry:
         d = asdict(self)
         for key in ("catalog", "source"):
             d.pop(key)
-        d["spacing"] = list(self.spacing) if self.spacing is not None else None
-        d["window"] = list(self.window)
         return d
 
 
@@ -118,15 +113,9 @@ def _entry_from_json(raw: Any, catalog: Path, source: str, n: int) -> ModelEntry
     if missing:
         raise CatalogError(f"{catalog}: model #{n} ({raw.get('id', 'no id')}) lacks {', '.join(missing)}")
     try:
-        spacing = raw.get("spacing")
-        window = raw.get("window") or DEFAULT_WINDOW
-        if len(window) != 3 or (spacing is not None and len(spacing) != 3):
-            raise ValueError("spacing and window need three values")
         return ModelEntry(
             id=str(raw["id"]), version=str(raw["version"]), file=str(raw["file"]),
             sha256=str(raw["sha256"]).lower(), preset=str(raw.get("preset", "")),
-            spacing=tuple(float(s) for s in spacing) if spacing is not None else None,  # type: ignore[arg-type]
-            window=tuple(int(w) for w in window),  # type: ignore[arg-type]
             training_data=str(raw.get("training_data", "")), training=str(raw.get("training", "")),
             metrics=dict(raw.get("metrics") or {}),
             description=str(raw.get("description", "")), default=bool(raw.get("default", False)),
@@ -221,9 +210,9 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
     The catalog is the user's (``$CAML_HOME/models/models.json``) unless
     ``catalog_path`` names another, e.g. the bundled one when preparing a
     release. What is stored is ``release_checkpoint``'s compact file (models
-    V and A, fp16 when ``half``), not the training checkpoint. The preset
-    name, voxel spacing and window are read from the checkpoint (what the
-    trainer stores), so inference later uses what training saw.
+    V and A, fp16 when ``half``), not the training checkpoint. How to run
+    the model (window, voxel size, normalisation, flips, threshold) travels
+    inside that file; the entry only points at it and records its scores.
     """
     from .checkpoint import read_checkpoint, release_checkpoint
 
@@ -235,16 +224,12 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
         raise CatalogError(f"model id {model_id!r} is already in the catalog; choose another id or version")
     ckpt = read_checkpoint(weights)
     preset = ckpt.get("preset") or {}
-    window = preset.get("patch_size") or DEFAULT_WINDOW
-    spacing = preset.get("spacing")
     file_name = f"{model_id}-{version}.pt"
     target = catalog_path.parent / file_name
     with atomic_output(target) as tmp:
         release_checkpoint(weights, tmp, half=half)
     entry = ModelEntry(id=model_id, version=str(version), file=file_name, sha256=sha256_file(target),
                        preset=str(preset.get("name", "")),
-                       spacing=tuple(float(s) for s in spacing) if spacing else None,  # type: ignore[arg-type]
-                       window=tuple(int(w) for w in window),  # type: ignore[arg-type]
                        training_data=training_data, training=training,
                        metrics=dict(metrics or ckpt.get("metrics") or {}),
                        description=description or f"registered from {weights}", default=default,

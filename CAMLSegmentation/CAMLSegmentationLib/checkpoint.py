@@ -22,6 +22,7 @@ import torch
 
 from .files import atomic_output
 from .network import CAMLNet, NetworkConfig, SubModel
+from .settings import InferenceSettings
 
 FORMAT = "camlsegmentation-checkpoint"
 FORMAT_VERSION = 1
@@ -155,7 +156,8 @@ def release_checkpoint(source: PathLike, target: PathLike, half: bool = False,
             state[key] = value
     provenance = {key: ckpt[key] for key in ("iteration", "val", "split", "seed", "supervised_only", "world_size")
                   if key in ckpt}
-    payload = {"network": cfg.to_dict(), "preset": ckpt.get("preset"), "model": state,
+    payload = {"network": cfg.to_dict(), "preset": ckpt.get("preset"),
+               "inference": InferenceSettings.from_checkpoint(ckpt).to_dict(), "model": state,
                "sub_models": list(sub_models), "dtype": "float16" if half else "float32",
                "trained": provenance, "released_from": Path(source).name}
     save_checkpoint(target, payload)

@@ -3,7 +3,8 @@
 Two folder layouts are recognised by :func:`open_source` (README-data.md has the details):
 
 - **LA**: the preprocessed left-atrium release, ``<root>/train.list`` and
-  ``<root>/2018LA_Seg_Training Set/<id>/mri_norm2.h5`` (already z-scored, 0.625 mm).
+  ``<root>/2018LA_Seg_Training Set/<id>/mri_norm2.h5`` (0.625 mm; its own z-scoring, done
+  before cropping, is treated as an arbitrary scanner scale like any other).
 - **generic**: image files SimpleITK reads, ``<root>/images/<id>.<ext>`` with
   optional ``<root>/labels/<id>.<ext>`` (or nnU-Net's ``imagesTr/<id>_0000.<ext>``
   and ``labelsTr/<id>.<ext>``); an optional ``<root>/train.list`` fixes the case
@@ -25,8 +26,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .preprocess import resample_to_shape, shape_for_spacing, zscore
+from .preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
 from .progress import CancelToken, ProgressCallback, ProgressEvent
+from .settings import AUGMENTATION_FLIP_AXES, PERCENTILE
 from .volume import Volume, read_image, read_la_h5
 
 PathLike = Union[str, Path]
@@ -55,9 +57,9 @@ class DataError(ValueError):
 class Case:
     """One loaded case.
 
-    ``image``: float32 ``[i, j, k]`` on a grid of ``spacing`` (mm), z-scored: generic images over
-    the whole file; LA images as stored, z-scored over the whole MRI before the release cropped it
-    around the atrium (so an LA crop's own mean is not 0, typically 0.5 to 1.5).
+    ``image``: float32 ``[i, j, k]`` on a grid of ``spacing`` (mm), normalised by
+    ``preprocess.normalize_intensity`` from the file's own voxels, whatever the layout, exactly
+    as ``caml segment`` normalises an image.
     ``label``: uint8 in {0, 1} of the same shape, or None when not loaded or absent.
     """
 
@@ -136,9 +138,24 @@ class CaseSource:
         """The file (or files) holding a case, for messages."""
         raise NotImplementedError
 
-    def _read(self, case_id: str, with_label: bool) -> Tuple[Volume, Optional[np.ndarray], bool]:
-        """(image volume, label array or None, whether the image still needs z-scoring)."""
+    def _read(self, case_id: str, with_label: bool) -> Tuple[Volume, Optional[np.ndarray]]:
+        """(image volume, label array or None) as stored."""
         raise NotImplementedError
+
+    def read(self, case_id: str, with_label: bool = True) -> Tuple[Volume, Optional[np.ndarray]]:
+        """A case as stored: the image Volume on its own grid and the checked label (or None).
+
+        What ``caml evaluate`` and the trainer's validation segment, through the
+        same predictor as ``caml segment``, so their scores are a user's scores.
+        """
+        self._check_known(case_id)
+        volume, label = self._read(case_id, with_label)
+        where = self.describe(case_id)
+        if volume.array.ndim != 3:
+            raise DataError(f"{where}: expected a 3D image, found shape {volume.array.shape}")
+        if label is not None:
+            label = _check_label(label, volume.shape, where)
+        return volume, label
 
     def _set_ids(self, ids: List[str]) -> None:
         self._ids = list(ids)
@@ -149,21 +166,13 @@ class CaseSource:
             raise DataError(f"{self.root}: unknown case id {case_id!r}")
 
     def load(self, case_id: str, target_spacing: Optional[Sequence[float]] = None,
-             with_label: bool = True) -> Case:
+             with_label: bool = True, normalization: str = PERCENTILE) -> Case:
         """Read, check and preprocess one case; see :func:`load_cases`."""
-        self._check_known(case_id)
-        volume, label, needs_zscore = self._read(case_id, with_label)
-        where = self.describe(case_id)
-        image = volume.array
-        if image.ndim != 3:
-            raise DataError(f"{where}: expected a 3D image, found shape {image.shape}")
-        if not np.isfinite(image).all():
-            raise DataError(f"{where}: image has NaN or Inf voxels")
-        if float(image.max()) - float(image.min()) <= 1e-8 * max(1.0, float(np.abs(image).max())):
-            raise DataError(f"{where}: image is constant (value {float(image.flat[0]):g}): nothing to learn")
-        image = zscore(image) if needs_zscore else np.asarray(image, dtype=np.float32)
-        if label is not None:
-            label = _check_label(label, image.shape, where)
+        volume, label = self.read(case_id, with_label)
+        try:
+            image = normalize_intensity(volume.array, normalization)
+        except ValueError as exc:
+            raise DataError(f"{self.describe(case_id)}: {exc}") from exc
 
         spacing = tuple(float(s) for s in volume.spacing)
         if target_spacing is not None:
@@ -229,7 +238,7 @@ class LASource(CaseSource):
                 raise DataError(f"{self._path(case_id)}: unreadable HDF5 file ({exc})") from exc
         return self._labeled[case_id]
 
-    def _read(self, case_id: str, with_label: bool) -> Tuple[Volume, Optional[np.ndarray], bool]:
+    def _read(self, case_id: str, with_label: bool) -> Tuple[Volume, Optional[np.ndarray]]:
         path = self._path(case_id)
         try:
             volume, label = read_la_h5(path)
@@ -239,7 +248,7 @@ class LASource(CaseSource):
             raise DataError(f"{path}: unreadable HDF5 file ({exc})") from exc
         if with_label and label is None:
             raise DataError(f"{path}: no 'label' dataset (case {case_id} is unlabeled)")
-        return volume, (label if with_label else None), False
+        return volume, (label if with_label else None)
 
 
 class FolderSource(CaseSource):
@@ -310,11 +319,11 @@ class FolderSource(CaseSource):
         self._check_known(case_id)
         return case_id in self._labels
 
-    def _read(self, case_id: str, with_label: bool) -> Tuple[Volume, Optional[np.ndarray], bool]:
+    def _read(self, case_id: str, with_label: bool) -> Tuple[Volume, Optional[np.ndarray]]:
         image_path = self._images[case_id]
         volume = _read_volume(image_path)
         if not with_label:
-            return volume, None, True
+            return volume, None
         label_path = self._labels.get(case_id)
         if label_path is None:
             raise DataError(f"{image_path}: case {case_id} has no label file in {self.labels_dir}")
@@ -333,7 +342,7 @@ class FolderSource(CaseSource):
         if problems:
             raise DataError(f"{label_path}: label geometry differs from image {image_path.name}: "
                             + "; ".join(problems))
-        return volume, label.array, True
+        return volume, label.array
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -445,12 +454,13 @@ def _checked_list(source: CaseSource, path: PathLike, role: str) -> List[str]:
 
 def load_cases(source: CaseSource, ids: Sequence[str], target_spacing: Optional[Sequence[float]] = None,
                with_label: bool = True, progress: Optional[ProgressCallback] = None,
-               cancel: Optional[CancelToken] = None) -> List[Case]:
+               cancel: Optional[CancelToken] = None, normalization: str = PERCENTILE) -> List[Case]:
     """Load, check and preprocess the cases ``ids`` of ``source``, in that order.
 
     Checks (a DataError names the file): 3D single-component image, no NaN/Inf, not constant;
     label of the image's shape and (generic layout) geometry, with values 0 and 1 only.
-    Generic images are z-scored over the volume (the LA files already are). With
+    Every image is normalised by ``normalize_intensity(image, normalization)``, the layout
+    makes no difference. With
     ``target_spacing`` differing from a case's spacing, the image is resampled linearly and the
     label by nearest neighbour to the grid of the same extent at that spacing.
     ``progress`` receives ``ProgressEvent("load", done, total)`` before the first and after each case.
@@ -462,7 +472,7 @@ def load_cases(source: CaseSource, ids: Sequence[str], target_spacing: Optional[
     for n, case_id in enumerate(ids, start=1):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        cases.append(source.load(case_id, target_spacing, with_label=with_label))
+        cases.append(source.load(case_id, target_spacing, with_label=with_label, normalization=normalization))
         if progress is not None:
             progress(ProgressEvent("load", n, total, message=case_id))
     return cases
@@ -480,7 +490,7 @@ def random_rot_flip(image: np.ndarray, label: Optional[np.ndarray],
     the (i, j) plane (rot90(k) + flip(0) equals rot90(k + 2) + flip(1)), never a pure rotation.
     """
     k = int(rng.integers(0, 4))
-    axis = int(rng.integers(0, 2))
+    axis = int(rng.choice(AUGMENTATION_FLIP_AXES))
     image = np.ascontiguousarray(np.flip(np.rot90(image, k, axes=(0, 1)), axis=axis))
     if label is not None:
         label = np.ascontiguousarray(np.flip(np.rot90(label, k, axes=(0, 1)), axis=axis))
@@ -511,3 +521,36 @@ def random_crop(image: np.ndarray, label: Optional[np.ndarray], patch_size: Sequ
     if label is not None:
         label = np.ascontiguousarray(label[window])
     return image, label
+
+
+def random_intensity(image: np.ndarray, rng: np.random.Generator, probability: float,
+                     scale: Tuple[float, float], shift: float, gamma: Tuple[float, float],
+                     noise: float) -> np.ndarray:
+    """Intensity augmentation of a normalised crop (the preset's ``intensity_*`` fields).
+
+    With ``probability``: a contrast curve ``x**gamma`` on the positive part
+    (gamma log-uniform in ``gamma``), a factor log-uniform in ``scale``, an
+    offset uniform in ``[-shift, shift]`` and Gaussian noise with a standard
+    deviation uniform in ``[0, noise]``. Normalisation maps every image's body
+    to about [0, 1], but what lands where still varies between scanners and
+    with the field of view (the blood pool's mean from 0.5 to 0.85 on the LA
+    cases; a crop moves the scale by a few percent): the model must not hinge
+    on one exact scale. Every draw comes from ``rng`` (resumable), even when
+    the augmentation is skipped, so crops do not depend on the probability.
+    """
+    apply = rng.random() < probability
+    g = float(np.exp(rng.uniform(np.log(gamma[0]), np.log(gamma[1]))))
+    s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
+    b = float(rng.uniform(-shift, shift)) if shift > 0 else 0.0
+    sd = float(rng.uniform(0.0, noise)) if noise > 0 else 0.0
+    seed = int(rng.integers(0, 2**31 - 1))
+    if not apply:
+        return image
+    out = image.astype(np.float32, copy=True)
+    if g != 1.0:
+        positive = out > 0
+        out[positive] = out[positive] ** g
+    out = out * s + b
+    if sd > 0:
+        out += np.random.default_rng(seed).normal(0.0, sd, out.shape).astype(np.float32)
+    return out.astype(np.float32, copy=False)

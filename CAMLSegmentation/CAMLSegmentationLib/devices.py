@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when a device is resolved: the CLI parser needs DEVICE_CHOICES, not torch
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -17,6 +20,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     Asking for CUDA explicitly and silently getting the CPU would turn a
     one-second job into minutes without telling anyone, hence the error.
     """
+    import torch
+
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,6 +44,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def describe(device: torch.device) -> str:
     """A short human description: ``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 ...)``."""
+    import torch
+
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

@@ -35,12 +35,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .checkpoint import load_sub_model, read_checkpoint
 from .devices import resolve_device
 from .network import NetworkConfig, SubModel
-from .preprocess import resample_to_shape, shape_for_spacing, zscore
+from .preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
 from .progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from .settings import OFFICIAL_WINDOW, PERCENTILE, InferenceSettings
 from .volume import Volume, validate_volume
 
 PathLike = Union[str, Path]
-DEFAULT_WINDOW = (112, 112, 80)
 #: Window strides of the official CAML evaluation (``test_3d.py``: stride_xy=18, stride_z=4).
 OFFICIAL_STRIDES = (18, 18, 4)
 
@@ -50,16 +50,32 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------- sliding window
 
 
-def window_starts(size: int, window: int, stride: int) -> List[int]:
-    """Window start positions along one axis: every ``stride`` voxels, the last one flush with the end.
+WINDOW_LAYOUTS = ("even", "flush")
 
-    ``ceil((size - window) / stride) + 1`` windows at ``min(n * stride, size - window)``,
-    the formula of the official CAML test code, so its protocol is reproduced exactly.
+
+def window_starts(size: int, window: int, stride: int, layout: str = "even") -> List[int]:
+    """Window start positions along one axis.
+
+    Both layouts use ``n = ceil((size - window) / stride) + 1`` windows, the
+    first at 0 and the last flush with the end:
+
+    * ``"even"``: starts spread evenly over ``[0, size - window]``
+      (``linspace`` rounded, as nnU-Net places its windows), so no stride
+      exceeds ``stride`` and neighbouring overlaps differ by at most a voxel;
+    * ``"flush"``: every ``stride`` voxels, ``min(i * stride, size - window)``,
+      the formula of the official CAML test code; the last two windows
+      crowd together at the far end. Used by ``--protocol official`` so the
+      paper's evaluation is reproduced exactly.
     """
+    if layout not in WINDOW_LAYOUTS:
+        raise ValueError(f"window layout must be one of {', '.join(WINDOW_LAYOUTS)}, not {layout!r}")
     if size <= window:
         return [0]
-    count = math.ceil((size - window) / stride) + 1
-    return [min(n * stride, size - window) for n in range(count)]
+    span = size - window
+    count = math.ceil(span / stride) + 1
+    if layout == "flush":
+        return [min(n * stride, span) for n in range(count)]
+    return [int(round(n * span / (count - 1))) for n in range(count)]
 
 
 def strides_for_overlap(window: Sequence[int], overlap: float) -> Tuple[int, int, int]:
@@ -86,10 +102,28 @@ def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125) -> to
     return weights.clamp_min(1e-3).float()
 
 
+def choose_stitch_device(device: torch.device, needed_bytes: int,
+                         free_bytes: Optional[int] = None) -> torch.device:
+    """Where window outputs are accumulated: the compute device when they fit there, else the CPU.
+
+    On a GPU, adding every window into a CPU array costs a device-to-host
+    copy per window and a slow CPU loop; accumulating on the GPU needs the
+    whole output (and weight map) in GPU memory, which a large image may not
+    have. ``free_bytes`` defaults to what CUDA reports free; half of it must
+    hold ``needed_bytes``, leaving the rest to the network's activations.
+    """
+    if device.type != "cuda":
+        return torch.device("cpu")
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    return device if needed_bytes <= free_bytes // 2 else torch.device("cpu")
+
+
 def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predictor, *,
-                   overlap: float = 0.25, strides: Optional[Sequence[int]] = None,
+                   overlap: float = 0.25, strides: Optional[Sequence[int]] = None, layout: str = "even",
                    blend: str = "gaussian", batch_size: int = 2, pad_value: float = 0.0,
-                   device: Union[str, torch.device] = "cpu", amp: bool = False,
+                   device: Union[str, torch.device] = "cpu",
+                   stitch_device: Union[None, str, torch.device] = None, amp: bool = False,
                    progress: Optional[ProgressCallback] = None,
                    cancel: Optional[CancelToken] = None) -> torch.Tensor:
     """Run ``predictor`` over overlapping windows of ``image`` and blend the outputs.
@@ -101,8 +135,13 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
         predictor: maps ``[B, C, wi, wj, wk]`` on ``device`` to ``[B, C_out, wi, wj, wk]``.
         overlap: fraction of a window shared with its neighbour; ignored when ``strides`` is given.
         strides: explicit window steps per axis (the official protocol uses 18/18/4).
+        layout: window starts ``"even"`` (spread evenly) or ``"flush"`` (the official
+            code's: every stride, the last flush with the end); see ``window_starts``.
         blend: ``"gaussian"`` (weighted towards window centres) or ``"constant"`` (plain average).
         batch_size: windows per forward pass.
+        stitch_device: where outputs and weights are accumulated. None: on ``device``
+            when the output and weight map fit in half its free memory, else on the CPU
+            (``choose_stitch_device``); the CPU always stitches on the CPU.
         amp: float16 autocast, used only when ``device`` is CUDA.
         progress, cancel: called / checked once per forward pass, so a cancel takes
             effect within one batch of windows.
@@ -124,12 +163,12 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
         image = F.pad(image, [v for p in reversed(pad) for v in (p // 2, p - p // 2)], value=pad_value)
     padded = tuple(image.shape[1:])
     steps = tuple(strides) if strides is not None else strides_for_overlap(window, overlap)
-    starts = [(a, b, c) for a in window_starts(padded[0], window[0], steps[0])
-              for b in window_starts(padded[1], window[1], steps[1])
-              for c in window_starts(padded[2], window[2], steps[2])]
+    starts = [(a, b, c) for a in window_starts(padded[0], window[0], steps[0], layout)
+              for b in window_starts(padded[1], window[1], steps[1], layout)
+              for c in window_starts(padded[2], window[2], steps[2], layout)]
     importance = gaussian_importance(window) if blend == "gaussian" else torch.ones(window)
     total: Optional[torch.Tensor] = None
-    weight = torch.zeros(padded, dtype=torch.float32)
+    weight: Optional[torch.Tensor] = None
     use_amp = amp and device.type == "cuda"
     progress(ProgressEvent("inference", 0, len(starts), "windows"))
     for first in range(0, len(starts), batch_size):
@@ -141,9 +180,12 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
         batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
             out = predictor(batch)
-        out = out.float().cpu()
         if total is None:
-            total = torch.zeros((out.shape[1],) + padded, dtype=torch.float32)
+            # The number of output channels is known only now.
+            total, weight = _stitch_buffers(out.shape[1], padded, device, stitch_device)
+            importance = importance.to(total.device)
+        assert weight is not None
+        out = out.float().to(total.device)
         for n, (a, b, c) in enumerate(batch_starts):
             region = (slice(None), slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
             total[region] += out[n] * importance
@@ -151,14 +193,35 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
         progress(ProgressEvent("inference", min(first + batch_size, len(starts)), len(starts), "windows"))
     assert total is not None
     total /= weight
+    del weight
     if any(pad):
         lo = [p // 2 for p in pad]
         total = total[:, lo[0]:lo[0] + spatial[0], lo[1]:lo[1] + spatial[1], lo[2]:lo[2] + spatial[2]]
-    return total.contiguous()
+    return total.contiguous().cpu()
+
+
+def _stitch_buffers(channels: int, shape: Tuple[int, ...], device: torch.device,
+                    stitch_device: Union[None, str, torch.device]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed ``[channels, *shape]`` output and ``shape`` weight accumulators where stitching happens."""
+    voxels = int(np.prod(shape))
+    if stitch_device is not None:
+        where = torch.device(stitch_device)
+    else:
+        # Output, weights, and the cropped copy made at the end.
+        where = choose_stitch_device(device, 4 * voxels * (2 * channels + 1))
+    if where.type == "cuda":
+        try:
+            return (torch.zeros((channels,) + shape, dtype=torch.float32, device=where),
+                    torch.zeros(shape, dtype=torch.float32, device=where))
+        except torch.cuda.OutOfMemoryError:
+            if stitch_device is not None:
+                raise
+            torch.cuda.empty_cache()  # another process took the memory meanwhile: fall back
+    return torch.zeros((channels,) + shape, dtype=torch.float32), torch.zeros(shape, dtype=torch.float32)
 
 
 def count_windows(shape: Sequence[int], window: Sequence[int], strides: Sequence[int]) -> int:
-    """How many windows ``sliding_window`` runs for an image of ``shape`` (after padding)."""
+    """How many windows ``sliding_window`` runs for an image of ``shape`` (after padding), in either layout."""
     return int(np.prod([len(window_starts(max(n, w), w, s)) for n, w, s in zip(shape, window, strides)]))
 
 
@@ -188,53 +251,66 @@ def optimize_for_inference(net: nn.Module) -> nn.Module:
 
 @dataclass
 class InferenceModel:
-    """Sub-model V (and A when needed) in eval mode, with the window and voxel size they were trained with."""
+    """Sub-model V (and A when needed) in eval mode, with the settings stored beside their weights."""
 
     networks: Dict[str, SubModel]
-    window: Tuple[int, int, int] = DEFAULT_WINDOW
-    spacing: Optional[Tuple[float, float, float]] = None
+    settings: InferenceSettings = field(default_factory=InferenceSettings)
     name: str = "model"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    @property
+    def window(self) -> Tuple[int, int, int]:
+        return self.settings.window
 
-def _preset_geometry(ckpt: Dict[str, Any]) -> Tuple[Tuple[int, int, int], Optional[Tuple[float, float, float]]]:
-    preset = ckpt.get("preset") or {}
-    window = tuple(int(w) for w in (preset.get("patch_size") or DEFAULT_WINDOW))
-    spacing = preset.get("spacing")
-    return window, (tuple(float(s) for s in spacing) if spacing else None)  # type: ignore[return-value]
+    @property
+    def spacing(self) -> Optional[Tuple[float, float, float]]:
+        return self.settings.spacing
 
 
 def load_inference_model(weights: PathLike, device: Union[str, torch.device] = "auto",
-                         with_a: bool = False, window: Optional[Sequence[int]] = None,
-                         spacing: Optional[Sequence[float]] = None,
-                         name: Optional[str] = None) -> InferenceModel:
+                         with_a: bool = False, name: Optional[str] = None) -> InferenceModel:
     """Load model V (and A if ``with_a``) from a project or official CAML checkpoint.
 
-    Window and voxel size come from the checkpoint's ``preset`` when it has
-    one (the trainer stores it), else ``window``/``spacing`` arguments, else
-    the paper's 112x112x80 window at the image's own voxel size.
+    Window, voxel size, normalisation, test-time flips and threshold come
+    from the file (``settings.InferenceSettings.from_checkpoint``): the
+    weights carry how they must be run, nothing else overrides it.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    ckpt_window, ckpt_spacing = _preset_geometry(read_checkpoint(weights))
+    settings = InferenceSettings.from_checkpoint(read_checkpoint(weights))
     networks = {}
     for which in ("v", "a") if with_a else ("v",):
         net, _ = load_sub_model(weights, which)
         networks[which] = optimize_for_inference(net).to(dev)
-    return InferenceModel(networks=networks,
-                          window=tuple(window) if window else ckpt_window,  # type: ignore[arg-type]
-                          spacing=tuple(spacing) if spacing else ckpt_spacing,  # type: ignore[arg-type]
-                          name=name or Path(weights).name, device=dev)
+    return InferenceModel(networks=networks, settings=settings, name=name or Path(weights).name, device=dev)
 
 
-def random_model(base_filters: int = 16, window: Sequence[int] = DEFAULT_WINDOW,
+def model_from_network(net: nn.Module, settings: InferenceSettings, device: torch.device,
+                       name: str = "training model") -> InferenceModel:
+    """An inference copy of sub-model V of a live dual network (the trainer validates with it).
+
+    The copy is folded for inference like a loaded model, so validation runs
+    exactly the predictor ``caml segment`` runs; the training network is not touched.
+    """
+    sub = SubModel(net.config, "v")
+    own = sub.state_dict()
+    sub.load_state_dict({k: v.detach().clone() for k, v in net.state_dict().items() if k in own}, strict=True)
+    return InferenceModel(networks={"v": optimize_for_inference(sub).to(device)}, settings=settings,
+                          name=name, device=device)
+
+
+def random_model(base_filters: int = 16, window: Sequence[int] = OFFICIAL_WINDOW,
                  device: Union[str, torch.device] = "cpu", with_a: bool = False,
-                 seed: int = 0) -> InferenceModel:
+                 seed: int = 0, normalization: str = PERCENTILE,
+                 spacing: Optional[Sequence[float]] = None) -> InferenceModel:
     """Randomly initialised sub-models: timings and the pipeline, not meaningful masks."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     torch.manual_seed(seed)
     cfg = NetworkConfig(base_filters=base_filters)
     networks = {w: optimize_for_inference(SubModel(cfg, w)).to(dev) for w in (("v", "a") if with_a else ("v",))}
-    return InferenceModel(networks=networks, window=tuple(window),  # type: ignore[arg-type]
+    settings = InferenceSettings(window=tuple(int(w) for w in window),  # type: ignore[arg-type]
+                                 spacing=None if spacing is None else tuple(spacing),  # type: ignore[arg-type]
+                                 normalization=normalization)
+    return InferenceModel(networks=networks, settings=settings,
                           name=f"random (untrained, {base_filters} filters)", device=dev)
 
 
@@ -247,15 +323,16 @@ class InferenceOptions:
 
     overlap: float = 0.25
     strides: Optional[Tuple[int, int, int]] = None  # overrides overlap
+    window_layout: str = "even"  # window starts spread evenly; "flush" = the official code's
     blend: str = "gaussian"
     batch_size: Optional[int] = None  # windows per forward pass; None = 2 on CPU, 4 on CUDA
     amp: bool = True  # float16 autocast on CUDA only
     resample: bool = True  # to the model's voxel size, when it has one
-    tta: bool = False  # average over the 8 combinations of axis flips
+    tta: bool = False  # average over the flips the model's training augmentation allowed
     ensemble: bool = False  # average V and A instead of V alone
     uncertainty: bool = False  # |p_V - p_A| per voxel (runs model A as well)
     lcc: bool = False  # keep only the largest connected component
-    threshold: float = 0.5
+    threshold: Optional[float] = None  # None = the model's own (stored with its weights)
     protocol: str = "default"
 
     @classmethod
@@ -266,7 +343,7 @@ class InferenceOptions:
         Resampling stays on: it is a no-op for models trained at the LA voxel size (the
         paper's), and a model trained at another voxel size must see that size.
         """
-        return cls(strides=OFFICIAL_STRIDES, blend="constant", protocol="official")
+        return cls(strides=OFFICIAL_STRIDES, window_layout="flush", blend="constant", protocol="official")
 
     def with_changes(self, **changes: Any) -> InferenceOptions:
         return replace(self, **changes)
@@ -282,20 +359,31 @@ class SegmentationResult:
     info: Dict[str, Any]
 
 
-_FLIPS = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+def flip_combinations(axes: Sequence[int]) -> List[Tuple[int, ...]]:
+    """Every subset of ``axes`` (image axes 0..2), the empty one first: the test-time flips."""
+    combos: List[Tuple[int, ...]] = [()]
+    for axis in axes:
+        combos += [c + (int(axis),) for c in combos]
+    return combos
 
 
-def make_predictor(networks: Sequence[torch.nn.Module], tta: bool = False) -> Predictor:
-    """A predictor returning each network's foreground probability: ``[B, len(networks), ...]``."""
+def make_predictor(networks: Sequence[torch.nn.Module], flips: Sequence[Tuple[int, ...]] = ((),)) -> Predictor:
+    """A predictor returning each network's foreground probability: ``[B, len(networks), ...]``.
+
+    ``flips``: image-axis combinations to average over (test-time augmentation);
+    only axes the training augmentation flipped make sense, as a network never
+    saw the others mirrored.
+    """
 
     def foreground(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         probs = None
-        for dims in (_FLIPS if tta else [()]):
+        for axes in flips:
+            dims = [a + 2 for a in axes]  # x is [B, C, i, j, k]
             xin = x.flip(dims) if dims else x
             p = torch.softmax(net(xin).float(), dim=1)[:, 1]
-            p = p.flip([d - 1 for d in dims]) if dims else p
+            p = p.flip([a + 1 for a in axes]) if dims else p  # p is [B, i, j, k]
             probs = p if probs is None else probs + p
-        return probs / (len(_FLIPS) if tta else 1)
+        return probs / len(flips)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         return torch.stack([foreground(net, batch) for net in networks], dim=1)
@@ -329,19 +417,22 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
         raise ValueError("ensemble and uncertainty need model A: load the model with with_a=True")
     order = ["v", "a"] if need_a else ["v"]
 
-    # Intensities as training saw them: raw scans are z-scored over the whole volume (as the LA
-    # scans were before cropping); already-normalised LA h5 crops are used as stored.
-    image = np.asarray(volume.array, dtype=np.float32) if volume.normalized else zscore(volume.array)
+    # One intensity path for every input, the one the model was trained with (its settings).
+    settings = model.settings
+    image = normalize_intensity(volume.array, settings.normalization)
     target_shape = volume.shape
     if options.resample and model.spacing is not None:
         target_shape = shape_for_spacing(volume.shape, volume.spacing, model.spacing)
         image = resample_to_shape(image, target_shape, mode="linear")
     strides = options.strides or strides_for_overlap(model.window, options.overlap)
+    flips = flip_combinations(settings.flip_axes) if options.tta else [()]
+    threshold = settings.threshold if options.threshold is None else options.threshold
     batch_size = options.batch_size or (4 if model.device.type == "cuda" else 2)
     with torch.inference_mode():
         probs = sliding_window(torch.from_numpy(image)[None], model.window,
-                               make_predictor([model.networks[w] for w in order], options.tta),
-                               strides=strides, blend=options.blend, batch_size=batch_size,
+                               make_predictor([model.networks[w] for w in order], flips),
+                               strides=strides, layout=options.window_layout, blend=options.blend,
+                               batch_size=batch_size,
                                device=model.device, amp=options.amp, progress=progress, cancel=cancel)
     del image
     probs_np = probs.numpy()
@@ -350,14 +441,15 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     p_v = probs_np[0]
     probability = probs_np.mean(axis=0) if options.ensemble else p_v
     uncertainty = np.abs(probs_np[0] - probs_np[1]).astype(np.float32) if options.uncertainty else None
-    mask = (probability > options.threshold).astype(np.uint8)
+    mask = (probability > threshold).astype(np.uint8)
     if options.lcc:
         mask = largest_component(mask)
     info = {"model": model.name, "protocol": options.protocol, "device": str(model.device),
-            "window": list(model.window), "strides": list(strides),
+            "window": list(model.window), "strides": list(strides), "window_layout": options.window_layout,
             "windows": count_windows(target_shape, model.window, strides),
             "network_grid": list(target_shape), "input_grid": list(volume.shape),
-            "models": order, "tta": options.tta, "lcc": options.lcc,
+            "models": order, "tta": options.tta, "flips": [list(f) for f in flips], "lcc": options.lcc,
+            "normalization": settings.normalization, "threshold": threshold,
             "seconds": round(time.perf_counter() - start, 3)}
     return SegmentationResult(mask=mask, probability=np.ascontiguousarray(probability, dtype=np.float32),
                               uncertainty=uncertainty, info=info)

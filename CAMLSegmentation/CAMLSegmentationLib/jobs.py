@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,11 +35,16 @@ def python_executable() -> str:
     """The Python interpreter to run the engine with.
 
     Inside Slicer ``sys.executable`` is the Slicer application itself; the
-    Python launcher next to it (``PythonSlicer``) runs plain scripts with
-    Slicer's Python environment. Elsewhere it is ``sys.executable``.
+    Python launcher (``PythonSlicer``) runs plain scripts with Slicer's Python
+    environment. Slicer's launcher puts it on ``PATH``, where it is looked up
+    first (as Slicer's own AI extensions do), then beside the executable.
+    Elsewhere it is ``sys.executable``.
     """
     exe = Path(sys.executable)
     if "slicer" in exe.name.lower() and "python" not in exe.name.lower():
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
         suffix = ".exe" if os.name == "nt" else ""
         launcher = f"PythonSlicer{suffix}"
         for candidate in (exe.parent / launcher, exe.parent.parent / "bin" / launcher):
@@ -58,6 +64,9 @@ def engine_environment(base: Optional[Mapping[str, str]] = None) -> Dict[str, st
     paths = [str(PACKAGE_PARENT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
+    # The progress protocol is UTF-8 (file names, messages); Windows consoles default to a code page.
+    env["PYTHONIOENCODING"] = "utf-8"
+    env["PYTHONUTF8"] = "1"
     return env
 
 
@@ -224,8 +233,10 @@ def kill_process_tree(process: subprocess.Popen) -> None:
     if process.poll() is not None and os.name == "nt":
         return
     if os.name == "nt":
+        # CREATE_NO_WINDOW: no console window flashes up when Cancel is pressed in Slicer.
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+                       creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
         return
     # Descendants first (some may have left the group), then the whole group.
     for pid in _descendants(process.pid):

@@ -34,10 +34,6 @@ def add_parser(subparsers: Any) -> None:
     r.set_defaults(func=register)
 
 
-def _window(entry: Any) -> str:
-    return "x".join(str(w) for w in entry.window)
-
-
 def list_models(args: argparse.Namespace) -> int:
     from .catalog import bundled_catalog_path, load_catalog, user_catalog_path
 
@@ -50,12 +46,11 @@ def list_models(args: argparse.Namespace) -> int:
               f"Train one with `caml train`, then `caml models register best.pt --id NAME`, "
               f"or segment with --weights FILE.")
         return 0
-    print(f"{'id':<20} {'version':<8} {'preset':<8} {'spacing (mm)':<18} {'window':<12} {'source':<8} description")
+    print(f"{'id':<20} {'version':<8} {'preset':<8} {'dice':>6}  {'source':<8} description")
     for e in entries:
-        spacing = "image's own" if e.spacing is None else "x".join(f"{s:g}" for s in e.spacing)
         mark = " (default)" if e.default else ""
-        print(f"{e.id:<20} {e.version:<8} {e.preset or '-':<8} {spacing:<18} {_window(e):<12} {e.source:<8} "
-              f"{e.description}{mark}")
+        score = f"{e.metrics['dice']:6.2f}" if isinstance(e.metrics.get("dice"), (int, float)) else f"{'-':>6}"
+        print(f"{e.id:<20} {e.version:<8} {e.preset or '-':<8} {score}  {e.source:<8} {e.description}{mark}")
     return 0
 
 
@@ -83,6 +78,5 @@ def register(args: argparse.Namespace) -> int:
                            training_data=args.training_data, training=args.training, metrics=metrics,
                            catalog_path=args.catalog, default=args.default, half=args.fp16)
     print(f"registered {entry.id} (version {entry.version}, sha256 {entry.sha256[:12]}...) -> {entry.path}\n"
-          f"  window {_window(entry)}, spacing {entry.spacing or 'that of each image'}; "
-          f"use it with `caml segment IN --model {entry.id}`")
+          f"  use it with `caml segment IN --model {entry.id}`")
     return 0

@@ -18,21 +18,13 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .volume import Volume
+from .volume import SEGMENT_COLOR, SEGMENT_NAME, SEGMENT_TERMINOLOGY, Volume
 
-#: Name of the segment the module creates.
-LEFT_ATRIUM_NAME = "Left atrium"
-#: Its colour (RGB 0..1), the one Slicer's general-anatomy terminology gives the left atrium's blood pool.
-LEFT_ATRIUM_COLOR = (0.81, 0.27, 0.33)
-#: DICOM/SNOMED terminology of the segment, in the string form Slicer stores on segments
-#: (context~category~type~type modifier~anatomic context~region~region modifier).
-LEFT_ATRIUM_TERMINOLOGY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list"
-    "~SCT^123037004^Anatomical Structure"
-    "~SCT^82471001^Left atrium"
-    "~^^"
-    "~Anatomic codes - DICOM master list~^^~^^"
-)
+#: Name, colour and terminology of the segment the module creates: the same definition
+#: the CLI's ``.seg.nrrd`` writer uses (``volume.SEGMENT_*``), so both look alike in Slicer.
+LEFT_ATRIUM_NAME = SEGMENT_NAME
+LEFT_ATRIUM_COLOR = SEGMENT_COLOR
+LEFT_ATRIUM_TERMINOLOGY = SEGMENT_TERMINOLOGY
 
 # RAS <-> LPS: flip the first two world axes (the matrix is its own inverse).
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])

@@ -23,6 +23,31 @@ import torch
 import torch.distributed as dist
 
 
+def sample_without_replacement(population: int, count: int,
+                                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``count`` distinct integers drawn uniformly from ``range(population)``, as a CPU long tensor.
+
+    A small population is permuted (that is O(count) anyway). A large one is
+    sampled by drawing with replacement and keeping each value's first
+    occurrence in draw order, which is exactly sampling without replacement;
+    with ``population >= 4 * count`` fewer than one draw in eight repeats,
+    so this costs O(count) instead of the O(population) of a full permutation.
+    """
+    if not 0 <= count <= population:
+        raise ValueError(f"cannot draw {count} distinct values from {population}")
+    if population <= 4 * count:
+        return torch.randperm(population, generator=generator)[:count]
+    picked: Dict[int, None] = {}
+    while len(picked) < count:
+        need = count - len(picked)
+        draws = torch.randint(population, (need + need // 4 + 8,), generator=generator)
+        for value in draws.tolist():
+            picked.setdefault(value)
+            if len(picked) == count:
+                break
+    return torch.tensor(list(picked), dtype=torch.long)
+
+
 class MemoryBank:
     """Per-labeled-case store of (feature, class) pairs on one device."""
 
@@ -51,6 +76,8 @@ class MemoryBank:
 
         Returns one ``[per_class, D]`` tensor per class, or None for a class
         with fewer stored entries than asked (as the official code does).
+        The work is O(per_class + cases), not O(stored voxels): a full bank
+        of paper-size cases holds millions of entries per class.
         """
         out: List[Optional[torch.Tensor]] = []
         for c in range(self.num_classes):
@@ -59,9 +86,8 @@ class MemoryBank:
             if total < per_class or per_class <= 0:
                 out.append(None)
                 continue
-            # Sample global indices without replacement, then map them to
-            # (case, row) through the cumulative counts: no concatenation.
-            idx = torch.randperm(total, generator=generator, device="cpu")[:per_class].to(self.device)
+            idx = sample_without_replacement(total, per_class, generator).to(self.device)
+            # Map global indices to (case, row) through the cumulative counts: no concatenation.
             sizes = torch.tensor([p.shape[0] for p in parts], device=self.device)
             ends = torch.cumsum(sizes, 0)
             which = torch.searchsorted(ends, idx, right=True)

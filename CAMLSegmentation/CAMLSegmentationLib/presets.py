@@ -8,15 +8,22 @@ inference resamples new images to the same voxel size.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
+
+from .settings import NORMALIZATIONS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 # Consistency ramp-up length R (in units of ``rampup_interval`` iterations) used by
 # the official code for 4 / 8 / 16 labeled LA cases.
 OFFICIAL_RAMPUP = {4: 40.0, 8: 20.0, 16: 15.0}
+
+
+#: Fields older checkpoints recorded that no longer mean anything (validation now runs the
+#: same predictor as ``caml segment``; ``extra`` was never read).
+RETIRED_FIELDS = ("val_overlap", "extra")
 
 
 @dataclass(frozen=True)
@@ -53,10 +60,15 @@ class TrainingPreset:
     # bookkeeping
     val_interval: int = 200
     val_start: int = 800
-    val_overlap: float = 0.5
     checkpoint_interval: int = 200
     amp: bool = True  # mixed precision, used only on CUDA
-    extra: Dict[str, Any] = field(default_factory=dict)
+    # intensities (see preprocess.normalize_intensity and data.random_intensity)
+    normalization: str = "percentile"
+    intensity_probability: float = 0.0  # chance that a training crop gets the intensity augmentation
+    intensity_scale: Tuple[float, float] = (1.0, 1.0)  # multiplicative factor, drawn log-uniformly
+    intensity_shift: float = 0.0  # added offset, uniform in [-shift, shift] (normalised units)
+    intensity_gamma: Tuple[float, float] = (1.0, 1.0)  # contrast curve exponent, drawn log-uniformly
+    intensity_noise: float = 0.0  # Gaussian noise, standard deviation uniform in [0, noise]
 
     def rampup_for(self, num_labeled: int) -> float:
         """R for this many labeled cases: the preset's value, else the official table (nearest entry)."""
@@ -72,11 +84,14 @@ class TrainingPreset:
         d = asdict(self)
         d["spacing"] = list(self.spacing) if self.spacing is not None else None
         d["patch_size"] = list(self.patch_size)
+        d["intensity_scale"] = list(self.intensity_scale)
+        d["intensity_gamma"] = list(self.intensity_gamma)
         return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> TrainingPreset:
         names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown preset field(s): {', '.join(unknown)}")
@@ -85,12 +100,22 @@ class TrainingPreset:
             d["spacing"] = tuple(float(s) for s in d["spacing"])
         if "patch_size" in d:
             d["patch_size"] = tuple(int(s) for s in d["patch_size"])
+        for name in ("intensity_scale", "intensity_gamma"):
+            if name in d:
+                d[name] = tuple(float(v) for v in d[name])
         preset = cls(**d)
         if any(s % 16 for s in preset.patch_size):
             raise ValueError(f"patch size {preset.patch_size}: each side must be a multiple of 16 "
                              "(four 2x downsamplings)")
         if preset.lr_schedule not in ("constant", "poly"):
             raise ValueError(f"lr_schedule must be 'constant' or 'poly', not {preset.lr_schedule!r}")
+        if preset.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not "
+                             f"{preset.normalization!r}")
+        for name in ("intensity_scale", "intensity_gamma"):
+            lo, hi = getattr(preset, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high, got [{lo}, {hi}]")
         if preset.occ_heads_on not in ("agreeing", "selected"):
             raise ValueError(f"occ_heads_on must be 'agreeing' or 'selected', not {preset.occ_heads_on!r}")
         return preset

@@ -13,7 +13,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from .devices import DEVICE_CHOICES
 from .progress import terminate_as_cancel
@@ -65,6 +65,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--uncertainty", metavar="OUT", help="also write |p_V - p_A| per voxel (.nrrd or .nii.gz); "
                                                         "runs model A as well")
     p.add_argument("--probability", metavar="OUT", help="also write the foreground probability (.nrrd/.nii.gz)")
+    p.add_argument("--snapshot", metavar="OUT.png",
+                   help="also write a picture: axial, coronal and sagittal slices through the mask with its "
+                        "outline (and the uncertainty overlay with --uncertainty)")
     p.set_defaults(func=run)
 
 
@@ -106,8 +109,8 @@ def load_model_from_args(args: argparse.Namespace, with_a: bool = False) -> Infe
 
         raise UserError(f"no trained model in the catalog ({bundled_catalog_path()} and {user_catalog_path()} "
                         f"list none): pass --weights FILE, or register one with `caml models register`")
-    return load_inference_model(verify(entry), args.device, with_a=with_a, window=entry.window,
-                                spacing=entry.spacing, name=f"{entry.id} (version {entry.version})")
+    return load_inference_model(verify(entry), args.device, with_a=with_a,
+                                name=f"{entry.id} (version {entry.version})")
 
 
 def progress_callback(mode: str) -> ProgressCallback:
@@ -136,6 +139,22 @@ def json_outcome(enabled: bool) -> Iterator[Dict[str, Any]]:
         print(json.dumps(dict({"event": "done"}, **final), default=str), flush=True)
 
 
+@contextlib.contextmanager
+def _snapshot_beside(path: Optional[Path], volume: Any, mask: Any, uncertainty: Any) -> Iterator[Dict[str, str]]:
+    """Render the ``--snapshot`` picture first; it lands on ``path`` only if the block (the other outputs)
+    succeeds, so all outputs appear together or none does."""
+    if path is None:
+        yield {}
+        return
+    from .files import atomic_output
+    from .snapshot import encode_png, render_snapshot
+
+    png = encode_png(render_snapshot(volume, mask, uncertainty))
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(png)
+        yield {"snapshot": str(path)}
+
+
 def run(args: argparse.Namespace) -> int:
     from .cli import UserError
     from .volume import mask_format, read_volume, write_outputs
@@ -155,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{path}: a .seg.nrrd holds a segmentation, not a float map; use .nrrd or .nii.gz")
             if path.resolve() == source.resolve():
                 raise UserError(f"{path}: output would overwrite the input image")
+        snapshot = Path(args.snapshot) if getattr(args, "snapshot", None) else None
+        if snapshot is not None and snapshot.suffix.lower() != ".png":
+            raise UserError(f"{snapshot}: --snapshot writes a PNG picture; give a name ending in .png")
         options = options_from_args(args, uncertainty=bool(args.uncertainty))
         volume = read_volume(source)
         model = load_model_from_args(args, with_a=options.ensemble or options.uncertainty)
@@ -163,7 +185,10 @@ def run(args: argparse.Namespace) -> int:
         result = segment_volume(volume, model, options, progress=progress_callback(args.progress))
         arrays = {"mask": result.mask, "uncertainty": result.uncertainty, "probability": result.probability}
         try:
-            written = write_outputs([(name, kind, arrays[name], path) for name, kind, path in outputs], volume)
+            with _snapshot_beside(snapshot, volume, result.mask, result.uncertainty) as picture:
+                written = write_outputs([(name, kind, arrays[name], path) for name, kind, path in outputs],
+                                        volume)
+                written.update(picture)
         except OSError as exc:
             raise UserError(str(exc)) from exc
         voxels = int(result.mask.sum())

@@ -12,8 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="train a CAML model (labeled + unlabeled cases)",
         description="Train CAML semi-supervised: the labeled cases give the supervised Dice loss, every "
                     "other case of the data folder is unlabeled data. Writes OUT/last.pt (resumable, "
-                    "updated every checkpoint interval and when stopped), OUT/best.pt (best validation "
-                    "Dice), OUT/train.log and OUT/config.json. Run several GPUs with "
+                    "updated every checkpoint interval, and when stopped unless under torchrun), "
+                    "OUT/best.pt (best validation Dice), OUT/train.log and OUT/config.json. Run several GPUs with "
                     "'torchrun --nproc_per_node N -m CAMLSegmentationLib.cli train ...'.")
     p.add_argument("--preset", default="cpu",
                    help="'paper' (official setting, GPU), 'cpu' (2-core CPU in < 2 h) or a preset .json "

@@ -11,8 +11,9 @@ with the sigmoid ramp-up ``exp(-5 (1 - t/R)^2)``, ``t = iteration // rampup_inte
 Runs on CPU, one GPU (with mixed precision), or several GPUs under
 ``torchrun`` (DistributedDataParallel; every rank samples its own batches and
 the memory-bank updates are all-gathered so the banks stay identical).
-Everything needed to continue exactly (model, optimizer, memory bank,
-sampler queues and RNG states) is in the resumable checkpoint ``last.pt``.
+Everything needed to continue exactly (model, optimizer, memory bank, and
+each rank's sampler queues and RNG states, gathered to rank 0) is in the
+resumable checkpoint ``last.pt``.
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ from torch import nn
 from . import data as data_mod
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .devices import resolve_device
+from .inference import InferenceOptions, model_from_network, segment_volume
 from .losses import dice_loss, mutual_consistency_loss, sigmoid_rampup
 from .metrics import dice
 from .network import CAMLNet, NetworkConfig
 from .occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
 from .presets import TrainingPreset
 from .progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from .settings import InferenceSettings
+from .volume import Volume
 
 LOG = logging.getLogger("caml.train")
 
@@ -96,11 +100,6 @@ def load_initial_weights(net: CAMLNet, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- objective
-
-
-def forward_v(net: CAMLNet, x: torch.Tensor) -> torch.Tensor:
-    """Logits of sub-model V alone (inference and validation never need model A)."""
-    return net.decoder1(net.encoder1(x))[0]
 
 
 class CAMLObjective(nn.Module):
@@ -254,20 +253,30 @@ class TwoStreamSampler:
 
 
 def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Case],
-               li: Sequence[int], ui: Sequence[int], patch: Sequence[int],
+               li: Sequence[int], ui: Sequence[int], preset: TrainingPreset,
                rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Augment and crop: returns images ``[nl+nu, 1, *patch]`` and labels ``[nl, *patch]``."""
+    """Augment and crop: returns images ``[nl+nu, 1, *patch]`` and labels ``[nl, *patch]``.
+
+    Geometric augmentation (rot90/flip in the (i, j) plane, random crop) as the
+    official code, then the preset's intensity augmentation on each crop.
+    """
+    patch = preset.patch_size
+
+    def intensity(img: np.ndarray) -> np.ndarray:
+        return data_mod.random_intensity(img, rng, preset.intensity_probability, preset.intensity_scale,
+                                         preset.intensity_shift, preset.intensity_gamma, preset.intensity_noise)
+
     images, labels = [], []
     for i in li:
         img, lab = data_mod.random_rot_flip(labeled[i].image, labeled[i].label, rng)
         img, lab = data_mod.random_crop(img, lab, patch, rng)
-        images.append(img)
+        images.append(intensity(img))
         labels.append(lab)
     for i in ui:
         img = unlabeled[i].image
         img, _ = data_mod.random_rot_flip(img, None, rng)
         img, _ = data_mod.random_crop(img, None, patch, rng)
-        images.append(img)
+        images.append(intensity(img))
     x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
     y = torch.from_numpy(np.stack(labels).astype(np.int64))
     return x, y
@@ -276,27 +285,29 @@ def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Ca
 # --------------------------------------------------------------------------- validation
 
 
-@torch.no_grad()
-def predict_probability(net: CAMLNet, image: np.ndarray, patch: Sequence[int], overlap: float,
-                        device: torch.device) -> np.ndarray:
-    """Foreground probability of model V over a whole (already preprocessed) volume."""
-    from .inference import sliding_window
+@dataclass
+class ValidationCase:
+    """A validation case as stored (its own grid and intensities) with its reference label."""
 
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    prob = sliding_window(x, patch, lambda t: F.softmax(forward_v(net, t).float(), dim=1),
-                          overlap=overlap, device=device, amp=device.type == "cuda")
-    return prob[1].numpy()
+    case_id: str
+    volume: Volume
+    label: np.ndarray
 
 
-def validate(net: CAMLNet, cases: Sequence[data_mod.Case], preset: TrainingPreset,
+def validate(net: CAMLNet, cases: Sequence[ValidationCase], settings: InferenceSettings,
              device: torch.device) -> Dict[str, Any]:
-    was_training = net.training
-    net.eval()
+    """Mean and per-case Dice of sub-model V through the predictor ``caml segment`` runs.
+
+    Each case is segmented from its stored voxels with the default
+    ``InferenceOptions`` (normalisation, resampling, sliding window and
+    threshold included) and scored on its own grid, so the number that
+    selects a checkpoint is the number ``caml evaluate`` reports for it.
+    """
+    model = model_from_network(net, settings, device)
     scores = {}
     for case in cases:
-        prob = predict_probability(net, case.image, preset.patch_size, preset.val_overlap, device)
-        scores[case.case_id] = dice(prob > 0.5, case.label > 0)
-    net.train(was_training)
+        result = segment_volume(case.volume, model, InferenceOptions())
+        scores[case.case_id] = dice(result.mask > 0, case.label > 0)
     return {"dice": float(np.mean(list(scores.values()))), "per_case": scores}
 
 
@@ -314,8 +325,23 @@ def _distributed() -> Tuple[int, int]:
     return 0, 1
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as Python ints, floats and lists, so ``torch.load(weights_only=True)`` reads them."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
 def _rng_state(rng: np.random.Generator, objective: CAMLObjective) -> Dict[str, Any]:
-    state: Dict[str, Any] = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
+    state: Dict[str, Any] = {"numpy": _plain(rng.bit_generator.state), "torch": torch.get_rng_state(),
                              "memory": objective.memory_generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -328,6 +354,50 @@ def _set_rng_state(state: Dict[str, Any], rng: np.random.Generator, objective: C
     objective.memory_generator.set_state(state["memory"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rank_state(rng: np.random.Generator, objective: CAMLObjective, sampler: TwoStreamSampler) -> Dict[str, Any]:
+    """What decides this rank's batches and memory draws: its RNG states and sampler queues."""
+    return {"rng": _rng_state(rng, objective), "sampler": [list(q) for q in sampler.queues]}
+
+
+def _gather_rank_states(local: Dict[str, Any], rank: int, world: int) -> Optional[List[Dict[str, Any]]]:
+    """Every rank's ``_rank_state``, in rank order, on rank 0 (None elsewhere).
+
+    A collective: every rank must call it at the same iteration.
+    """
+    if world == 1:
+        return [local]
+    gathered: Optional[List[Any]] = [None] * world if rank == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    return gathered
+
+
+def _restore_rank_state(checkpoint: Dict[str, Any], rank: int, world: int, seed: int,
+                        rng: np.random.Generator, objective: CAMLObjective, sampler: TwoStreamSampler) -> None:
+    """Put this rank's saved RNG states and sampler queues back.
+
+    Each rank continues its own streams, so ranks keep drawing different
+    batches and the run continues as if never interrupted. Checkpoints
+    written before states were saved per rank hold rank 0's only. A rank
+    with no saved state (more processes than the interrupted run had) takes
+    rank 0's model-side torch state but fresh data streams of its own.
+    """
+    saved = checkpoint.get("rank_states")
+    if saved is None:
+        saved = [{"rng": checkpoint["rng"], "sampler": checkpoint["sampler"]}]
+    if len(saved) != world and rank == 0:
+        LOG.warning("resuming with %d process(es) a run saved with %d: batches will differ from an "
+                    "uninterrupted run", world, len(saved))
+    if rank < len(saved):
+        _set_rng_state(saved[rank]["rng"], rng, objective)
+        sampler.queues = [list(q) for q in saved[rank]["sampler"]]
+        return
+    _set_rng_state(saved[0]["rng"], rng, objective)
+    iteration = int(checkpoint["iteration"])
+    rng.bit_generator.state = np.random.default_rng([seed, rank, iteration]).bit_generator.state
+    objective.memory_generator.manual_seed(seed + 7919 * rank + 104729 * iteration)
+    sampler.queues = [[], []]
 
 
 def _setup_logging(out_dir: Path) -> logging.Handler:
@@ -349,11 +419,15 @@ def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
     if not cfg.supervised_only and preset.unlabeled_batch > 0 and not split.unlabeled:
         raise data_mod.DataError(f"{cfg.data_root}: no unlabeled cases left for the unlabeled stream "
                                  "(every case is labeled); use --supervised-only or fewer labeled cases")
-    labeled = data_mod.load_cases(source, split.labeled, preset.spacing, with_label=True, progress=progress)
+    norm = preset.normalization
+    labeled = data_mod.load_cases(source, split.labeled, preset.spacing, with_label=True, progress=progress,
+                                  normalization=norm)
     unlabeled = [] if cfg.supervised_only else data_mod.load_cases(
-        source, split.unlabeled, preset.spacing, with_label=False, progress=progress)
-    validation = data_mod.load_cases(source, split.validation, preset.spacing, with_label=True,
-                                     progress=progress)
+        source, split.unlabeled, preset.spacing, with_label=False, progress=progress, normalization=norm)
+    validation = []
+    for case_id in split.validation:
+        volume, label = source.read(case_id, with_label=True)
+        validation.append(ValidationCase(case_id, volume, label))  # type: ignore[arg-type]
     return split, labeled, unlabeled, validation
 
 
@@ -376,9 +450,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
         if not last_path.exists():
             raise FileNotFoundError(f"{last_path}: nothing to resume (no last.pt in the output folder)")
         resume_state = read_checkpoint(last_path)
-        for key in ("optimizer", "iteration", "rng", "memory_bank", "split"):
+        for key in ("optimizer", "iteration", "memory_bank", "split"):
             if key not in resume_state:
                 raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no {key!r})")
+        if "rank_states" not in resume_state and "rng" not in resume_state:
+            raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no 'rank_states')")
 
     split, labeled, unlabeled, validation = prepare_data(cfg, progress)
     if resume_state is not None and resume_state["split"]["labeled"] != split.labeled:
@@ -389,7 +465,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
     rng = np.random.default_rng(cfg.seed + rank)
     net_cfg = NetworkConfig(base_filters=preset.base_filters, feat_dim=preset.feat_dim,
                             dropout=preset.dropout, cma=preset.cma)
-    net = CAMLNet(net_cfg).to(device)
+    # Channels-last 3D lets oneDNN / cuDNN pick their fast convolution kernels (about 20 % per
+    # iteration on a CPU core); parameters keep their names and values, checkpoints are unchanged.
+    net = CAMLNet(net_cfg).to(device, memory_format=torch.channels_last_3d)
     if cfg.init_weights is not None and resume_state is None:
         load_initial_weights(net, cfg.init_weights)
     bank = MemoryBank(len(labeled), net_cfg.num_classes, net_cfg.feat_dim, device)
@@ -411,8 +489,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{last_path}: incompatible checkpoint ({exc})") from exc
         scaler.load_state_dict(resume_state.get("scaler", {}))
-        _set_rng_state(resume_state["rng"], rng, objective)
-        sampler.queues = [list(q) for q in resume_state["sampler"]]
+        _restore_rank_state(resume_state, rank, world, cfg.seed, rng, objective, sampler)
         start_iter = int(resume_state["iteration"])
         best_dice, best_iter = resume_state.get("best_dice"), resume_state.get("best_iteration")
         history = list(resume_state.get("history", []))
@@ -427,15 +504,17 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(out_dir) if rank == 0 else logging.NullHandler()
-    meta = {"network": net_cfg.to_dict(), "preset": preset.to_dict(),
+    settings = InferenceSettings.from_preset(preset)
+    # Effective values, not rules: the ramp-up length actually used goes with the resolved preset.
+    meta = {"network": net_cfg.to_dict(), "preset": preset.to_dict(), "inference": settings.to_dict(),
+            "rampup_length": preset.rampup_for(len(labeled)),
             "split": {"labeled": split.labeled, "unlabeled": split.unlabeled, "validation": split.validation},
             "data_root": str(cfg.data_root), "seed": cfg.seed, "supervised_only": cfg.supervised_only,
             "world_size": world}
 
-    def checkpoint(iteration: int) -> Dict[str, Any]:
+    def checkpoint(iteration: int, rank_states: Optional[List[Dict[str, Any]]]) -> Dict[str, Any]:
         return dict(meta, model=net.state_dict(), optimizer=optimizer.state_dict(),
-                    scaler=scaler.state_dict(), memory_bank=bank.state_dict(),
-                    rng=_rng_state(rng, objective), sampler=[list(q) for q in sampler.queues],
+                    scaler=scaler.state_dict(), memory_bank=bank.state_dict(), rank_states=rank_states,
                     iteration=iteration, best_dice=best_dice, best_iteration=best_iter, history=history)
 
     if rank == 0:
@@ -455,8 +534,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
             # What an interrupted step must roll back so the checkpoint stays exact.
             snapshot = (_rng_state(rng, objective), [list(q) for q in sampler.queues], list(bank.slots))
             li, ui = sampler.next(preset.labeled_batch, n_unlabeled_batch)
-            x, y = make_batch(labeled, unlabeled, li, ui, preset.patch_size, rng)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = make_batch(labeled, unlabeled, li, ui, preset, rng)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+            y = y.to(device, non_blocking=True)
             iteration += 1
             lambda_c, lambda_o = loss_weights(preset, iteration, len(labeled))
             for group in optimizer.param_groups:
@@ -475,7 +555,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
             if validation and iteration >= preset.val_start and (
                     iteration % preset.val_interval == 0 or iteration == preset.iterations):
                 if rank == 0:
-                    val = validate(net, validation, preset, device)
+                    val = validate(net, validation, settings, device)
                     record["val_dice"] = val["dice"]
                     if best_dice is None or val["dice"] > best_dice:
                         best_dice, best_iter = val["dice"], iteration
@@ -488,8 +568,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
                 if rank == 0:
                     LOG.info("iteration %d " + " ".join(f"{k} %.4f" for k in parts), iteration,
                              *parts.values())
-            if rank == 0 and (iteration % preset.checkpoint_interval == 0 or iteration == preset.iterations):
-                save_checkpoint(last_path, checkpoint(iteration))
+            if iteration % preset.checkpoint_interval == 0 or iteration == preset.iterations:
+                # Every rank reaches this at the same iteration, so the gather cannot hang.
+                rank_states = _gather_rank_states(_rank_state(rng, objective, sampler), rank, world)
+                if rank == 0:
+                    save_checkpoint(last_path, checkpoint(iteration, rank_states))
             progress(ProgressEvent("train", iteration, preset.iterations,
                                    values={k: round(v, 5) for k, v in record.items() if k != "iteration"}))
     except BaseException:
@@ -498,9 +581,13 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
             _set_rng_state(snapshot[0], rng, objective)
             sampler.queues = snapshot[1]
             bank.slots = snapshot[2]
-        if rank == 0 and completed > start_iter and out_dir.exists():
-            save_checkpoint(last_path, checkpoint(completed))
+        # Under DDP the other ranks' states cannot be gathered from here (they may be
+        # anywhere in their step), so the last periodic checkpoint stands.
+        if rank == 0 and world == 1 and completed > start_iter and out_dir.exists():
+            save_checkpoint(last_path, checkpoint(completed, [_rank_state(rng, objective, sampler)]))
             LOG.info("stopped at iteration %d; resumable checkpoint written", completed)
+        elif rank == 0 and world > 1:
+            LOG.info("stopped at iteration %d; the last periodic checkpoint (last.pt) is kept", completed)
         raise
     finally:
         LOG.removeHandler(handler)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,13 +29,21 @@ if TYPE_CHECKING:  # SimpleITK is imported where it is used, so importing this m
 #: Voxel size of the preprocessed LA h5 files (not stored in them).
 LA_SPACING = (0.625, 0.625, 0.625)
 
-#: How the segmentation is presented in Slicer: name, colour (RGB 0-1) and
-#: DICOM terminology (SNOMED CT 82471001 "Left atrium structure").
+#: How the segmentation is presented in Slicer: name, colour (RGB 0-1) and terminology.
+#: The one definition, used by the ``.seg.nrrd`` writer here and by the Slicer module
+#: (through ``mrml_bridge``). The terminology is Slicer's serialised form
+#: (context~category~type~type modifier~anatomic context~region~region modifier) of
+#: SNOMED CT 82471001 "Left atrium" in the "Segmentation category and type - DICOM
+#: master list" context, where Slicer looks it up; the colour is that entry's
+#: ``recommendedDisplayRGBValue`` (203, 108, 81).
 SEGMENT_NAME = "Left atrium"
 SEGMENT_ID = "left_atrium"
-SEGMENT_COLOR = (0.89, 0.47, 0.34)
-SEGMENT_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list"
-                       "~SCT^123037004^Anatomical Structure~SCT^82471001^Left atrium~^^"
+SEGMENT_COLOR_RGB = (203, 108, 81)
+SEGMENT_COLOR = tuple(round(c / 255.0, 4) for c in SEGMENT_COLOR_RGB)
+SEGMENT_TERMINOLOGY = ("Segmentation category and type - DICOM master list"
+                       "~SCT^123037004^Anatomical Structure"
+                       "~SCT^82471001^Left atrium"
+                       "~^^"
                        "~Anatomic codes - DICOM master list~^^~^^")
 
 #: File name endings the mask writer understands, longest first.
@@ -57,10 +65,6 @@ class Volume:
     spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     origin: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
-    #: True when the intensities are already normalised the way the training data were
-    #: (the LA h5 files: z-scored over the whole scan before it was cropped), so
-    #: inference must use them as they are; False for raw scanner intensities.
-    normalized: bool = False
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -71,13 +75,6 @@ class Volume:
                 and np.allclose(self.spacing, other.spacing, atol=tol)
                 and np.allclose(self.origin, other.origin, atol=tol)
                 and np.allclose(self.direction, other.direction, atol=tol))
-
-    def with_array(self, array: np.ndarray) -> Volume:
-        """A volume on the same grid holding ``array`` (which must have the same shape)."""
-        if tuple(array.shape) != self.shape:
-            raise ValueError(f"array of shape {tuple(array.shape)} does not fit a grid of shape {self.shape}")
-        return Volume(array=array, spacing=self.spacing, origin=self.origin,
-                      direction=np.array(self.direction, dtype=float), normalized=self.normalized)
 
 
 PathLike = Union[str, Path]
@@ -155,10 +152,23 @@ def volume_from_sitk(img: sitk.Image, source: PathLike = "image") -> Volume:
                   direction=np.array(img.GetDirection(), dtype=float).reshape(3, 3))
 
 
+def import_h5py(needed_for: PathLike = "an .h5 file") -> Any:
+    """The ``h5py`` module, or an ``ImageError`` saying how to get it.
+
+    Only LA ``.h5`` files need it (reading them, training on them); segmenting any
+    other image never imports it, so it is an optional dependency (``pip install h5py``).
+    """
+    try:
+        import h5py
+    except ImportError as exc:
+        raise ImageError(f"{needed_for}: reading HDF5 (.h5) files needs the h5py package, which is not "
+                         f"installed (pip install h5py)") from exc
+    return h5py
+
+
 def read_la_h5(path: PathLike) -> Tuple[Volume, Optional[np.ndarray]]:
     """Read a preprocessed LA ``mri_norm2.h5``: (image Volume, label array or None)."""
-    import h5py
-
+    h5py = import_h5py(path)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -172,9 +182,9 @@ def read_la_h5(path: PathLike) -> Tuple[Volume, Optional[np.ndarray]]:
         raise ImageError(f"{path}: unreadable HDF5 file ({_last_line(exc)})") from exc
     if image.ndim != 3:
         raise ImageError(f"{path}: expected a 3D 'image' dataset, found shape {image.shape}")
-    # Normalised before cropping: a crop's own mean is not 0 (about 1.5 in the first case), and
-    # training uses these values as stored, so inference must not z-score them again.
-    return Volume(array=image, spacing=LA_SPACING, normalized=True), label
+    # The release z-scored each scan before cropping it, so these values are on an arbitrary
+    # scale like any scanner's: they go through the same normalisation as every other input.
+    return Volume(array=image, spacing=LA_SPACING), label
 
 
 def validate_volume(volume: Volume, source: PathLike = "image") -> None:

@@ -55,3 +55,22 @@ macro(slicerMacroBuildScriptedModule)
     file(APPEND "${STANDIN_MANIFEST}" "${MY_SLICER_NAME} WITH_GENERIC_TESTS\n")
   endif()
 endmacro()
+
+# Stand-in for Slicer's slicer_add_python_unittest (CMake/SlicerMacroPythonTesting.cmake):
+# Slicer registers a CTest test "py_<script name>" that runs the script's unittest
+# classes inside the application. No application exists here, so the stand-in checks
+# the script exists and records the registration for the packaging test.
+macro(slicer_add_python_unittest)
+  set(options)
+  set(oneValueArgs TESTNAME_PREFIX SCRIPT)
+  set(multiValueArgs SLICER_ARGS)
+  cmake_parse_arguments(MY "${options}" "${oneValueArgs}" "${multiValueArgs}" ${ARGN})
+  if(NOT DEFINED MY_SCRIPT)
+    message(FATAL_ERROR "slicer_add_python_unittest: SCRIPT is mandatory")
+  endif()
+  if(NOT EXISTS "${CMAKE_CURRENT_SOURCE_DIR}/${MY_SCRIPT}")
+    message(FATAL_ERROR "slicer_add_python_unittest: no such script '${MY_SCRIPT}'")
+  endif()
+  get_filename_component(_test_name ${MY_SCRIPT} NAME_WE)
+  file(APPEND "${STANDIN_MANIFEST}" "PYTHON_UNITTEST py_${MY_TESTNAME_PREFIX}${_test_name} ${MY_SCRIPT}\n")
+endmacro()

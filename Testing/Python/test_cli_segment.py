@@ -215,3 +215,20 @@ def test_sigterm_cancels_and_leaves_nothing(tmp_path: Path) -> None:
     last = json.loads(out.strip().splitlines()[-1])
     assert last["event"] == "error" and last.get("cancelled") is True
     assert files_in(tmp_path) == {"w.pt", "big.nrrd"}
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["segment"], ["evaluate"], ["models"]])
+def test_help_does_not_import_torch(command):
+    """`caml --help` answers at once: torch (seconds to import) loads only when a command runs."""
+    probe = ("import sys\n"
+             "from CAMLSegmentationLib.cli import main\n"
+             "try:\n"
+             f"    main({command + ['--help']!r})\n"
+             "except SystemExit as exc:\n"
+             "    assert exc.code == 0, exc.code\n"
+             "print('HEAVY', sorted(m for m in ('torch', 'scipy', 'SimpleITK', 'h5py') if m in sys.modules))\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "CAMLSegmentation"))
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "usage: caml" in run.stdout
+    assert run.stdout.strip().splitlines()[-1] == "HEAVY []"

@@ -10,6 +10,7 @@ import torch
 from CAMLSegmentationLib.inference import (
     InferenceModel,
     InferenceOptions,
+    choose_stitch_device,
     count_windows,
     gaussian_importance,
     largest_component,
@@ -47,13 +48,118 @@ def inference_model(window=(16, 16, 16), spacing=None, seed: int = 0) -> Inferen
 
 def test_window_starts_follow_the_official_formula() -> None:
     # 175 voxels, window 112, stride 18: ceil(63 / 18) + 1 = 5 windows, the last flush with the end.
-    assert window_starts(175, 112, 18) == [0, 18, 36, 54, 63]
-    assert window_starts(88, 80, 4) == [0, 4, 8]
-    assert window_starts(112, 112, 18) == [0]
-    assert window_starts(50, 112, 18) == [0]  # padded to one window
+    assert window_starts(175, 112, 18, "flush") == [0, 18, 36, 54, 63]
+    assert window_starts(88, 80, 4, "flush") == [0, 4, 8]
+    for layout in ("flush", "even"):
+        assert window_starts(112, 112, 18, layout) == [0]
+        assert window_starts(50, 112, 18, layout) == [0]  # padded to one window
     # The official protocol on a typical LA case (175 x 132 x 88): 5 x 3 x 3 windows.
     assert count_windows((175, 132, 88), (112, 112, 80), (18, 18, 4)) == 45
     assert count_windows((175, 132, 88), (112, 112, 80), strides_for_overlap((112, 112, 80), 0.25)) == 8
+
+
+def test_even_layout_spreads_the_same_number_of_windows_evenly() -> None:
+    # nnU-Net's placement: the same count, starts np.linspace(0, size - window, n) rounded.
+    assert window_starts(175, 112, 18) == [0, 16, 32, 47, 63]  # the default layout
+    assert window_starts(175, 112, 18, "even") == [int(v) for v in np.round(np.linspace(0, 63, 5))]
+    assert window_starts(88, 80, 4, "even") == [0, 4, 8]  # already even: unchanged
+    for size, window, stride in ((175, 112, 18), (132, 112, 18), (88, 80, 4), (300, 112, 84), (113, 16, 5)):
+        even, flush = window_starts(size, window, stride, "even"), window_starts(size, window, stride, "flush")
+        assert len(even) == len(flush) and even[0] == 0 and even[-1] == size - window
+        gaps = np.diff(even)
+        assert gaps.max() <= stride and gaps.max() - gaps.min() <= 1
+    # The flush layout's last step can be a single voxel: 113 - 16 = 97 = 19 * 5 + 2.
+    assert np.diff(window_starts(113, 16, 5, "flush"))[-1] == 2
+    with pytest.raises(ValueError, match="layout"):
+        window_starts(175, 112, 18, "centred")
+
+
+@pytest.mark.parametrize("layout", ["even", "flush"])
+def test_sliding_window_places_windows_by_layout(layout: str) -> None:
+    # Each voxel holds its own coordinates, so a window's first voxel tells where it starts.
+    shape, window, strides = (30, 21, 12), (8, 8, 8), (5, 6, 5)
+    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    image = torch.from_numpy((grid[0] * 10000 + grid[1] * 100 + grid[2]).astype(np.float32))[None]
+    seen = set()
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        for v in x[:, 0, 0, 0, 0].tolist():
+            seen.add((int(v) // 10000, int(v) // 100 % 100, int(v) % 100))
+        return x
+
+    out = sliding_window(image, window, predictor, strides=strides, layout=layout, batch_size=4)
+    expected = {(a, b, c) for a in window_starts(30, 8, 5, layout) for b in window_starts(21, 8, 6, layout)
+                for c in window_starts(12, 8, 5, layout)}
+    assert seen == expected
+    assert len(seen) == count_windows(shape, window, strides)
+    torch.testing.assert_close(out, image)
+
+
+def test_official_protocol_keeps_the_flush_layout(monkeypatch) -> None:
+    from CAMLSegmentationLib import inference
+
+    assert InferenceOptions.official().window_layout == "flush"
+    assert InferenceOptions().window_layout == "even"
+    layouts = []
+    real = inference.window_starts
+
+    def recording(size, window, stride, layout="even"):
+        layouts.append(layout)
+        return real(size, window, stride, layout)
+
+    monkeypatch.setattr(inference, "window_starts", recording)
+    model = inference_model(window=(16, 16, 16))
+    volume = blob_volume((40, 24, 20))
+    for options in (InferenceOptions(strides=(5, 5, 5)),
+                    InferenceOptions.official().with_changes(strides=(5, 5, 5))):
+        layouts.clear()
+        info = segment_volume(volume, model, options).info
+        assert info["window_layout"] == options.window_layout
+        # (count_windows asks for the default layout; the count is the same in both.)
+        assert options.window_layout in layouts and ("flush" in layouts) == (options.protocol == "official")
+        assert info["windows"] == 6 * 3 * 2
+
+
+def _stitch_on_the_cpu_as_before(image, window, predictor, strides, blend):
+    """The accumulation sliding_window did before it could stitch on the device: per window, on the CPU."""
+    starts = [(a, b, c) for a in window_starts(image.shape[1], window[0], strides[0])
+              for b in window_starts(image.shape[2], window[1], strides[1])
+              for c in window_starts(image.shape[3], window[2], strides[2])]
+    importance = gaussian_importance(window) if blend == "gaussian" else torch.ones(window)
+    total, weight = None, torch.zeros(image.shape[1:])
+    for first in range(0, len(starts), 2):
+        batch_starts = starts[first:first + 2]
+        out = predictor(torch.stack([image[:, a:a + window[0], b:b + window[1], c:c + window[2]]
+                                     for a, b, c in batch_starts])).float().cpu()
+        if total is None:
+            total = torch.zeros((out.shape[1],) + tuple(image.shape[1:]))
+        for n, (a, b, c) in enumerate(batch_starts):
+            region = (slice(None), slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
+            total[region] += out[n] * importance
+            weight[region[1:]] += importance
+    return total / weight
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_cpu_stitching_is_unchanged(blend: str) -> None:
+    fast = optimize_for_inference(sub_models()["v"])
+    predictor = make_predictor([fast])
+    image = torch.randn(1, 37, 29, 21)
+    with torch.inference_mode():
+        expected = _stitch_on_the_cpu_as_before(image, (16, 16, 16), predictor, (7, 9, 6), blend)
+        for stitch_device in (None, "cpu"):
+            got = sliding_window(image, (16, 16, 16), predictor, strides=(7, 9, 6), blend=blend,
+                                 stitch_device=stitch_device)
+            assert got.device.type == "cpu" and got.dtype == torch.float32
+            assert torch.equal(got, expected)
+
+
+def test_stitching_goes_to_the_gpu_only_when_it_fits() -> None:
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert choose_stitch_device(cpu, 10) == cpu  # never asks CUDA about memory
+    assert choose_stitch_device(gpu, 1 << 30, free_bytes=8 << 30) == gpu
+    # A 576 x 576 x 88 image: output, weights and the final copy take 0.35 GB.
+    assert choose_stitch_device(gpu, 3 * 4 * 576 * 576 * 88, free_bytes=512 << 20) == cpu
 
 
 def test_gaussian_importance_peaks_in_the_centre() -> None:

@@ -20,12 +20,59 @@ def test_la_case_reads_and_segments_on_its_grid(la_root: Path) -> None:
     volume = read_volume(path)
     _, label = read_la_h5(path)
     assert volume.spacing == LA_SPACING and volume.shape[2] == 88 and label.shape == volume.shape
-    # The h5 image was z-scored before it was cropped: the crop's own mean is not 0, so
-    # re-normalising it would shift it away from what training saw; it is marked as normalised.
-    assert volume.normalized
     model = random_model(base_filters=2, window=(112, 112, 80))
     torch.manual_seed(0)
     for options in (InferenceOptions(), InferenceOptions.official().with_changes(strides=(56, 56, 40))):
         result = segment_volume(volume, model, options)
         assert result.mask.shape == volume.shape
         assert np.isfinite(result.probability).all()
+
+
+#: Two of the 16 validation cases (never labeled for training), with the lowest and a middle
+#: blood-pool intensity of the set.
+CONTAINER_CASES = ("RSZY41MT2FGDKHWWL5L2", "Q7J0WYM695R9MA285ZW0")
+
+
+def _shared_dice(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.count_nonzero(a & b)
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+@pytest.mark.parametrize("case", CONTAINER_CASES)
+def test_same_voxels_same_mask_whatever_the_container(la_root: Path, tmp_path: Path, case: str) -> None:
+    """The bundled model gives the same mask for an LA case as .h5, as NRRD, cropped and padded."""
+    from CAMLSegmentationLib.catalog import default_model, verify
+    from CAMLSegmentationLib.inference import load_inference_model
+    from CAMLSegmentationLib.volume import Volume, write_image
+
+    entry = default_model()
+    if entry is None:
+        pytest.skip("no bundled model in this checkout")
+    model = load_inference_model(verify(entry), "cpu")
+    h5 = la_root / "2018LA_Seg_Training Set" / case / "mri_norm2.h5"
+    stored = read_volume(h5)
+    shape = np.array(stored.shape)
+    lo = (0.1 * shape).astype(int)
+    hi = lo + (0.8 * shape).astype(int)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    pad = 24
+    spacing = np.array(stored.spacing)
+    variants = {"nrrd": (stored.array, np.zeros(3)),
+                "cropped": (stored.array[box], lo * spacing),
+                # background = the image's darkest value (air), as a resampler or crop tool pads
+                "padded": (np.pad(stored.array, pad, constant_values=stored.array.min()), -pad * spacing)}
+    masks = {"h5": segment_volume(stored, model).mask.astype(bool)}
+    for name, (array, origin) in variants.items():
+        ref = Volume(array=np.ascontiguousarray(array), spacing=stored.spacing, origin=tuple(origin))
+        write_image(ref.array, ref, tmp_path / f"{name}.nrrd")
+        masks[name] = segment_volume(read_volume(tmp_path / f"{name}.nrrd"), model).mask.astype(bool)
+    # Every mask on the original grid's voxels it covers: the crop covers only the box.
+    full = {"h5": masks["h5"], "nrrd": masks["nrrd"],
+            "padded": masks["padded"][pad:-pad, pad:-pad, pad:-pad]}
+    assert masks["h5"].any(), f"{case}: empty mask"
+    names = list(full)
+    for n, a in enumerate(names):
+        for b in names[n + 1:]:
+            assert _shared_dice(full[a], full[b]) >= 0.97, (case, a, b)
+        assert _shared_dice(full[a][box], masks["cropped"]) >= 0.97, (case, a, "cropped")

@@ -166,3 +166,31 @@ def test_parse_event(line, expected):
     assert jobs.parse_event(line) == expected
     if expected and expected["event"] != "log":
         assert json.loads(line) == expected
+
+
+def test_inside_slicer_pythonslicer_is_found_on_path_first(tmp_path, monkeypatch):
+    slicer_bin = tmp_path / "Slicer-5.8" / "bin"
+    slicer_bin.mkdir(parents=True)
+    (slicer_bin / "PythonSlicer").write_text("")
+    on_path = tmp_path / "launcher-path" / "PythonSlicer"
+    monkeypatch.setattr(sys, "executable", str(slicer_bin / "SlicerApp-real"))
+    monkeypatch.setattr(jobs.shutil, "which", lambda name: str(on_path) if name == "PythonSlicer" else None)
+    assert jobs.python_executable() == str(on_path)
+    monkeypatch.setattr(jobs.shutil, "which", lambda name: None)
+    assert jobs.python_executable() == str(slicer_bin / "PythonSlicer")
+
+
+def test_child_output_is_utf8_whatever_the_locale(tmp_path):
+    env = jobs.engine_environment({"PATH": os.environ.get("PATH", ""), "LC_ALL": "C", "LANG": "C"})
+    assert env["PYTHONIOENCODING"] == "utf-8" and env["PYTHONUTF8"] == "1"
+    argv = _script(tmp_path, """
+        import json, sys
+        print(json.dumps({"event": "progress", "stage": "Vorhof ä ✓", "done": 1, "total": 1},
+                         ensure_ascii=False), flush=True)
+        print("Wörter ✓", file=sys.stderr, flush=True)
+    """)
+    job = jobs.Job(argv, env=env).start()
+    assert job.wait(30) == "done"
+    events = job.poll()
+    assert any(e.get("stage") == "Vorhof ä ✓" for e in events)
+    assert "Wörter ✓" in job.stderr_tail

@@ -102,6 +102,60 @@ def test_memory_bank_sampling_and_state():
         MemoryBank(4, 2, 2).load_state_dict(bank.state_dict())
 
 
+def test_memory_bank_sampling_does_no_work_per_stored_entry(monkeypatch):
+    """Drawing 256 entries from a bank of millions must not permute (or touch) all of them."""
+    bank = MemoryBank(num_cases=4, num_classes=2, feat_dim=1)
+    sizes = [30_000, 0, 50_000, 20_000]
+    offset = 0
+    for case, n in enumerate(sizes):
+        # Each entry's feature is its global index within class 0, so draws can be traced back.
+        feats = torch.arange(offset, offset + n, dtype=torch.float32)[:, None]
+        bank.update(case, feats, torch.zeros(n, dtype=torch.long))
+        offset += n
+    asked = []
+    real_randperm = torch.randperm
+
+    def recording_randperm(n, *args, **kwargs):
+        asked.append(n)
+        return real_randperm(n, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", recording_randperm)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(offset)
+    draws = 200
+    for _ in range(draws):
+        s = bank.sample(256, g)
+        assert s[1] is None  # no class-1 entries at all
+        values = s[0][:, 0].long()
+        assert values.unique().numel() == 256  # without replacement
+        counts += torch.bincount(values, minlength=offset).float()
+    assert all(n <= 4 * 256 for n in asked), asked
+    # Uniform over every stored entry, whatever case holds it: per case, the share of draws
+    # matches the share of entries (expected 51200 draws in all).
+    ends = [30_000, 80_000, 100_000]
+    shares = [float(counts[a:b].sum()) / (draws * 256) for a, b in zip([0] + ends[:-1], ends)]
+    assert shares == pytest.approx([0.3, 0.5, 0.2], abs=0.01)
+    assert float(counts[: offset // 2].sum()) / (draws * 256) == pytest.approx(0.5, abs=0.01)
+
+
+def test_sample_without_replacement_is_uniform_in_both_regimes():
+    from CAMLSegmentationLib.occ import sample_without_replacement
+
+    g = torch.Generator().manual_seed(1)
+    for population, count in ((40, 16), (400, 16)):  # permutation, then draw-and-reject
+        hits = torch.zeros(population)
+        for _ in range(4000):
+            idx = sample_without_replacement(population, count, g)
+            assert idx.dtype == torch.long and idx.unique().numel() == count
+            assert 0 <= int(idx.min()) and int(idx.max()) < population
+            hits += torch.bincount(idx, minlength=population).float()
+        expected = 4000 * count / population
+        assert float((hits - expected).abs().max()) < 6 * expected ** 0.5
+    assert sample_without_replacement(5, 5, g).sort().values.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        sample_without_replacement(3, 4, g)
+
+
 def test_memory_bank_stores_only_voxels_both_models_get_right():
     torch.manual_seed(0)
     net = CAMLNet(NetworkConfig(base_filters=4, feat_dim=8))
@@ -155,3 +209,118 @@ def test_bundled_presets_are_valid_data(tmp_path):
         load_preset(bad)
     with pytest.raises(ValueError, match="unknown preset"):
         load_preset("gpu-fast")
+
+
+def _objective_inputs(seed: int = 0):
+    """A tiny CAML net, a filled memory bank, and a labeled + unlabeled batch whose terms are all non-zero."""
+    torch.manual_seed(seed)
+    net = CAMLNet(NetworkConfig(base_filters=4, feat_dim=8)).train()
+    bank = MemoryBank(2, 2, 8)
+    for case in range(2):
+        bank.update(case, torch.randn(400, 8), (torch.rand(400) < 0.3).long())
+    x = torch.randn(4, 1, 16, 16, 16)
+    y = (torch.rand(2, 16, 16, 16) < 0.3).long()
+    return net, bank, x, y
+
+
+def _run_objective(net, bank, preset, x, y, lambda_c, lambda_o, supervised_only=False):
+    """One forward of the objective from a fixed RNG state, on copies (the bank and BN stats change)."""
+    import copy
+
+    objective = CAMLObjective(copy.deepcopy(net), copy.deepcopy(bank), preset, supervised_only)
+    objective.memory_generator.manual_seed(5)
+    torch.manual_seed(123)  # dropout and CMA draw the same masks in every run
+    loss, parts = objective(x, y, torch.tensor([0, 1]), lambda_c, lambda_o)
+    return loss, parts, objective
+
+
+def test_objective_puts_each_weight_on_its_own_term():
+    net, bank, x, y = _objective_inputs()
+    preset = TrainingPreset(base_filters=4, feat_dim=8, memory_per_class=16, num_filtered=64)
+    loss, parts, _ = _run_objective(net, bank, preset, x, y, 0.7, 0.3)
+    loss = loss.detach()
+    s, c, o = parts["loss_s"], parts["loss_c"], parts["loss_o"]
+    assert min(s, c, o) > 0
+    assert float(loss) == pytest.approx(0.5 * s + 0.7 * c + 0.3 * o, rel=1e-6)
+    # Zeroing one weight removes exactly its term; the terms themselves do not depend on the weights.
+    for changes, missing in (({"lambda_c": 0.0}, 0.7 * c), ({"lambda_o": 0.0}, 0.3 * o)):
+        args = {"lambda_c": 0.7, "lambda_o": 0.3, **changes}
+        loss2, parts2, _ = _run_objective(net, bank, preset, x, y, args["lambda_c"], args["lambda_o"])
+        assert (parts2["loss_s"], parts2["loss_c"], parts2["loss_o"]) == (s, c, o)
+        assert float(loss2.detach()) == pytest.approx(float(loss) - missing, rel=1e-6)
+    loss3, parts3, _ = _run_objective(net, bank, preset.with_overrides(lambda_s=0.0), x, y, 0.7, 0.3)
+    assert parts3["loss_s"] == s and float(loss3.detach()) == pytest.approx(float(loss) - 0.5 * s, rel=1e-6)
+    loss4, _, _ = _run_objective(net, bank, preset.with_overrides(lambda_s=2.0), x, y, 0.7, 0.3)
+    assert float(loss4.detach()) == pytest.approx(float(loss) + 1.5 * s, rel=1e-6)
+
+    # Each term is computed on the right part of the batch: Dice on the labeled half only,
+    # consistency on all four samples (same forward: same seed for dropout and CMA).
+    import copy
+
+    torch.manual_seed(123)
+    with torch.no_grad():
+        logits_v, logits_a, _, _ = copy.deepcopy(net)(x)
+    pv, pa = torch.softmax(logits_v, 1), torch.softmax(logits_a, 1)
+    fg = y == 1
+    assert s == pytest.approx(float(dice_loss(pv[:2, 1], fg) + dice_loss(pa[:2, 1], fg)), rel=1e-5)
+    assert c == pytest.approx(float(mutual_consistency_loss(pv, pa, 0.1)), rel=1e-5)
+
+
+def test_supervised_only_objective_is_the_weighted_dice_alone():
+    net, bank, x, y = _objective_inputs()
+    preset = TrainingPreset(base_filters=4, feat_dim=8, memory_per_class=16, num_filtered=64)
+    _, full, _ = _run_objective(net, bank, preset, x[:2], y, 0.7, 0.3)
+    loss, parts, objective = _run_objective(net, bank, preset, x[:2], y, 0.7, 0.3, supervised_only=True)
+    assert set(parts) == {"loss", "loss_s"}
+    assert parts["loss_s"] == full["loss_s"]
+    assert float(loss.detach()) == pytest.approx(0.5 * parts["loss_s"], rel=1e-6)
+    loss.backward()
+    n = objective.net
+    assert all(p.grad is None for h in (n.projection_head1, n.prediction_head1, n.projection_head2,
+                                        n.prediction_head2) for p in h.parameters())
+    assert n.encoder2.block_one.conv[0].weight.grad is not None  # model A still learns from the labels
+    # The memory bank is neither updated nor sampled: left exactly as it was.
+    assert all(torch.equal(a, b) for sa, sb in zip(bank.slots, objective.bank.slots) for a, b in zip(sa, sb))
+
+
+def _head_inputs(objective):
+    """Record how many rows go through V's projection head in the OCC part (not the memory update)."""
+    rows = []
+    objective.net.projection_head1.register_forward_hook(
+        lambda module, inputs, output: rows.append(inputs[0].shape[0]) if module.training else None)
+    return rows
+
+
+@pytest.mark.parametrize("num_filtered", [64, 100_000])
+def test_occ_heads_on_selected_passes_only_the_picked_voxels(num_filtered):
+    import copy
+
+    net, bank, x, y = _objective_inputs()
+    results = {}
+    for mode in ("agreeing", "selected"):
+        preset = TrainingPreset(base_filters=4, feat_dim=8, memory_per_class=16, num_filtered=num_filtered,
+                                occ_heads_on=mode)
+        objective = CAMLObjective(copy.deepcopy(net), copy.deepcopy(bank), preset)
+        objective.memory_generator.manual_seed(5)
+        rows = _head_inputs(objective)
+        torch.manual_seed(123)
+        loss, parts = objective(x, y, torch.tensor([0, 1]), 1.0, 1.0)
+        loss.backward()
+        grads = [p.grad for p in objective.net.prediction_head1.parameters()]
+        assert all(g is not None and bool(g.abs().sum() > 0) for g in grads)  # the OCC term trains the heads
+        results[mode] = (rows, parts["loss_o"])
+
+    # What the heads see: every V/A-agreeing unlabeled voxel, or only the per-class top num_filtered.
+    torch.manual_seed(123)
+    with torch.no_grad():
+        logits_v, logits_a, _, _ = copy.deepcopy(net)(x)
+    pv, pa = torch.softmax(logits_v[2:], 1), torch.softmax(logits_a[2:], 1)
+    agree = pv.argmax(1) == pa.argmax(1)
+    per_class = [int((agree & (pv.argmax(1) == c)).sum()) for c in (0, 1)]
+    assert results["agreeing"][0] == [sum(per_class)]
+    assert results["selected"][0] == [sum(min(n, num_filtered) for n in per_class)]
+    if num_filtered >= sum(per_class):
+        # Nothing filtered out: the same voxels (in another order) give the same loss.
+        assert results["selected"][1] == pytest.approx(results["agreeing"][1], rel=1e-4)
+    else:
+        assert results["selected"][0][0] < results["agreeing"][0][0]

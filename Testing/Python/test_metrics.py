@@ -137,3 +137,27 @@ def test_summary_skips_undefined_distances() -> None:
     assert s["dice"]["mean"] == pytest.approx(1.6 / 3) and s["dice"]["n"] == 3
     assert s["hd95_voxels"]["mean"] == pytest.approx(3.0) and s["hd95_voxels"]["n"] == 2
     assert s["hd95_voxels"]["std"] == pytest.approx(1.0)
+
+
+def test_metrics_agree_with_medpy() -> None:
+    """The paper's numbers come from medpy.metric.binary: the same masks give the same values here."""
+    medpy_binary = pytest.importorskip("medpy.metric.binary", reason="medpy is not installed (pip install medpy)")
+    rng = np.random.default_rng(7)
+    grid = np.meshgrid(*[np.arange(n, dtype=float) for n in (40, 36, 24)], indexing="ij")
+    for case in range(5):
+        # Two overlapping noisy ellipsoids, one touching the array border in some cases.
+        def blob(centre, radii):
+            inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+            return inside ^ (rng.random(inside.shape) < 0.01)
+
+        centre = rng.uniform([10, 10, 6], [30, 26, 18])
+        truth = blob(centre, rng.uniform(5, 12, 3))
+        pred = blob(centre + rng.normal(0, 2, 3), rng.uniform(5, 12, 3))
+        spacing = (0.625, 0.625, 1.25 if case % 2 else 0.625)
+        assert dice(pred, truth) == pytest.approx(medpy_binary.dc(pred, truth), abs=1e-12)
+        assert jaccard(pred, truth) == pytest.approx(medpy_binary.jc(pred, truth), abs=1e-12)
+        # The paper's protocol: distances in voxels (no spacing); and in mm with the spacing.
+        assert hd95(pred, truth) == pytest.approx(medpy_binary.hd95(pred, truth), rel=1e-9)
+        assert asd(pred, truth) == pytest.approx(medpy_binary.asd(pred, truth), rel=1e-9)
+        assert hd95(pred, truth, spacing) == pytest.approx(medpy_binary.hd95(pred, truth, spacing), rel=1e-9)
+        assert asd(pred, truth, spacing) == pytest.approx(medpy_binary.asd(pred, truth, spacing), rel=1e-9)

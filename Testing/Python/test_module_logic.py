@@ -116,7 +116,13 @@ def _engine_outputs(logic, params, volume, tmp_path: Path, name: str = "direct")
 
 def test_parameter_node_is_a_scene_singleton_with_defaults(logic, scene):
     p = logic.getParameterNode()
-    assert (p.device, p.quality, p.overlap, p.tta, p.uncertainty) == ("auto", "balanced", 0.5, False, False)
+    # The model card's settings (caml segment's defaults): 25 % overlap, no flips, no largest component.
+    assert (p.device, p.quality, p.overlap, p.tta, p.uncertainty, p.largestComponent) == (
+        "auto", "fast", 0.25, False, False, False)
+    assert p.node.GetSingletonTag() == "CAMLSegmentation" and p.node.GetAttribute("ModuleName") == "CAMLSegmentation"
+    assert scene.GetSingletonNode("CAMLSegmentation", "vtkMRMLScriptedModuleNode") is p.node
+    p.node.RemoveAttribute("ModuleName")  # what a scene close may do
+    assert logic.getParameterNode().node.GetAttribute("ModuleName") == "CAMLSegmentation"
     p.device = "cuda"
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mri")
     p.inputVolume = volume
@@ -139,30 +145,84 @@ def test_quality_preset_sets_overlap_and_tta(logic, quality):
     assert p.tta == module.QUALITY_PRESETS[quality]["tta"]
 
 
-def test_models_come_from_bundled_then_user_catalogs(logic, tmp_path):
-    bundled = tmp_path / "bundled.json"
-    bundled.write_text(json.dumps({"models": [{"id": "caml-la-8", "version": 1}, {"id": "caml-la-cpu"}]}))
-    user = tmp_path / "user.json"
-    user.write_text(json.dumps({"models": [{"id": "my-cohort-v3", "version": 3}, {"id": "caml-la-8"}]}))
-    models = logic.availableModels([bundled, user, tmp_path / "absent.json"])
+def _catalog(path: Path, *entries) -> Path:
+    models = [dict({"file": f"{e['id']}.pt", "sha256": "0" * 64, "version": 1}, **e) for e in entries]
+    path.write_text(json.dumps({"models": models}))
+    return path
+
+
+def test_models_come_from_the_engine_catalog_functions(logic, tmp_path, monkeypatch):
+    from CAMLSegmentationLib import catalog
+
+    bundled = _catalog(tmp_path / "bundled.json", {"id": "caml-la-8", "default": True}, {"id": "caml-la-cpu"})
+    user = _catalog(tmp_path / "user.json", {"id": "my-cohort-v3", "version": 3}, {"id": "caml-la-8"})
+    models = logic.availableModels([(bundled, "bundled"), (user, "user"), (tmp_path / "absent.json", "user")])
     assert [(m["id"], m["source"]) for m in models] == [
         ("caml-la-8", "bundled"), ("caml-la-cpu", "bundled"), ("my-cohort-v3", "user")]
     assert "v3" in models[2]["label"]
+    assert logic.defaultModelId(models) == "caml-la-8"
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    assert logic.availableModels([broken]) == []
+    assert logic.availableModels([(broken, "user")]) == []
+    # With no argument the Logic reads the engine's own bundled and user catalogs ($CAML_HOME, "" included).
+    monkeypatch.setattr(catalog, "bundled_catalog_path", lambda: bundled)
+    for home in ("", str(tmp_path / "home")):
+        monkeypatch.setenv("CAML_HOME", home)
+        (catalog.caml_home() / "models").mkdir(parents=True, exist_ok=True)
+        _catalog(catalog.user_catalog_path(), {"id": f"mine{len(home)}", "default": True})
+        ids = [m["id"] for m in logic.availableModels()]
+        assert ids == ["caml-la-8", "caml-la-cpu", f"mine{len(home)}"]
+        assert logic.defaultModelId(logic.availableModels()) == catalog.default_model().id == f"mine{len(home)}"
+        catalog.user_catalog_path().unlink()
 
 
-@pytest.mark.parametrize("requested, cuda, device, says", [
-    ("auto", True, "cuda", "GPU"),
-    ("auto", False, "cpu", "No CUDA GPU"),
-    ("cuda", False, "cpu", "falling back to the CPU"),
-    ("cuda", True, "cuda", "GPU"),
-    ("cpu", True, "cpu", "CPU"),
-])
-def test_device_falls_back_to_cpu_and_says_so(logic, requested, cuda, device, says):
-    got, message = logic.resolveDevice(requested, cudaAvailable=cuda)
-    assert got == device and says in message
+def test_torch_version_is_checked_without_importing_it(logic, monkeypatch):
+    assert logic.versionSatisfies("2.13.0+cpu") and logic.versionSatisfies("2.0") and logic.versionSatisfies("10.1")
+    assert not logic.versionSatisfies("1.13.1+cu117") and not logic.versionSatisfies("1.9")
+    monkeypatch.setattr(logic, "ENGINE_REQUIREMENTS", {"numpy": "numpy"})
+    monkeypatch.setattr(logic, "installedTorchVersion", lambda: "1.13.1")
+    asked, installed = [], []
+    assert not logic.ensureDependencies(lambda text: asked.append(text) or False,
+                                        installTorch=lambda: installed.append("torch"))
+    assert installed == [] and ">=2.0" in asked[0] and "1.13.1" in asked[0]
+    logic.ensureDependencies(lambda text: True, installTorch=lambda: installed.append("torch"))
+    assert installed == ["torch"]
+
+
+def test_segmentation_needs_no_h5py(logic):
+    assert "h5py" not in logic.ENGINE_REQUIREMENTS
+
+
+def test_panel_process_never_imports_torch(tmp_path, caml_home):
+    """Listing models, checking dependencies and building the command happen without torch in Slicer."""
+    probe = (
+        "import sys, json\n"
+        f"sys.path.insert(0, {str(MODULE_DIR)!r})\n"
+        "import slicer, CAMLSegmentation as m\n"
+        "from pathlib import Path\n"
+        "logic = m.CAMLSegmentationLogic(slicer.vtkMRMLScene())\n"
+        "p = logic.getParameterNode()\n"
+        "ok = logic.ensureDependencies(lambda text: False)\n"
+        "argv = logic.segmentCommand(Path('i.nrrd'), Path('o.nrrd'), p, p.device)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'ok': ok, 'argv': argv, 'model': p.model}))\n"
+    )
+    import os
+    import subprocess
+
+    env = dict(os.environ, CAML_HOME=str(caml_home))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["torch"] is False and found["ok"] is True
+    assert found["argv"][found["argv"].index("--device") + 1] == "auto"
+
+
+def test_the_device_shown_is_the_one_the_engine_reports(logic, params):
+    assert params.device == "auto"
+    run = logic.startSegmentation(params)
+    assert "auto" in run.status
+    logic.finishSegmentation(run, params)
+    assert run.device == "cpu" and run.deviceMessage == "Ran on cpu."
 
 
 def test_missing_packages_and_one_confirmation(logic, monkeypatch):
@@ -191,6 +251,7 @@ def test_nothing_to_install_asks_nothing(logic, monkeypatch):
 def test_segment_command_reflects_the_parameters(logic, params, tmp_path):
     logic.applyQualityPreset(params, "best")
     params.uncertainty = True
+    params.largestComponent = True
     argv = logic.segmentCommand(Path("in.nrrd"), Path("out.nrrd"), params, "cpu", Path("u.nrrd"))
     assert argv[:len(ENGINE)] == logic.engineCommand
     args = argv[len(ENGINE):]
@@ -208,8 +269,7 @@ def test_segment_command_reflects_the_parameters(logic, params, tmp_path):
 
 def test_segment_creates_an_aligned_left_atrium_segment(logic, params, scene, tmp_path):
     seen = []
-    seg = logic.segment(params, progress=lambda run: seen.append(run.fraction), timeout=60,
-                        cudaAvailable=False)
+    seg = logic.segment(params, progress=lambda run: seen.append(run.fraction), timeout=60)
     assert params.outputSegmentation is seg
     segment_id = seg.GetSegmentation().GetSegmentIdBySegmentName("Left atrium")
     assert segment_id
@@ -223,8 +283,8 @@ def test_segment_creates_an_aligned_left_atrium_segment(logic, params, scene, tm
 
 
 def test_rerun_reuses_the_output_node(logic, params, scene):
-    first = logic.segment(params, timeout=60, cudaAvailable=False)
-    second = logic.segment(params, timeout=60, cudaAvailable=False)
+    first = logic.segment(params, timeout=60)
+    second = logic.segment(params, timeout=60)
     assert second is first
     assert first.GetSegmentation().GetNumberOfSegments() == 1
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
@@ -238,7 +298,7 @@ def test_roi_limits_the_segmentation_and_it_is_pasted_back(logic, params, scene,
     roi.SetXYZ(*corners.mean(axis=0))
     roi.SetRadiusXYZ(*((corners.max(axis=0) - corners.min(axis=0)) / 2))
     params.roi = roi
-    seg = logic.segment(params, timeout=60, cudaAvailable=False)
+    seg = logic.segment(params, timeout=60)
     segment_id = seg.GetSegmentation().GetSegmentIdBySegmentName("Left atrium")
     mask = mrml_bridge.segment_to_mask(seg, segment_id, node)
     start, stop = mrml_bridge.roi_index_bounds(roi, node)
@@ -252,7 +312,7 @@ def test_roi_limits_the_segmentation_and_it_is_pasted_back(logic, params, scene,
 
 def test_uncertainty_overlay_on_the_input_grid(logic, params, scene, tmp_path):
     params.uncertainty = True
-    logic.segment(params, timeout=60, cudaAvailable=False)
+    logic.segment(params, timeout=60)
     unc = params.uncertaintyVolume
     assert unc is not None
     volume = mrml_bridge.volume_from_node(unc)
@@ -267,7 +327,7 @@ def test_failure_reports_the_engine_error_and_adds_nothing(logic, params, scene)
     params.model = "broken"
     before = scene.GetNumberOfNodes()
     with pytest.raises(RuntimeError, match="(?i)checksum"):
-        logic.segment(params, timeout=60, cudaAvailable=False)
+        logic.segment(params, timeout=60)
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
     assert scene.GetNumberOfNodes() == before
 
@@ -275,7 +335,7 @@ def test_failure_reports_the_engine_error_and_adds_nothing(logic, params, scene)
 def test_cancel_stops_the_job_and_cleans_up(logic, params, scene):
     params.model = "slow"  # full-size network, 112x112x80 windows: seconds per window on a CPU
     params.inputVolume = module.makeTestVolume(scene, shape=(200, 180, 120))
-    run = logic.startSegmentation(params, cudaAvailable=False)
+    run = logic.startSegmentation(params)
     deadline = time.time() + 120
     while run.fraction == 0 and time.time() < deadline:
         run.poll()
@@ -292,11 +352,11 @@ def test_cancel_stops_the_job_and_cleans_up(logic, params, scene):
 def test_no_input_is_a_clear_error(logic):
     p = logic.getParameterNode()
     with pytest.raises(ValueError, match="input volume"):
-        logic.startSegmentation(p, cudaAvailable=False)
+        logic.startSegmentation(p)
 
 
 def test_correct_sets_up_the_segment_editor(logic, params, scene):
-    seg = logic.segment(params, timeout=60, cudaAvailable=False)
+    seg = logic.segment(params, timeout=60)
     editor = logic.prepareCorrection(seg, params.inputVolume)
     assert editor.GetSegmentationNode() is seg
     assert editor.GetSourceVolumeNode() is params.inputVolume
@@ -324,3 +384,59 @@ def test_widget_holds_no_computation():
     source = inspect.getsource(module.CAMLSegmentationWidget)
     for forbidden in ("numpy", "np.", "subprocess", "CAMLSegmentationLib", "SimpleITK", "torch", "Job("):
         assert forbidden not in source, forbidden
+
+
+def test_closing_the_scene_cancels_the_run_and_leaves_the_new_scene_empty(logic, params, scene):
+    params.model = "slow"  # seconds per window: still running when the scene closes
+    params.inputVolume = module.makeTestVolume(scene, shape=(200, 180, 120))
+    run = logic.startSegmentation(params)
+    deadline = time.time() + 60
+    while not run.poll() and time.time() < deadline:  # the child is up and talking
+        time.sleep(0.02)
+    assert run.running
+    scene.Clear(0)  # File > Close Scene
+    assert run.job.state == "cancelled" and not run.running
+    assert run.abandoned and not run.workDir.exists()
+    with pytest.raises(RuntimeError, match="scene was closed"):
+        logic.finishSegmentation(run, logic.getParameterNode())
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+    assert logic._activeRuns == [] and logic._sceneCloseObserver is None
+
+
+def test_a_run_whose_input_left_the_scene_is_not_finished(logic, params, scene):
+    run = logic.startSegmentation(params)
+    scene.RemoveNode(params.inputVolume)
+    assert run.job.wait(60) == "done"
+    with pytest.raises(RuntimeError, match="no longer in the scene"):
+        logic.finishSegmentation(run)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert not run.workDir.exists()
+
+
+def test_sample_phantom_loads(logic, scene):
+    """The Sample Data entry: a generated phantom (no patient data) on the 0.625 mm grid of the LA data."""
+    node = logic.loadSamplePhantom()
+    assert node.GetName() == module.SAMPLE_NAME and node.GetAttribute("CAMLSegmentation.Synthetic")
+    volume = mrml_bridge.volume_from_node(node)
+    assert volume.shape == (144, 128, 80) and np.allclose(volume.spacing, 0.625)
+    assert callable(module.registerSampleData)
+
+
+def test_pip_install_prefers_slicer_packaging_pip_ensure(monkeypatch):
+    """slicer.packaging.pip_ensure where Slicer has it (no second dialog: the user already confirmed),
+    slicer.util.pip_install otherwise."""
+    import types
+
+    calls = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda reqs: calls.append(("pip_install", reqs)),
+                        raising=False)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # an older Slicer: no slicer.packaging
+    module.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
+    assert calls == [("pip_install", ["scipy>=1.7"])]
+
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = lambda reqs, **kw: calls.append(("pip_ensure", reqs, kw))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    module.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
+    assert calls[-1] == ("pip_ensure", ["scipy>=1.7"], {"prompt_install": False, "requester": "CAMLSegmentation"})

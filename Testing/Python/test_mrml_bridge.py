@@ -230,3 +230,39 @@ def test_roi_outside_the_volume_is_an_error(scene):
     roi.SetRadiusXYZ(1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="overlap"):
         mrml_bridge.roi_index_bounds(roi, node)
+
+
+def test_left_atrium_terminology_is_the_dicom_master_list_entry(scene, tmp_path):
+    """One definition of the segment: Slicer parses it to SCT 82471001 in the DICOM master list, and the
+    CLI's .seg.nrrd, read by Slicer's own reader, carries the same name, colour and terminology."""
+    from CAMLSegmentationLib import volume as volume_io
+
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(
+        mrml_bridge.LEFT_ATRIUM_TERMINOLOGY, entry)
+    assert entry.GetTerminologyContextName() == "Segmentation category and type - DICOM master list"
+    category, kind = entry.GetCategoryObject(), entry.GetTypeObject()
+    assert (category.GetCodingSchemeDesignator(), category.GetCodeValue()) == ("SCT", "123037004")
+    assert (kind.GetCodingSchemeDesignator(), kind.GetCodeValue(), kind.GetCodeMeaning()) == (
+        "SCT", "82471001", "Left atrium")
+    assert entry.GetAnatomicContextName() == "Anatomic codes - DICOM master list"
+    # The master list's recommendedDisplayRGBValue for 82471001.
+    np.testing.assert_allclose(np.array(mrml_bridge.LEFT_ATRIUM_COLOR) * 255, (203, 108, 81), atol=0.02)
+    assert (mrml_bridge.LEFT_ATRIUM_NAME, mrml_bridge.LEFT_ATRIUM_COLOR, mrml_bridge.LEFT_ATRIUM_TERMINOLOGY) == (
+        volume_io.SEGMENT_NAME, volume_io.SEGMENT_COLOR, volume_io.SEGMENT_TERMINOLOGY)
+
+    vol = _volume(np.eye(3))
+    mask = np.zeros(vol.shape, dtype=np.uint8)
+    mask[2:5, 2:5, 1:3] = 1
+    path = volume_io.write_mask(mask, vol, tmp_path / "la.seg.nrrd")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    from_file = node.GetSegmentation().GetNthSegment(0)
+    ref = mrml_bridge.volume_to_node(vol, scene, "input")
+    made, segment_id = mrml_bridge.mask_to_segmentation_node(mask, ref, scene, show_3d=False)
+    from_module = made.GetSegmentation().GetSegment(segment_id)
+    assert from_file.GetName() == from_module.GetName() == "Left atrium"
+    np.testing.assert_allclose(from_file.GetColor(), from_module.GetColor(), atol=1e-4)
+    assert from_file.GetTerminology() == from_module.GetTerminology() == mrml_bridge.LEFT_ATRIUM_TERMINOLOGY

@@ -168,8 +168,8 @@ def test_extension_metadata_agrees_with_the_index_files(installed):
     assert recorded["category"] == index["category"] == s4ext["category"] == "Segmentation"
     assert recorded["depends"].split(";") == index["build_dependencies"] == s4ext["depends"].split()
     assert "PyTorch" in index["build_dependencies"]
-    assert index["scmurl"].removesuffix(".git") == recorded["homepage"] == s4ext["homepage"]
-    assert index["scmurl"] == s4ext["scmurl"]
+    assert index["scm_url"].removesuffix(".git") == recorded["homepage"] == s4ext["homepage"]
+    assert index["scm_url"] == s4ext["scmurl"]
     assert index["build_subdirectory"] == s4ext["build_subdirectory"] == "."
     for key in ("description", "iconurl", "screenshoturls", "contributors"):
         assert recorded[key] == s4ext[key], key
@@ -181,6 +181,15 @@ def test_module_is_built_with_generic_tests(installed):
     manifest = (installed / "build" / "standin-slicer-manifest.txt").read_text().splitlines()
     assert f"{MODULE} WITH_GENERIC_TESTS" in manifest
     assert f"{MODULE} SCRIPTS {MODULE}.py" in manifest
+
+
+def test_self_test_is_registered_with_ctest(installed):
+    """The module's unittest class runs under CTest in Slicer (slicer_add_python_unittest), and it exists."""
+    manifest = (installed / "build" / "standin-slicer-manifest.txt").read_text().splitlines()
+    assert f"PYTHON_UNITTEST py_{MODULE} {MODULE}.py" in manifest
+    source = (ROOT / MODULE / f"{MODULE}.py").read_text()
+    assert re.search(rf"class {MODULE}Test\(ScriptedLoadableModuleTest\)", source)
+    assert "def test_SegmentGeneratedVolume" in source and "processEvents" in source
 
 
 # -- the check fails when the packaging is wrong -------------------------------------------
@@ -232,7 +241,7 @@ def test_bundled_models_are_installed_where_the_module_lists_them(tmp_path):
     models = source / "Resources" / "Models"
     models.mkdir(exist_ok=True)
     (models / "models.json").write_text(json.dumps(
-        {"models": [{"id": "caml-la-test", "version": 1, "file": "caml-la-test.pt"}]}))
+        {"models": [{"id": "caml-la-test", "version": 1, "file": "caml-la-test.pt", "sha256": "0" * 64}]}))
     (models / "caml-la-test.pt").write_bytes(b"weights")
     done = _build_and_install(source, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -34,6 +34,12 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
+def test_torch_runs_on_one_thread():
+    """conftest.py gives every test one torch thread: tiny networks run several times faster so."""
+    assert torch.get_num_threads() == 1
+    assert os.environ.get("OMP_NUM_THREADS") == "1"
+
+
 def test_short_run_lowers_loss_and_beats_chance(dataset, tmp_path):
     (tmp_path / "val.list").write_text("case004\ncase005\n")
     preset = TINY.with_overrides(iterations=60, val_start=60, val_interval=60)
@@ -57,17 +63,64 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
     first = train(TrainConfig(dataset, tmp_path / "b", TINY.with_overrides(iterations=3), labeled=2, seed=5,
                               log_every=1))
     assert first.iterations == 3
+    # The same stop written the way checkpoints were before per-rank states (one "rng"/"sampler").
+    import shutil
+
+    from CAMLSegmentationLib.checkpoint import save_checkpoint
+
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    old = read_checkpoint(tmp_path / "c" / "last.pt")
+    (state,) = old.pop("rank_states")
+    save_checkpoint(tmp_path / "c" / "last.pt", dict(old, rng=state["rng"], sampler=state["sampler"]))
     resumed = train(TrainConfig(dataset, tmp_path / "b", TINY, labeled=2, seed=5, resume=True, log_every=1))
     assert resumed.iterations == straight.iterations == 6
+    train(TrainConfig(dataset, tmp_path / "c", TINY, labeled=2, seed=5, resume=True, log_every=1))
     a = read_checkpoint(tmp_path / "a" / "last.pt")
-    b = read_checkpoint(tmp_path / "b" / "last.pt")
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for sa, sb in zip(a["memory_bank"]["slots"], b["memory_bank"]["slots"]):
-        assert (sa is None) == (sb is None)
-        if sa is not None:
-            assert all(torch.equal(x, y) for x, y in zip(sa, sb))
-    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    for run in ("b", "c"):
+        b = read_checkpoint(tmp_path / run / "last.pt")
+        for key, value in a["model"].items():
+            assert torch.equal(value, b["model"][key]), key
+        for sa, sb in zip(a["memory_bank"]["slots"], b["memory_bank"]["slots"]):
+            assert (sa is None) == (sb is None)
+            if sa is not None:
+                assert all(torch.equal(x, y) for x, y in zip(sa, sb))
+        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_selected_heads_preset_trains_with_the_occ_term(dataset, tmp_path):
+    """The shipped cpu preset puts only the picked voxels through the OCC heads; that path trains too."""
+    from CAMLSegmentationLib.presets import load_preset
+
+    assert load_preset("cpu").occ_heads_on == "selected"
+    preset = TINY.with_overrides(iterations=3, occ_heads_on="selected", num_filtered=64)
+    result = train(TrainConfig(dataset, tmp_path / "run", preset, labeled=2, seed=2, log_every=1))
+    assert [h["iteration"] for h in result.history] == [1, 2, 3]
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    assert all(h["loss_o"] > 0 for h in result.history[1:])  # the bank holds entries from iteration 1 on
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["preset"]["occ_heads_on"] == "selected"
+
+
+def test_supervised_only_trains_on_labeled_cases_alone(dataset, tmp_path, capsys):
+    preset = write_preset(tmp_path / "p.json", TINY.with_overrides(iterations=3))
+    # Every case labeled: nothing left for the unlabeled stream, which only a supervised run accepts.
+    base = ["--data", dataset, "--labeled", "6", "--preset", preset]
+    code, err = run_cli(base + ["--out", tmp_path / "caml"], capsys)
+    assert code == 2 and "--supervised-only" in err
+    code, err = run_cli(base + ["--out", tmp_path / "run", "--supervised-only", "--seed", "4"], capsys)
+    assert code == 0, err
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["supervised_only"] is True and ckpt["iteration"] == 3
+    assert ckpt["split"]["unlabeled"] == [] and len(ckpt["split"]["labeled"]) == 6
+    assert all("loss_s" in h and "loss_c" not in h and "loss_o" not in h for h in ckpt["history"])
+    assert all(slot is None for slot in ckpt["memory_bank"]["slots"])  # no OCC: the bank is never filled
+    # The OCC heads get no gradient (they stay at their seeded initialisation); both sub-models learn.
+    torch.manual_seed(4)
+    init = CAMLNet(NetworkConfig(base_filters=4, feat_dim=8)).state_dict()
+    for key, value in ckpt["model"].items():
+        if key.startswith(("projection_head", "prediction_head")) and "running" not in key:
+            assert torch.equal(value, init[key]), key
+    for key in ("encoder1.block_one.conv.0.weight", "encoder2.block_one.conv.0.weight"):
+        assert not torch.equal(ckpt["model"][key], init[key]), key
 
 
 def _free_port() -> int:
@@ -77,24 +130,60 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    """One rank: a straight 4-iteration run, and the same run stopped after 2 and resumed.
+
+    Records, per iteration, the case indices the sampler gave this rank and a
+    checksum of the augmented batch, for the test to compare across ranks and runs.
+    """
     import torch.distributed as dist
+    from CAMLSegmentationLib import trainer as trainer_mod
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    preset = TINY.with_overrides(iterations=3)
-    result = train(TrainConfig(Path(root), Path(out) / "run", preset, labeled=2, seed=11, device="cpu"))
+    records: list = []
+    real_next, real_make_batch = trainer_mod.TwoStreamSampler.next, trainer_mod.make_batch
+
+    def recording_next(self, n_labeled, n_unlabeled):
+        li, ui = real_next(self, n_labeled, n_unlabeled)
+        records.append({"labeled": li, "unlabeled": ui})
+        return li, ui
+
+    def recording_make_batch(*args, **kwargs):
+        x, y = real_make_batch(*args, **kwargs)
+        records[-1]["batch_sum"] = float(x.double().sum())
+        return x, y
+
+    trainer_mod.TwoStreamSampler.next = recording_next
+    trainer_mod.make_batch = recording_make_batch
+    preset = TINY.with_overrides(iterations=4, checkpoint_interval=2)
+    runs = {}
+    for name, iterations, resume in (("straight", 4, False), ("first", 2, False), ("resumed", 4, True)):
+        records.clear()
+        folder = "straight" if name == "straight" else "stopped"
+        result = train(TrainConfig(Path(root), Path(out) / folder, preset.with_overrides(iterations=iterations),
+                                   labeled=2, seed=11, device="cpu", resume=resume))
+        runs[name] = list(records)
+        dist.barrier()  # rank 0 has written last.pt before any rank resumes from it
+    (Path(out) / f"batches{rank}.json").write_text(json.dumps(runs))
     torch.save({"model": result.model.state_dict(), "bank": result.memory_bank.state_dict()},
                Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_ddp_gloo_keeps_ranks_identical(dataset, tmp_path):
+@pytest.fixture(scope="module")
+def ddp_runs(dataset, tmp_path_factory) -> Path:
+    """Two gloo ranks on the CPU (what torchrun starts), each running ``_ddp_worker``."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(dataset), str(tmp_path)), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt")
-    r1 = torch.load(tmp_path / "rank1.pt")
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(dataset), str(out)), nprocs=2, join=True)
+    return out
+
+
+def test_ddp_gloo_keeps_ranks_identical(ddp_runs):
+    r0 = torch.load(ddp_runs / "rank0.pt")
+    r1 = torch.load(ddp_runs / "rank1.pt")
     for key, value in r0["model"].items():
         assert torch.equal(value, r1["model"][key]) or "running" in key or "num_batches" in key, key
     params0 = [v for k, v in r0["model"].items() if "running" not in k and "num_batches" not in k]
@@ -109,6 +198,26 @@ def test_ddp_gloo_keeps_ranks_identical(dataset, tmp_path):
     torch.manual_seed(11)
     init = CAMLNet(NetworkConfig(base_filters=4, feat_dim=8)).state_dict()
     assert not all(torch.equal(init[k], r0["model"][k]) for k in init)
+
+
+def test_ddp_resume_restores_each_ranks_own_batches(ddp_runs):
+    """Each rank resumes its own RNG and sampler state: its batches go on as in the uninterrupted run."""
+    runs = [json.loads((ddp_runs / f"batches{r}.json").read_text()) for r in (0, 1)]
+    for rank in (0, 1):
+        straight, first, resumed = runs[rank]["straight"], runs[rank]["first"], runs[rank]["resumed"]
+        assert len(straight) == 4 and len(first) == 2 and len(resumed) == 2
+        assert first + resumed == straight, f"rank {rank}"
+    for it in range(4):  # ranks draw different batches, before and after the resume
+        assert runs[0]["straight"][it]["batch_sum"] != runs[1]["straight"][it]["batch_sum"]
+    for it in range(2):
+        assert runs[0]["resumed"][it]["batch_sum"] != runs[1]["resumed"][it]["batch_sum"]
+    # One checkpoint holds both ranks' states, in types a weights-only load accepts.
+    ckpt = torch.load(ddp_runs / "stopped" / "last.pt", weights_only=True)
+    assert ckpt["iteration"] == 4 and ckpt["world_size"] == 2 and len(ckpt["rank_states"]) == 2
+    assert ckpt["rank_states"][0]["rng"]["numpy"] != ckpt["rank_states"][1]["rng"]["numpy"]
+    straight = read_checkpoint(ddp_runs / "straight" / "last.pt")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, ckpt["model"][key]), key
 
 
 # --------------------------------------------------------------------------- bad inputs

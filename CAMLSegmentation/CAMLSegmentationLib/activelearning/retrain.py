@@ -83,20 +83,20 @@ def rescore_versions(cohort: Cohort, device: str = "auto", progress: ProgressCal
 
 def finetune_preset(cohort: Cohort, preset_name: Optional[str], base_weights: Optional[Path],
                     iterations: Optional[int]) -> Any:
-    """The fine-tuning preset, fitted to the network and geometry of the weights it starts from."""
+    """The fine-tuning preset, fitted to the weights it starts from: their network width and the
+    inference settings stored with them (window, voxel size, intensity normalisation)."""
     from ..checkpoint import read_checkpoint
     from ..presets import load_preset
+    from ..settings import InferenceSettings
 
     preset = load_preset(preset_name or cohort.preset)
     if base_weights is not None:
         ckpt = read_checkpoint(base_weights)
         net = ckpt.get("network") or {}
-        stored = ckpt.get("preset") or {}
+        settings = InferenceSettings.from_checkpoint(ckpt)
         changes: Dict[str, Any] = {k: net[k] for k in ("base_filters", "feat_dim", "cma") if k in net}
-        if stored.get("patch_size"):
-            changes["patch_size"] = tuple(int(s) for s in stored["patch_size"])
-        if "spacing" in stored:
-            changes["spacing"] = tuple(float(s) for s in stored["spacing"]) if stored["spacing"] else None
+        changes.update(patch_size=tuple(settings.window), spacing=settings.spacing,
+                       normalization=settings.normalization)
         preset = replace(preset, **changes)
     if iterations is not None:
         if iterations < 1:
@@ -205,14 +205,20 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
                 "weights": str(cohort.weights(version))}
 
 
+#: What a resumable training checkpoint holds only to continue training; a version needs none of it.
+_TRAINING_STATE = ("optimizer", "scaler", "memory_bank", "rng", "rank_states", "sampler", "history",
+                   "best_dice", "best_iteration")
+
+
 def _save_candidate(result: Any, last: Path, target: Path, preset: Any) -> None:
-    """The candidate's weights file: the model of the last iteration, its network and preset."""
+    """The candidate's weights file: the last iteration's model with everything stored beside it
+    (network, preset, inference settings, split), without the optimizer and sampler state."""
     from ..checkpoint import read_checkpoint, save_checkpoint
 
     ckpt = read_checkpoint(last)
-    save_checkpoint(target, {"model": ckpt["model"], "network": ckpt["network"], "preset": ckpt.get("preset"),
-                             "trained": {"iteration": ckpt.get("iteration"), "split": ckpt.get("split"),
-                                         "seed": ckpt.get("seed")}})
+    payload = {k: v for k, v in ckpt.items() if k not in _TRAINING_STATE and k not in ("format", "format_version")}
+    payload["trained"] = {"iteration": ckpt.get("iteration"), "split": ckpt.get("split"), "seed": ckpt.get("seed")}
+    save_checkpoint(target, payload)
 
 
 def cancel_running(root: Path) -> Dict[str, Any]:

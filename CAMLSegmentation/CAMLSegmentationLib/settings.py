@@ -1,0 +1,93 @@
+"""What inference needs to reproduce training, stored with the weights.
+
+As nnU-Net keeps its plans and mirroring axes beside each checkpoint, every
+checkpoint this project writes carries an ``inference`` dict: sliding-window
+size, voxel size, intensity normalisation, the axes the training augmentation
+flipped (test-time flips may use only those) and the probability threshold.
+The catalog, the CLI and the Slicer module read these from the weights; they
+do not keep copies. Torch-free, so the CLI can describe a model cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+#: The normalisation this project trains with (``preprocess.normalize_intensity``).
+PERCENTILE = "percentile"
+#: Z-score over the whole image: what the official CAML code and this project's v1 models saw.
+ZSCORE = "zscore"
+NORMALIZATIONS = (PERCENTILE, ZSCORE)
+#: Axes of ``[i, j, k]`` that the training augmentation (``data.random_rot_flip``) reflects:
+#: rot90 and flips in the (i, j) plane only; the slice axis k is never flipped.
+AUGMENTATION_FLIP_AXES = (0, 1)
+#: The official CAML patch / window size.
+OFFICIAL_WINDOW = (112, 112, 80)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How to run a model: ``window`` (voxels), ``spacing`` (mm, None = each image's own),
+    ``normalization``, ``flip_axes`` usable for test-time augmentation, ``threshold``."""
+
+    window: Tuple[int, int, int] = OFFICIAL_WINDOW
+    spacing: Optional[Tuple[float, float, float]] = None
+    normalization: str = ZSCORE
+    flip_axes: Tuple[int, ...] = AUGMENTATION_FLIP_AXES
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if len(self.window) != 3 or min(self.window) < 1:
+            raise ValueError(f"window must be three positive sizes, got {self.window!r}")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ValueError(f"spacing must be three positive sizes in mm, got {self.spacing!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown intensity normalisation {self.normalization!r}; "
+                             f"known: {', '.join(NORMALIZATIONS)}")
+        if any(a not in (0, 1, 2) for a in self.flip_axes):
+            raise ValueError(f"flip axes must be among 0, 1, 2, got {self.flip_axes!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"window": list(self.window), "spacing": None if self.spacing is None else list(self.spacing),
+                "normalization": self.normalization, "flip_axes": list(self.flip_axes),
+                "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> InferenceSettings:
+        try:
+            spacing = d.get("spacing")
+            return cls(window=tuple(int(w) for w in d["window"]),  # type: ignore[arg-type]
+                       spacing=None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+                       normalization=str(d["normalization"]),
+                       flip_axes=tuple(int(a) for a in d.get("flip_axes", AUGMENTATION_FLIP_AXES)),
+                       threshold=float(d.get("threshold", 0.5)))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed inference settings {dict(d)!r} ({exc})") from exc
+
+    @classmethod
+    def from_preset(cls, preset: Any) -> InferenceSettings:
+        """The settings a model trained with ``preset`` (a TrainingPreset) must be run with."""
+        return cls(window=tuple(preset.patch_size), spacing=preset.spacing,
+                   normalization=preset.normalization, flip_axes=AUGMENTATION_FLIP_AXES)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> InferenceSettings:
+        """The settings stored with a checkpoint's weights.
+
+        Files written before settings were stored: a project checkpoint's
+        ``preset`` gives window and spacing and, having no ``normalization``
+        field, means the z-score it was trained with; a plain state_dict (the
+        official ``iter_15000.pth``) means the official setting.
+        """
+        stored = ckpt.get("inference")
+        if isinstance(stored, Mapping):
+            return cls.from_dict(stored)
+        preset = ckpt.get("preset")
+        if isinstance(preset, Mapping):
+            spacing = preset.get("spacing")
+            return cls(window=tuple(int(w) for w in preset.get("patch_size") or OFFICIAL_WINDOW),  # type: ignore[arg-type]
+                       spacing=None if not spacing else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+                       normalization=str(preset.get("normalization", ZSCORE)))
+        return cls()
