@@ -65,6 +65,10 @@ def make_cohort(root: Path, n: int = 8, seed: int = 0) -> Path:
     return root
 
 
+def on_grid(reference: Volume, array: np.ndarray) -> Volume:
+    return Volume(array=array, spacing=reference.spacing, origin=reference.origin, direction=reference.direction)
+
+
 def tiny_preset(path: Path, **changes) -> Path:
     path.write_text(json.dumps(dict(TINY_PRESET, **changes)))
     return path
@@ -172,7 +176,7 @@ def test_accept_writes_label_on_image_grid_and_assigns_validation_for_good(cohor
         np.testing.assert_array_equal(label.array, read_image(truth(cohort_root, "case0")).array)
         # Re-accepting replaces the label and keeps the role; a role never changes.
         flipped = read_image(truth(cohort_root, "case2"))
-        flipped = flipped.with_array(1 - flipped.array)
+        flipped = on_grid(flipped, 1 - flipped.array)
         assert cohort.accept("case2", flipped)["status"] == ACCEPTED_VAL
         np.testing.assert_array_equal(read_image(cohort_root / "labels" / "case2.nrrd").array, flipped.array)
         with pytest.raises(CohortError, match="role never changes"):
@@ -519,7 +523,7 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
         cohort.add_version(save_model(tmp_path / "bg.pt", seed=5, fg_bias=-1.0), None, None, None, 0, [],
                            promote=True)
         image = cohort.read_image("case0")
-        ones, zeros = image.with_array(np.ones(SHAPE, np.float32)), image.with_array(np.zeros(SHAPE, np.float32))
+        ones, zeros = on_grid(image, np.ones(SHAPE, np.float32)), on_grid(image, np.zeros(SHAPE, np.float32))
         for c in ("case0", "case1"):
             cohort.accept(c, ones, role="val")
         for c in ("case2", "case3"):

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import mrml_bridge
-from ..volume import read_image
+from ..volume import Volume, read_image
 from .cohort import Cohort
 
 PathLike = Union[str, Path]
@@ -64,7 +64,8 @@ def accept_segment(cohort_root: PathLike, case_id: str, segmentation_node: Any, 
             raise ValueError(f"no segment named {mrml_bridge.LEFT_ATRIUM_NAME!r} in {segmentation_node.GetName()!r}")
         segment_id = segmentation.GetNthSegmentID(0)
     mask = mrml_bridge.segment_to_mask(segmentation_node, segment_id, volume_node)
-    label = mrml_bridge.volume_from_node(volume_node).with_array(mask)
+    grid = mrml_bridge.volume_from_node(volume_node)
+    label = Volume(array=mask, spacing=grid.spacing, origin=grid.origin, direction=grid.direction)
     with Cohort.open(cohort_root) as cohort:
         return cohort.accept(case_id, label, role=role)
 
