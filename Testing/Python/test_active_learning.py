@@ -366,6 +366,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_two_processes_accepting_at_the_same_moment_both_land(cohort_root):
     start = time.time() + 8.0  # both processes are loaded by then, and start together
     groups = [["case0", "case2", "case4"], ["case1", "case3", "case5"]]
@@ -385,6 +386,7 @@ def test_two_processes_accepting_at_the_same_moment_both_land(cohort_root):
             assert (cohort_root / c.label_file).is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["accept-before-write", "accept-after-write", "accept-after-commit"])
 def test_sigkill_mid_accept_loses_nothing(cohort_root, point):
     assert caml(["al", "accept", str(cohort_root), "case0", str(truth(cohort_root, "case0"))]) == 0
@@ -414,6 +416,7 @@ def test_sigkill_mid_accept_loses_nothing(cohort_root, point):
         assert cohort.case("case1").status == ACCEPTED_TRAIN and cohort.problems() == []
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_of_accept_keeps_the_database_consistent(cohort_root):
     rng = np.random.default_rng(4)
     for n in range(4):
@@ -451,6 +454,7 @@ def _wait_for_line(proc: subprocess.Popen, predicate, timeout: float = 240) -> O
     return None
 
 
+@pytest.mark.slow
 def test_sigkill_mid_retrain_leaves_versions_and_cases_unchanged_and_resume_finishes(cohort_root, tmp_path):
     save_model(tmp_path / "start.pt", seed=3)
     with Cohort.open(cohort_root) as cohort:
@@ -487,6 +491,7 @@ def test_sigkill_mid_retrain_leaves_versions_and_cases_unchanged_and_resume_fini
         assert cohort.jobs()[-1]["state"] == "done" and cohort.problems() == []
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_retrain_without_changing_the_cohort(cohort_root, tmp_path):
     _accept_training_cases(cohort_root, ["case0", "case1"], role="train")
     before = db_state(cohort_root)
@@ -509,6 +514,7 @@ def test_cancel_stops_the_retrain_without_changing_the_cohort(cohort_root, tmp_p
 # --------------------------------------------------------------------------- versions
 
 
+@pytest.mark.slow
 def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_path, capsys):
     """Constructed so the comparison has a known answer in each direction.
 
@@ -565,6 +571,7 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
     assert table[0]["current_val_dice"] == 1.0 and table[2]["current_val_dice"] == pytest.approx(again)
 
 
+@pytest.mark.slow
 def test_first_retrain_without_validation_promotes_and_says_so(cohort_root, capsys):
     _accept_training_cases(cohort_root, ["case0", "case1"], role="train")
     assert caml(["al", "status", str(cohort_root)]) == 0
@@ -646,6 +653,7 @@ def test_every_al_flag_is_in_help_and_readme():
                 assert flag in section, (name, flag)
 
 
+@pytest.mark.slow
 def test_retrain_warm_starts_from_the_bundled_release(tmp_path, capsys):
     """The bundled model (a release: models V and A in fp16, no OCC heads) as version 1, then a retrain."""
     from CAMLSegmentationLib.catalog import find_model, verify

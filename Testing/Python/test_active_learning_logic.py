@@ -61,6 +61,7 @@ def logic_and_cohort(tmp_path):
     return logic, scene, root
 
 
+@pytest.mark.slow
 def test_next_loads_the_case_and_its_prediction(logic_and_cohort):
     logic, scene, root = logic_and_cohort
     loaded = logic.alNext(str(root), "disagreement", device="cpu", uncertainty=True, timeout=300, showIn3D=False)
@@ -87,6 +88,7 @@ def test_next_loads_the_case_and_its_prediction(logic_and_cohort):
     assert params.GetNodeReference("ALSegmentation") is loaded["segmentation"]
 
 
+@pytest.mark.slow
 def test_accept_writes_the_edited_segment_as_a_label_on_the_image_grid(logic_and_cohort):
     logic, scene, root = logic_and_cohort
     loaded = logic.alNext(str(root), "first", device="cpu", timeout=300, showIn3D=False)
