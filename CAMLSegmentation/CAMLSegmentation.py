@@ -290,11 +290,327 @@ def describeEvent(event: Dict[str, Any]) -> Tuple[Optional[float], str]:
 
 
 #
+# Active learning (Logic and Widget parts, mixed into the classes below)
+#
+
+
+class ActiveLearningRun:
+    """One ``caml al next`` or ``caml al retrain`` child process followed by the panel."""
+
+    def __init__(self, job: Any, kind: str, cohort: str) -> None:
+        self.job = job
+        self.kind = kind
+        self.cohort = cohort
+        self.fraction = 0.0
+        self.status = f"Starting {kind}..."
+        self.log: List[str] = []
+
+    @property
+    def running(self) -> bool:
+        return self.job.running
+
+    def poll(self) -> List[Dict[str, Any]]:
+        events = self.job.poll()
+        for event in events:
+            fraction, status = describeEvent(event)
+            if fraction is not None and event.get("stage") in (None, "train", "score", "retrain", "validate"):
+                self.fraction = fraction
+            if event.get("event") == "done":
+                status = "Done."
+            if status:
+                self.status = status
+            if event.get("event") == "log":
+                self.log.append(str(event.get("message", "")))
+        return events
+
+
+class ActiveLearningLogicMixin:
+    """The active-learning loop for the Logic: cohort, next case, accept, retrain, versions and their plot.
+
+    The cohort's state and files are handled by ``CAMLSegmentationLib.activelearning`` (plain
+    Python, in-process for quick steps); inference and training run as ``caml al`` children.
+    """
+
+    AL_STRATEGIES = ("disagreement", "entropy", "random", "first")
+
+    def _alCommand(self, *args: str) -> List[str]:
+        from CAMLSegmentationLib.jobs import caml_command
+
+        prefix = getattr(self, "engineCommand", None)
+        return [*prefix, "al", *args] if prefix else caml_command("al", *args)
+
+    def alOpenCohort(self, folder: str, modelWeights: Optional[str] = None) -> Dict[str, Any]:
+        """The cohort's status; a folder of images that is not a cohort yet becomes one, with
+        ``modelWeights`` (e.g. the selected catalog model's file) as its first version."""
+        from CAMLSegmentationLib.activelearning.cohort import Cohort, db_path
+
+        if not db_path(folder).exists():
+            Cohort.init(folder, model=Path(modelWeights) if modelWeights else None).close()
+        with Cohort.open(folder) as cohort:
+            return cohort.status()
+
+    def alModelWeights(self, modelId: str) -> Optional[str]:
+        """The verified weights file of a catalog model id ("" or None: none)."""
+        if not modelId:
+            return None
+        from CAMLSegmentationLib.catalog import find_model, verify
+
+        return str(verify(find_model(modelId)))
+
+    def alStartNext(self, folder: str, strategy: str = "disagreement", device: str = "cpu",
+                    uncertainty: bool = False) -> ActiveLearningRun:
+        from CAMLSegmentationLib.jobs import Job
+
+        if strategy not in self.AL_STRATEGIES:
+            raise ValueError(f"strategy must be one of {self.AL_STRATEGIES}, not {strategy!r}")
+        argv = self._alCommand("next", str(folder), "--strategy", strategy, "--device", device,
+                               "--progress", "json", *(["--uncertainty"] if uncertainty else []))
+        return ActiveLearningRun(Job(argv).start(), "next", str(folder))
+
+    def alFinishNext(self, run: ActiveLearningRun, showIn3D: bool = True) -> Dict[str, Any]:
+        """Load the chosen case, its prediction (and uncertainty map) into the scene; remember the case."""
+        from CAMLSegmentationLib.activelearning import mrml as al_mrml
+
+        state = run.job.wait()
+        run.poll()
+        if state != "done":
+            raise RuntimeError(f"Next case {state}: {run.job.error}" if run.job.error else f"Next case {state}.")
+        chosen = run.job.result
+        loaded = al_mrml.load_case(self.scene, run.cohort, chosen["case"], prediction=chosen.get("prediction"),
+                                   uncertainty=chosen.get("uncertainty"), show_3d=showIn3D)
+        if loaded["uncertainty"] is not None:
+            self.setupUncertaintyDisplay(loaded["uncertainty"])
+        node = self.getParameterNode().node
+        node.SetParameter("alCohort", str(run.cohort))
+        node.SetParameter("alCase", chosen["case"])
+        node.SetNodeReferenceID("ALVolume", loaded["volume"].GetID())
+        node.SetNodeReferenceID("ALSegmentation", loaded["segmentation"].GetID())
+        return dict(loaded, case=chosen["case"], score=chosen.get("score"), strategy=chosen.get("strategy"))
+
+    def alNext(self, folder: str, strategy: str = "disagreement", device: str = "cpu", uncertainty: bool = False,
+               timeout: Optional[float] = None, showIn3D: bool = True) -> Dict[str, Any]:
+        """Blocking Next case (scripts and tests)."""
+        run = self.alStartNext(folder, strategy, device, uncertainty)
+        if run.job.wait(timeout) == "running":
+            run.job.cancel()
+            raise TimeoutError(f"caml al next did not finish within {timeout} s")
+        return self.alFinishNext(run, showIn3D)
+
+    def alAccept(self, folder: Optional[str] = None, caseId: Optional[str] = None, segmentationNode: Any = None,
+                 volumeNode: Any = None, role: str = "auto") -> Dict[str, Any]:
+        """Store the edited "Left atrium" segment as the case's label (on the image's grid) and accept it.
+
+        Defaults: the case, volume and segmentation the last Next case loaded.
+        """
+        from CAMLSegmentationLib.activelearning import mrml as al_mrml
+
+        node = self.getParameterNode().node
+        folder = folder or node.GetParameter("alCohort")
+        caseId = caseId or node.GetParameter("alCase")
+        segmentationNode = segmentationNode or node.GetNodeReference("ALSegmentation")
+        volumeNode = volumeNode or node.GetNodeReference("ALVolume")
+        if not folder or not caseId or segmentationNode is None or volumeNode is None:
+            raise ValueError("Load a case with Next case first.")
+        result = al_mrml.accept_segment(folder, caseId, segmentationNode, volumeNode, role)
+        node.SetParameter("alCase", "")
+        return result
+
+    def alStartRetrain(self, folder: str, device: str = "auto", iterations: Optional[int] = None,
+                       promote: str = "auto", resume: bool = False) -> ActiveLearningRun:
+        from CAMLSegmentationLib.jobs import Job
+
+        args = ["retrain", str(folder), "--device", device, "--progress", "json", "--promote", promote]
+        if iterations:
+            args += ["--iterations", str(int(iterations))]
+        if resume:
+            args.append("--resume")
+        return ActiveLearningRun(Job(self._alCommand(*args)).start(), "retrain", str(folder))
+
+    def alCancel(self, run: ActiveLearningRun, grace: float = 30.0) -> None:
+        """Stop a run: SIGTERM first (a retrain keeps a resumable checkpoint), then kill the process tree."""
+        import os
+        import signal
+
+        if run.running and run.job.pid and hasattr(signal, "SIGTERM") and os.name != "nt":
+            try:
+                os.kill(run.job.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            if run.job.wait(grace) != "running":
+                return
+        run.job.cancel()
+        run.job.wait(timeout=30)
+
+    def alVersions(self, folder: str, rescore: bool = False, device: str = "cpu") -> List[Dict[str, Any]]:
+        """Versions with ``val_dice`` (when made) and ``current_val_dice`` (on today's validation set)."""
+        from CAMLSegmentationLib.activelearning.al_cli import version_table
+        from CAMLSegmentationLib.activelearning.cohort import Cohort
+
+        with Cohort.open(folder) as cohort:
+            versions, _ = version_table(cohort, rescore, device)
+        return versions
+
+    def alUseVersion(self, folder: str, version: int) -> Dict[str, Any]:
+        from CAMLSegmentationLib.activelearning.cohort import Cohort
+
+        with Cohort.open(folder) as cohort:
+            return cohort.use(int(version))
+
+    def alUpdatePlot(self, folder: str, versions: Optional[List[Dict[str, Any]]] = None) -> Any:
+        """The plot chart node of validation Dice per version (one point per version), refreshed in place."""
+        from CAMLSegmentationLib.activelearning import mrml as al_mrml
+
+        node = self.getParameterNode().node
+        versions = self.alVersions(folder) if versions is None else versions
+        chart = al_mrml.update_version_plot(self.scene, versions, node.GetNodeReference("ALVersionPlot"))
+        node.SetNodeReferenceID("ALVersionPlot", chart.GetID())
+        return chart
+
+
+class ActiveLearningWidgetMixin:
+    """The panel's "Active learning" section: forwards clicks to the Logic's ``al*`` methods."""
+
+    def setupActiveLearning(self) -> None:
+        ui = self.ui
+        self._alRun: Optional[ActiveLearningRun] = None
+        ui.alStrategySelector.clear()
+        for label, value in (("Disagreement of models V and A", "disagreement"), ("Entropy of model V", "entropy"),
+                             ("Random", "random"), ("Cohort order", "first")):
+            ui.alStrategySelector.addItem(label, value)
+        ui.alCohortPathLineEdit.connect("currentPathChanged(QString)", self.onAlCohortChanged)
+        ui.alNextButton.connect("clicked(bool)", self.onAlNext)
+        ui.alAcceptButton.connect("clicked(bool)", self.onAlAccept)
+        ui.alRetrainButton.connect("clicked(bool)", self.onAlRetrain)
+        ui.alUseVersionButton.connect("clicked(bool)", self.onAlUseVersion)
+        self._alTimer = qt.QTimer()
+        self._alTimer.setInterval(200)
+        self._alTimer.connect("timeout()", self.onAlTimer)
+        self._alUpdateButtons()
+
+    def _alFolder(self) -> str:
+        return self.ui.alCohortPathLineEdit.currentPath
+
+    def _alUpdateButtons(self) -> None:
+        running = self._alRun is not None and self._alRun.running
+        hasCohort = bool(self._alFolder()) and (Path(self._alFolder()) / "caml-al" / "state.sqlite").is_file()
+        self.ui.alNextButton.enabled = hasCohort and not running
+        self.ui.alAcceptButton.enabled = hasCohort and not running and bool(
+            self.logic.getParameterNode().node.GetParameter("alCase"))
+        self.ui.alRetrainButton.enabled = hasCohort and (not running or self._alRun.kind == "retrain")
+        self.ui.alRetrainButton.text = "Cancel" if running and self._alRun.kind == "retrain" else "Retrain"
+        self.ui.alUseVersionButton.enabled = hasCohort and not running
+
+    def cleanupActiveLearning(self) -> None:
+        if self._alRun is not None and self._alRun.running:
+            self.logic.alCancel(self._alRun)
+        self._alTimer.stop()
+
+    def onAlCohortChanged(self, path: str) -> None:
+        # The line edit reports every keystroke: act only on a folder that holds images/.
+        if not path or not (Path(path) / "images").is_dir():
+            self.ui.alStatusLabel.text = "Choose a folder that holds images/<id>.nrrd|.nii.gz|... files."
+            self._alUpdateButtons()
+            return
+        with slicer.util.tryWithErrorDisplay("Cannot open the cohort.", waitCursor=True):
+            weights = self.logic.alModelWeights(self._params.model if self._params is not None else "")
+            status = self.logic.alOpenCohort(path, weights)
+            counts = status["counts"]
+            self.ui.alStatusLabel.text = (
+                f"{status['cases']} cases: {counts['accepted-train']} training, {counts['accepted-val']} "
+                f"validation, {counts['unlabeled'] + counts['predicted']} to label. "
+                + " ".join(status["notes"] + status["problems"]))
+            self.refreshAlVersions()
+        self._alUpdateButtons()
+
+    def onAlNext(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Next case failed to start.", waitCursor=True):
+            device = self._params.device if self._params is not None else "auto"
+            self._alRun = self.logic.alStartNext(self._alFolder(), self.ui.alStrategySelector.currentData,
+                                                 device, self.ui.alUncertaintyCheckBox.checked)
+            self._alTimer.start()
+        self._alUpdateButtons()
+
+    def onAlAccept(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Accept failed.", waitCursor=True):
+            result = self.logic.alAccept(self._alFolder())
+            self.ui.alStatusLabel.text = f"Accepted {result['case']} as {result['status']}."
+            if result.get("retrain_due"):
+                self.ui.alStatusLabel.text += " Retraining (every-N-accepts setting)..."
+                self.onAlRetrain()
+        self._alUpdateButtons()
+
+    def onAlRetrain(self) -> None:
+        if self._alRun is not None and self._alRun.running:
+            self.logic.alCancel(self._alRun)
+            return
+        with slicer.util.tryWithErrorDisplay("Retrain failed to start.", waitCursor=True):
+            device = self._params.device if self._params is not None else "auto"
+            self._alRun = self.logic.alStartRetrain(self._alFolder(), device)
+            self._alTimer.start()
+        self._alUpdateButtons()
+
+    def onAlTimer(self) -> None:
+        run = self._alRun
+        if run is None:
+            self._alTimer.stop()
+            return
+        run.poll()
+        self.ui.alProgressBar.value = int(round(100 * run.fraction))
+        self.ui.alStatusLabel.text = run.status
+        if run.running:
+            return
+        self._alTimer.stop()
+        self._alRun = None
+        if run.job.state == "cancelled":
+            self.ui.alStatusLabel.text = "Cancelled: the cohort and its current version are unchanged."
+        elif run.kind == "next":
+            with slicer.util.tryWithErrorDisplay("Next case failed.", waitCursor=True):
+                loaded = self.logic.alFinishNext(run)
+                slicer.util.setSliceViewerLayers(background=loaded["volume"], fit=True)
+                if loaded["uncertainty"] is not None:
+                    slicer.util.setSliceViewerLayers(foreground=loaded["uncertainty"], foregroundOpacity=0.4)
+                self.ui.alStatusLabel.text = (f"Case {loaded['case']} ({loaded['strategy']} score "
+                                              f"{loaded['score']:.3g}): correct it, then Accept.")
+                self._params.outputSegmentation = loaded["segmentation"]
+                self._params.inputVolume = loaded["volume"]
+        else:
+            if run.job.state == "done":
+                self.ui.alStatusLabel.text = run.job.result.get("reason", "Retrained.")
+            else:
+                self.ui.alStatusLabel.text = f"Retrain failed: {run.job.error}"
+            self.refreshAlVersions()
+        self._alUpdateButtons()
+
+    def refreshAlVersions(self) -> None:
+        versions = self.logic.alVersions(self._alFolder())
+        table = self.ui.alVersionsTable
+        table.setRowCount(len(versions))
+        for row, v in enumerate(versions):
+            dice = v["current_val_dice"] if v["current_val_dice"] is not None else v["val_dice"]
+            cells = [("* " if v["current"] else "") + str(v["id"]), "-" if dice is None else f"{dice:.4f}", v["note"]]
+            for col, text in enumerate(cells):
+                table.setItem(row, col, qt.QTableWidgetItem(text))
+        chart = self.logic.alUpdatePlot(self._alFolder(), versions)
+        if versions:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+    def onAlUseVersion(self) -> None:
+        row = self.ui.alVersionsTable.currentRow()
+        if row < 0:
+            return
+        with slicer.util.tryWithErrorDisplay("Cannot switch versions.", waitCursor=True):
+            version = int(self.ui.alVersionsTable.item(row, 0).text().lstrip("* "))
+            self.logic.alUseVersion(self._alFolder(), version)
+            self.ui.alStatusLabel.text = f"Version {version} is now current."
+            self.refreshAlVersions()
+
+
+#
 # CAMLSegmentationLogic
 #
 
 
-class CAMLSegmentationLogic(ScriptedLoadableModuleLogic):
+class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogic):
     """All behaviour of the module; works on any MRML scene, with or without the Slicer GUI."""
 
     #: Python packages ``caml segment`` needs besides torch (import name -> pip requirement). h5py is
@@ -737,7 +1053,7 @@ def makeTestVolume(scene: Any, shape: Tuple[int, int, int] = (48, 40, 32)) -> An
 #
 
 
-class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: binds the .ui to the parameter node, forwards clicks to the Logic, shows progress."""
 
     def __init__(self, parent: Any = None) -> None:
@@ -784,6 +1100,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self.onTimer)
+        self.setupActiveLearning()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -793,6 +1110,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is not None and self._run.running:
             self.logic.cancel(self._run)
         self._run = None
+        self.cleanupActiveLearning()
         self.removeObservers()
 
     def enter(self) -> None:

@@ -15,7 +15,7 @@ from . import __version__
 from .errors import CAMLError, UserError  # UserError: importable from here, as before
 
 # Modules that provide sub-commands, imported lazily so ``caml --help`` stays fast.
-_COMMAND_MODULES = ["train_cli", "segment_cli", "evaluate_cli", "models_cli"]
+_COMMAND_MODULES = ["train_cli", "segment_cli", "evaluate_cli", "models_cli", "activelearning.al_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="caml",
         description="CAML (Correlation-Aware Mutual Learning) left-atrium segmentation: "
-                    "train, segment, evaluate.")
+                    "train, segment, evaluate, active learning.")
     parser.add_argument("--version", action="version", version=f"caml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:

@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="validate on the last N labeled cases of the data order (e.g. 8 on LA)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--init-weights", type=Path, metavar="FILE",
+                   help="warm start: begin from these model weights (a checkpoint or release of the same "
+                        "network); optimizer and iteration count start anew")
     p.add_argument("--iterations", type=int, metavar="N", help="override the preset's number of iterations")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:K")
     p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337, as the official code)")
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data_root=args.data, out_dir=args.out, preset=preset, labeled=args.labeled,
                       labeled_list=args.labeled_list, val_list=args.val_list, val_last=args.val_last,
                       device=args.device,
-                      seed=args.seed, resume=args.resume, supervised_only=args.supervised_only)
+                      seed=args.seed, resume=args.resume, supervised_only=args.supervised_only,
+                      init_weights=args.init_weights)
     # A cancel (SIGTERM from a parent, Ctrl-C) stops at an iteration boundary and writes a
     # resumable last.pt first; `caml` installed the handler before any work.
     result = train(cfg, progress=progress)

@@ -75,6 +75,7 @@ class TrainConfig:
     resume: bool = False
     supervised_only: bool = False  # baseline: labeled data and Dice only, no unlabeled stream
     log_every: int = 10
+    init_weights: Optional[Path] = None  # warm start: model weights to begin from (not a resume)
 
 
 @dataclass
@@ -87,6 +88,25 @@ class TrainResult:
     history: List[Dict[str, Any]] = field(default_factory=list)
     model: Optional[CAMLNet] = None
     memory_bank: Optional[MemoryBank] = None
+
+
+def load_initial_weights(net: CAMLNet, path: Path) -> None:
+    """Warm start: copy sub-models V and A (and the OCC heads when the file has them) into ``net``.
+
+    A release file carries V and A only; the heads then keep their fresh
+    initialisation. Only weights move: optimizer, memory bank and iteration start anew.
+    """
+    state = read_checkpoint(path)["model"]
+    wanted = net.state_dict()
+    heads = ("projection_head", "prediction_head")
+    missing = [k for k in wanted if k not in state and not k.startswith(heads)]
+    bad = [k for k in wanted if k in state and tuple(state[k].shape) != tuple(wanted[k].shape)]
+    if missing or bad:
+        what = f"no {missing[0]!r}" if missing else f"{bad[0]!r} has shape {tuple(state[bad[0]].shape)}"
+        raise CheckpointError(f"{path}: cannot start from these weights: they do not fit the preset's "
+                              f"network ({what})")
+    net.load_state_dict({k: state[k].float() if state[k].is_floating_point() else state[k]
+                         for k in wanted if k in state}, strict=False)
 
 
 # --------------------------------------------------------------------------- objective
@@ -485,6 +505,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
     # Channels-last 3D lets oneDNN / cuDNN pick their fast convolution kernels (about 20 % per
     # iteration on a CPU core); parameters keep their names and values, checkpoints are unchanged.
     net = CAMLNet(net_cfg).to(device, memory_format=torch.channels_last_3d)
+    if cfg.init_weights is not None and resume_state is None:
+        load_initial_weights(net, cfg.init_weights)
     bank = MemoryBank(len(labeled), net_cfg.num_classes, net_cfg.feat_dim, device)
     objective = CAMLObjective(net, bank, preset, cfg.supervised_only).to(device)
     objective.memory_generator.manual_seed(cfg.seed + 7919 * rank)

@@ -1,0 +1,14 @@
+"""Active learning on a cohort: pick the case to label, accept its corrected label, retrain CAML.
+
+- ``cohort``: the cohort folder and its SQLite state (cases, labels, versions, scores, jobs);
+- ``strategies``: which case next (disagreement, entropy, random, first) and the score cache;
+- ``retrain``: warm-started CAML fine-tuning, validation comparison, promotion, rollback;
+- ``al_cli``: the ``caml al`` command;
+- ``mrml``: what the Slicer module needs on top (load a case, accept a segment, the Dice plot).
+
+Imports point down only: this package uses training, inference and io, never the reverse.
+"""
+
+from .cohort import ACCEPTED_TRAIN, ACCEPTED_VAL, PREDICTED, UNLABELED, Cohort, CohortError
+
+__all__ = ["Cohort", "CohortError", "UNLABELED", "PREDICTED", "ACCEPTED_TRAIN", "ACCEPTED_VAL"]

@@ -1,0 +1,301 @@
+"""``caml al``: the active-learning loop from the command line.
+
+    caml al init COHORT [--model ID|FILE] [--val-every N] [--auto-retrain N] [--preset P]
+    caml al status COHORT
+    caml al next COHORT [--strategy S] [--uncertainty]
+    caml al accept COHORT CASE LABEL [--role auto|train|val] [--retrain-when-due]
+    caml al retrain COHORT [--iterations N] [--promote auto|always|never] [--resume | --cancel]
+    caml al versions COHORT [--rescore]
+    caml al use COHORT VERSION
+
+Every sub-command takes ``--json`` (one JSON object on stdout) and the long ones
+``--progress bar|json|none``; with ``--progress json`` stdout carries the
+JSON-lines protocol the Slicer panel reads, ending in a ``done`` or ``error`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+from .strategies import STRATEGIES
+
+
+def add_parser(subparsers: Any) -> None:
+    al = subparsers.add_parser(
+        "al", help="active learning on a cohort folder: pick a case, correct it, accept it, retrain",
+        description="Active learning on a cohort: a folder with images/<id>.<ext> (the generic layout of caml "
+                    "train). Its state lives in <cohort>/caml-al/state.sqlite; accepted labels are written to "
+                    "labels/<id>.nrrd.")
+    sub = al.add_subparsers(dest="al_command", metavar="ACTION")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser, progress: bool = False, device: bool = False) -> None:
+        p.add_argument("cohort", type=Path, help="the cohort folder (holding images/)")
+        p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+        if device:
+            p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:K")
+        if progress:
+            p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                           help="progress as a text bar on stderr, JSON lines on stdout (ending in a 'done' or "
+                                "'error' line), or nothing")
+
+    p = sub.add_parser("init", help="make a folder of images a cohort (creates caml-al/state.sqlite)")
+    common(p)
+    p.add_argument("--model", metavar="ID|FILE",
+                   help="register these weights (a catalog model id or a checkpoint file) as version 1")
+    p.add_argument("--val-every", type=int, default=4, metavar="N",
+                   help="every N-th accepted case goes to validation, for good (default 4; 0: only with --role val)")
+    p.add_argument("--auto-retrain", type=int, default=0, metavar="N",
+                   help="retrain after every N cases accepted for training (default 0: only when asked)")
+    p.add_argument("--preset", default="al-finetune", metavar="NAME|FILE",
+                   help="training preset of retrains (default al-finetune: a short warm-started fine-tuning)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy and of retraining (default 0)")
+    p.set_defaults(func=run_init)
+
+    p = sub.add_parser("status", help="case counts, current version, notes and problems")
+    common(p)
+    p.set_defaults(func=run_status)
+
+    p = sub.add_parser("next", help="pick the next case to label and write its prediction")
+    common(p, progress=True, device=True)
+    p.add_argument("--strategy", choices=STRATEGIES, default="disagreement",
+                   help="disagreement (CAML's models V and A disagree most), entropy (model V least sure), "
+                        "random, or first (cohort order) (default disagreement)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write the |p_V - p_A| map of the chosen case (an overlay)")
+    p.set_defaults(func=run_next)
+
+    p = sub.add_parser("accept", help="store a corrected label for a case and accept it")
+    common(p, progress=True, device=True)
+    p.add_argument("case", help="the case id (file name in images/ without extension)")
+    p.add_argument("label", type=Path, help="the label file: a binary mask on the case image's grid "
+                                            "(.nrrd, .seg.nrrd, .nii.gz, ...)")
+    p.add_argument("--role", choices=["auto", "train", "val"], default="auto",
+                   help="auto: every --val-every-th accepted case goes to validation; train or val: choose "
+                        "(a case keeps its role for good) (default auto)")
+    p.add_argument("--retrain-when-due", action="store_true",
+                   help="when --auto-retrain N is set and N cases were accepted since the current version, "
+                        "retrain right after accepting")
+    p.set_defaults(func=run_accept)
+
+    p = sub.add_parser("retrain", help="fine-tune CAML on the accepted cases, compare, promote if not worse")
+    common(p, progress=True, device=True)
+    p.add_argument("--iterations", type=int, metavar="N", help="override the preset's number of iterations")
+    p.add_argument("--preset", metavar="NAME|FILE", help="training preset (default: the cohort's, al-finetune)")
+    p.add_argument("--promote", choices=["auto", "always", "never"], default="auto",
+                   help="auto: the new version becomes current if its validation Dice is not worse than the "
+                        "current version's (or with fewer than 2 validation cases); always / never: override "
+                        "(default auto)")
+    p.add_argument("--seed", type=int, help="training seed (default: the cohort's)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true",
+                      help="continue the last interrupted, cancelled or failed retrain from its checkpoint")
+    what.add_argument("--cancel", action="store_true",
+                      help="stop the cohort's running retrain (it keeps a resumable checkpoint)")
+    p.set_defaults(func=run_retrain)
+
+    p = sub.add_parser("versions", help="the model versions with their validation Dice")
+    common(p, progress=True, device=True)
+    p.add_argument("--rescore", action="store_true",
+                   help="score every version on the current validation set (cached; only new pairs are computed)")
+    p.set_defaults(func=run_versions)
+
+    p = sub.add_parser("use", help="make a version current (roll back, or promote a candidate)")
+    common(p)
+    p.add_argument("version", type=int, help="the version number (see caml al versions)")
+    p.set_defaults(func=run_use)
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    from ..segment_cli import progress_callback
+
+    return progress_callback(getattr(args, "progress", "none"))
+
+
+def _emit(args: argparse.Namespace, result: Dict[str, Any], text: str) -> int:
+    if getattr(args, "progress", None) == "json":
+        print(json.dumps(dict({"event": "done"}, outputs=result), default=str), flush=True)
+    elif args.json:
+        print(json.dumps(result, default=str, indent=2))
+    else:
+        print(text)
+    return 0
+
+
+def _json_errors(args: argparse.Namespace, func: Any) -> int:
+    """In ``--progress json`` mode, end stdout with an ``error`` line before the error propagates."""
+    from ..progress import Cancelled
+
+    try:
+        return func()
+    except Cancelled as exc:
+        if getattr(args, "progress", None) == "json":
+            print(json.dumps({"event": "error", "message": str(exc), "cancelled": True}), flush=True)
+        raise
+    except Exception as exc:
+        if getattr(args, "progress", None) == "json":
+            print(json.dumps({"event": "error", "message": str(exc).splitlines()[0] if str(exc) else
+                              type(exc).__name__}), flush=True)
+        raise
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from .cohort import Cohort, CohortError
+
+    model = None
+    if args.model:
+        candidate = Path(args.model)
+        if candidate.is_file():
+            model = candidate
+        else:
+            from ..catalog import CatalogError, find_model, verify
+
+            try:
+                model = verify(find_model(args.model))
+            except CatalogError as exc:
+                raise CohortError(f"--model {args.model}: not a file, and {exc}") from exc
+    from ..presets import load_preset
+
+    load_preset(args.preset)  # a typo fails now, not at the first retrain
+    with Cohort.init(args.cohort, val_every=args.val_every, auto_retrain=args.auto_retrain, preset=args.preset,
+                     seed=args.seed, model=model) as cohort:
+        status = cohort.status()
+    return _emit(args, status, f"cohort {status['cohort']}: {status['cases']} cases; "
+                               f"current version {status['current_version'] or 'none'}")
+
+
+def format_status(status: Dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {k}" for k, n in status["counts"].items())
+    lines = [f"cohort {status['cohort']}: {status['cases']} cases ({counts})",
+             f"current version: {status['current_version'] or 'none'} of {status['versions']}; "
+             f"validation: every {status['val_every'] or 'no'} accepted case(s); auto-retrain: "
+             f"{status['auto_retrain'] or 'off'}; preset {status['preset']}"]
+    if status.get("running_job"):
+        lines.append(f"retrain job {status['running_job']} is running")
+    lines += [f"note: {n}" for n in status["notes"]]
+    lines += [f"problem: {p}" for p in status["problems"]]
+    return "\n".join(lines)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from .cohort import Cohort
+
+    with Cohort.open(args.cohort) as cohort:
+        status = cohort.status()
+    return _emit(args, status, format_status(status))
+
+
+def run_next(args: argparse.Namespace) -> int:
+    from .cohort import Cohort
+    from .strategies import next_case
+
+    def work() -> int:
+        with Cohort.open(args.cohort) as cohort:
+            result = next_case(cohort, args.strategy, args.device, args.uncertainty, progress=_progress(args))
+        text = (f"next case: {result['case']} ({args.strategy} score {result['score']:.4g}); image {result['image']}"
+                + (f"; prediction {result['prediction']}" if result["prediction"] else "; no model yet"))
+        return _emit(args, result, text)
+
+    return _json_errors(args, work)
+
+
+def run_accept(args: argparse.Namespace) -> int:
+    from ..volume import read_image
+    from .cohort import Cohort, CohortError
+
+    def work() -> int:
+        if not args.label.exists():
+            raise CohortError(f"{args.label}: no such label file")
+        label = read_image(args.label)
+        with Cohort.open(args.cohort) as cohort:
+            result = cohort.accept(args.case, label, role=args.role)
+        text = f"accepted {result['case']} as {result['status']}; label {result['label']}"
+        if result["retrain_due"]:
+            if args.retrain_when_due:
+                from .retrain import retrain
+
+                result["retrain"] = retrain(args.cohort, device=args.device, progress=_progress(args))
+                text += f"\nretrained: {result['retrain']['reason']}"
+            else:
+                text += "\nretrain due: run caml al retrain"
+        return _emit(args, result, text)
+
+    return _json_errors(args, work)
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from ..progress import terminate_as_cancel
+    from .retrain import cancel_running, retrain
+
+    if args.cancel:
+        result = cancel_running(args.cohort)
+        return _emit(args, result, f"asked retrain job {result['job']} (pid {result['pid']}) to stop")
+
+    def work() -> int:
+        # SIGTERM (Cancel in the panel, or --cancel) stops like Ctrl-C: the job keeps a resumable checkpoint.
+        with terminate_as_cancel():
+            result = retrain(args.cohort, iterations=args.iterations, preset=args.preset, device=args.device,
+                             promote=args.promote, resume=args.resume, seed=args.seed, progress=_progress(args))
+        return _emit(args, result, f"version {result['version']}: {result['reason']}")
+
+    return _json_errors(args, work)
+
+
+def format_versions(versions: Any, current_scores: Dict[int, Any]) -> str:
+    lines = [f"{'':2}{'version':>7}  {'created':<19}  {'parent':>6}  {'train':>5}  {'val Dice':>8}  "
+             f"{'on current val':>14}  note"]
+    for v in versions:
+        dice = "-" if v["val_dice"] is None else f"{v['val_dice']:.4f}"
+        now = current_scores.get(v["id"])
+        now_text = "-" if now is None else f"{now:.4f}"
+        lines.append(f"{'*' if v['current'] else ' ':2}{v['id']:>7}  {v['created_at'][:19]:<19}  "
+                     f"{v['parent'] if v['parent'] is not None else '-':>6}  {len(v['train_cases']):>5}  "
+                     f"{dice:>8}  {now_text:>14}  {v['note']}")
+    return "\n".join(lines)
+
+
+def version_table(cohort: Any, rescore: bool = False, device: str = "auto", progress: Any = None) -> Any:
+    """Versions with ``val_dice`` (when made) and ``current_val_dice`` (on today's validation set)."""
+    from .retrain import mean, rescore_versions
+
+    val = cohort.validation_ids()
+    if rescore:
+        scores = rescore_versions(cohort, device, progress=progress or (lambda e: None))
+    else:
+        scores = {}
+        for v in cohort.versions():
+            cached = cohort.cached_val_scores(v["id"], val)
+            scores[v["id"]] = mean(cached) if val and len(cached) == len(val) else None
+    versions = cohort.versions()
+    for v in versions:
+        v["current_val_dice"] = scores.get(v["id"])
+    return versions, scores
+
+
+def run_versions(args: argparse.Namespace) -> int:
+    from .cohort import Cohort
+
+    def work() -> int:
+        with Cohort.open(args.cohort) as cohort:
+            versions, scores = version_table(cohort, args.rescore, args.device, _progress(args))
+        return _emit(args, {"versions": versions}, format_versions(versions, scores))
+
+    return _json_errors(args, work)
+
+
+def run_use(args: argparse.Namespace) -> int:
+    from .cohort import Cohort
+
+    with Cohort.open(args.cohort) as cohort:
+        version = cohort.use(args.version)
+    return _emit(args, version, f"version {version['id']} is now current")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ..cli import main
+
+    sys.exit(main(["al", *sys.argv[1:]]))

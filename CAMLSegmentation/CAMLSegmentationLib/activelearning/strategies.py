@@ -1,0 +1,189 @@
+"""Which case to label next: the selection strategies and their scores (higher = label sooner).
+
+``first``
+    The cohort's order (``train.list``, else natural sort of the ids): score ``-position``.
+``random``
+    A uniform number in [0, 1) drawn from SHA-256 of ``seed:version:case id``: reproducible,
+    and a new draw for each model version.
+``disagreement`` (CAML's own)
+    ``mean over R of |p_V - p_A|`` with ``R = {p_V > 0.5} or {p_A > 0.5}``, the voxels where
+    either sub-model predicts the atrium. Why this region: far from the atrium both models
+    are confidently background, so a mean over the whole volume mostly measures how much
+    background the scan has (its field of view), not how unsure the models are about the
+    atrium. Over ``R`` the score is a soft ``1 - Jaccard(V, A)`` (for hard masks it is exactly
+    the fraction of R where V and A disagree): 0 when the two models draw the same atrium,
+    1 when they draw disjoint ones, the same for a big and a small atrium. V and A are
+    trained to agree on unlabeled data, so where they still differ the case holds something
+    the labeled cases did not teach. A case where neither model finds any atrium (R empty)
+    scores 1, the maximum: the model cannot segment it at all.
+``entropy``
+    ``mean over R of H(p_V)``, the binary entropy in bits of model V's probability (the one
+    the user is shown), over the same region and for the same reason; 1 when R is empty.
+
+Scores are computed from one inference pass per case (models V and A through the one
+predictor, ``inference.segment_volume``), cached in the cohort's database per strategy and
+model version, and recomputed only for a version that has not scored the case yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from .cohort import Cohort, CohortError
+
+STRATEGIES = ("disagreement", "entropy", "random", "first")
+MODEL_STRATEGIES = ("disagreement", "entropy")
+#: Version key of scores that need no model (``first``, ``random`` before any version exists).
+NO_MODEL = 0
+
+
+def foreground_region(p_v: np.ndarray, p_a: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Voxels where either sub-model predicts foreground."""
+    return (np.asarray(p_v) > threshold) | (np.asarray(p_a) > threshold)
+
+
+def disagreement_score(p_v: np.ndarray, p_a: np.ndarray) -> float:
+    region = foreground_region(p_v, p_a)
+    if not region.any():
+        return 1.0
+    return float(np.abs(np.asarray(p_v, np.float64) - np.asarray(p_a, np.float64))[region].mean())
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def entropy_score(p_v: np.ndarray, p_a: np.ndarray) -> float:
+    region = foreground_region(p_v, p_a)
+    if not region.any():
+        return 1.0
+    return float(binary_entropy(np.asarray(p_v)[region]).mean())
+
+
+def random_score(case_id: str, version: int, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{version}:{case_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def model_scores(p_v: np.ndarray, p_a: np.ndarray) -> Dict[str, float]:
+    return {"disagreement": disagreement_score(p_v, p_a), "entropy": entropy_score(p_v, p_a)}
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def load_dual_model(weights: Path, device: str = "auto") -> Any:
+    from ..inference import load_inference_model
+
+    return load_inference_model(weights, device, with_a=True)
+
+
+def predict_case(model: Any, volume: Any, cancel: Optional[CancelToken] = None) -> Tuple[np.ndarray, np.ndarray,
+                                                                                           np.ndarray, np.ndarray]:
+    """(mask, p_V, p_A, |p_V - p_A|) of one volume, through the one predictor.
+
+    ``segment_volume`` with uncertainty gives p_V and |p_V - p_A| but not the sign of the
+    difference; running it once more with model A in V's place gives p_A itself. Each network
+    still runs once per window, as a single call with both would.
+    """
+    from ..inference import InferenceOptions, segment_volume
+
+    result = segment_volume(volume, model, InferenceOptions(), cancel=cancel)
+    a_only = dataclasses.replace(model, networks={"v": model.networks["a"]})
+    p_a = segment_volume(volume, a_only, InferenceOptions(), cancel=cancel).probability
+    return result.mask, result.probability, p_a, np.abs(result.probability - p_a).astype(np.float32)
+
+
+def prediction_paths(cohort: Cohort, case_id: str, version: int) -> Tuple[Path, Path]:
+    folder = cohort.state_dir / "predictions"
+    return folder / f"{case_id}.v{version}.seg.nrrd", folder / f"{case_id}.v{version}.uncertainty.nrrd"
+
+
+def score_candidates(cohort: Cohort, strategy: str, device: str = "auto",
+                     progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
+                     model: Any = None) -> Dict[str, Any]:
+    """Scores of every candidate case at the current version, computing only what is not cached.
+
+    Returns ``{"scores": {case: score}, "version": v, "computed": [ids], "cached": [ids]}``.
+    A model strategy writes each scored case's predicted mask and records it as predicted.
+    """
+    from ..volume import write_mask
+
+    if strategy not in STRATEGIES:
+        raise CohortError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    candidates = cohort.candidate_ids()
+    if not candidates:
+        raise CohortError(f"{cohort.root}: every case is accepted: nothing left to label")
+    current = cohort.current_version()
+    if strategy in MODEL_STRATEGIES and current is None:
+        raise CohortError(f"strategy {strategy} needs a model: init the cohort with --model, or start with "
+                          "--strategy first or random and retrain")
+    version = current if (current is not None and strategy != "first") else NO_MODEL
+    cached = cohort.cached_scores(strategy, version)
+    todo = [c for c in candidates if c not in cached]
+    computed: List[str] = []
+    if todo and strategy == "first":
+        positions = {c.id: c.position for c in cohort.cases()}
+        cohort.store_scores(version, {c: {"first": -float(positions[c])} for c in todo})
+        computed = todo
+    elif todo and strategy == "random":
+        cohort.store_scores(version, {c: {"random": random_score(c, version, cohort.seed)} for c in todo})
+        computed = todo
+    elif todo:
+        model = model or load_dual_model(cohort.weights(current), device)
+        progress(ProgressEvent("score", 0, len(todo), "cases"))
+        for n, case_id in enumerate(todo, start=1):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            volume = cohort.read_image(case_id)
+            mask, p_v, p_a, _ = predict_case(model, volume, cancel)
+            mask_path, _ = prediction_paths(cohort, case_id, version)
+            write_mask(mask, volume, mask_path)
+            cohort.set_prediction(case_id, version, mask_path)
+            cohort.store_scores(version, {case_id: model_scores(p_v, p_a)})  # both model scores, one pass
+            computed.append(case_id)
+            progress(ProgressEvent("score", n, len(todo), case_id))
+    scores = cohort.cached_scores(strategy, version)
+    return {"scores": {c: scores[c] for c in candidates}, "version": version, "computed": computed,
+            "cached": [c for c in candidates if c not in computed]}
+
+
+def rank(scores: Dict[str, float], order: Dict[str, int]) -> List[str]:
+    """Case ids by decreasing score; ties by cohort order."""
+    return sorted(scores, key=lambda c: (-scores[c], order.get(c, 0)))
+
+
+def next_case(cohort: Cohort, strategy: str, device: str = "auto", uncertainty: bool = False,
+              progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
+    """Pick the most informative candidate and make sure its prediction (and uncertainty map) exist."""
+    from ..volume import write_image, write_mask
+
+    model = None
+    scored = score_candidates(cohort, strategy, device, progress, cancel)
+    order = {c.id: c.position for c in cohort.cases()}
+    ranking = rank(scored["scores"], order)
+    case_id = ranking[0]
+    current = cohort.current_version()
+    out: Dict[str, Any] = {"case": case_id, "image": str(cohort.image_path(case_id)), "strategy": strategy,
+                           "score": scored["scores"][case_id], "version": current, "prediction": None,
+                           "uncertainty": None, "ranking": ranking[:10], "computed": len(scored["computed"])}
+    if current is not None:
+        mask_path, unc_path = prediction_paths(cohort, case_id, current)
+        if not mask_path.is_file() or (uncertainty and not unc_path.is_file()):
+            model = load_dual_model(cohort.weights(current), device)
+            volume = cohort.read_image(case_id)
+            mask, _, _, diff = predict_case(model, volume, cancel)
+            write_mask(mask, volume, mask_path)
+            if uncertainty:
+                write_image(diff, volume, unc_path)
+            cohort.set_prediction(case_id, current, mask_path)
+        out["prediction"] = str(mask_path)
+        out["uncertainty"] = str(unc_path) if uncertainty else None
+    return out
