@@ -12,6 +12,7 @@ from CAMLSegmentationLib.inference import (
     InferenceOptions,
     choose_stitch_device,
     count_windows,
+    flip_combinations,
     gaussian_importance,
     largest_component,
     load_inference_model,
@@ -24,6 +25,7 @@ from CAMLSegmentationLib.inference import (
 )
 from CAMLSegmentationLib.network import SubModel
 from CAMLSegmentationLib.progress import Cancelled, CancelToken
+from CAMLSegmentationLib.settings import AUGMENTATION_FLIP_AXES, InferenceSettings
 from CAMLSegmentationLib.volume import ImageError, Volume
 from inference_helpers import GEOMETRIES, blob_volume, one_thread, tiny_checkpoint, tiny_network
 
@@ -43,7 +45,9 @@ def sub_models(seed: int = 0):
 
 def inference_model(window=(16, 16, 16), spacing=None, seed: int = 0) -> InferenceModel:
     nets = {k: optimize_for_inference(copy.deepcopy(v)) for k, v in sub_models(seed).items()}
-    return InferenceModel(networks=nets, window=window, spacing=spacing, name="tiny")
+    settings = InferenceSettings(window=tuple(window), spacing=None if spacing is None else tuple(spacing),
+                                 normalization="percentile")
+    return InferenceModel(networks=nets, settings=settings, name="tiny")
 
 
 def test_window_starts_follow_the_official_formula() -> None:
@@ -209,16 +213,19 @@ def test_window_covering_the_whole_volume_equals_one_forward_pass() -> None:
             torch.testing.assert_close(got[None], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_tta_is_exactly_flip_invariant() -> None:
+def test_tta_is_exactly_invariant_to_the_flips_training_used() -> None:
     fast = optimize_for_inference(sub_models()["v"])
-    predict = make_predictor([fast], tta=True)
+    predict = make_predictor([fast], flip_combinations(AUGMENTATION_FLIP_AXES))
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.inference_mode():
         a = predict(x)
-        b = predict(x.flip(2, 4)).flip(2, 4)
+        b = predict(x.flip(2, 3)).flip(1, 2)  # image axes i and j: x is [B, C, i, j, k], a is [B, 1, i, j, k]
         plain = make_predictor([fast])(x)
+        slice_flipped = predict(x.flip(4)).flip(4)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(a, plain, atol=1e-4)  # TTA really changes the prediction
+    # The slice axis is not among the flips: a model never saw it mirrored, so TTA does not average it.
+    assert not torch.allclose(a, slice_flipped, atol=1e-4)
 
 
 def test_official_protocol_is_plain_averaging_with_strides_18_18_4() -> None:
@@ -312,15 +319,10 @@ def test_checkpoint_preset_gives_window_and_spacing(tmp_path) -> None:
     assert official.window == (112, 112, 80) and official.spacing is None
 
 
-def test_normalised_volumes_are_used_as_stored() -> None:
-    """An LA h5 crop (already normalised) must not be z-scored again; a raw scan must be."""
+def test_the_intensity_scale_of_the_file_does_not_change_the_result() -> None:
+    """Every volume is normalised from its own voxels: a scanner's (or the LA release's) scale is gone."""
     raw = blob_volume()
     model = inference_model()
-    z = (raw.array - raw.array.mean()) / raw.array.std()
-    shifted = Volume(array=(z + 1.5).astype(np.float32), spacing=raw.spacing, normalized=True)
-    as_raw = Volume(array=shifted.array, spacing=raw.spacing, normalized=False)
-    p_norm = segment_volume(shifted, model).probability
-    p_raw = segment_volume(as_raw, model).probability
-    p_z = segment_volume(Volume(array=z.astype(np.float32), spacing=raw.spacing, normalized=True), model)
-    np.testing.assert_allclose(p_raw, p_z.probability, atol=1e-4)  # raw: z-scored first
-    assert np.abs(p_norm - p_raw).max() > 1e-3  # normalised: the +1.5 offset reaches the network
+    rescaled = Volume(array=(raw.array * 0.013 - 1.7).astype(np.float32), spacing=raw.spacing)
+    np.testing.assert_allclose(segment_volume(raw, model).probability,
+                               segment_volume(rescaled, model).probability, atol=1e-4)

@@ -43,14 +43,14 @@ def _save_random_model(path: Path, base_filters: int, window, seed: int, calibra
     import torch.nn.functional as F
     from CAMLSegmentationLib.checkpoint import save_checkpoint
     from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
-    from CAMLSegmentationLib.preprocess import zscore
+    from CAMLSegmentationLib.preprocess import normalize_intensity
 
     torch.manual_seed(seed)
     net = CAMLNet(NetworkConfig(base_filters=base_filters))
     if calibrate is not None:
         net.eval()
         with torch.no_grad():
-            x = torch.from_numpy(zscore(calibrate))[None, None]
+            x = torch.from_numpy(normalize_intensity(calibrate, "zscore"))[None, None]  # the legacy preset below
             x = F.pad(x, [0, (-x.shape[-1]) % 16, 0, (-x.shape[-2]) % 16, 0, (-x.shape[-3]) % 16])
             logits = net.decoder1(net.encoder1(x))[0]
             margin = (logits[0, 1] - logits[0, 0]).median()
