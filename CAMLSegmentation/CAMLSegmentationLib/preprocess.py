@@ -9,11 +9,9 @@ container never decides the intensity path.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .settings import NORMALIZATIONS, PERCENTILE, ZSCORE
 
@@ -22,6 +20,9 @@ BODY_PERCENTILES = (0.5, 99.5)
 #: Above this many body voxels the percentiles come from a regular subsample (same result to
 #: well under 1 %, a fraction of the time on a 576x576x88 scan).
 _MAX_SAMPLES = 2_000_000
+if TYPE_CHECKING:  # torch is imported where resampling needs it, so `caml --help` stays light
+    import torch
+
 #: Downsampling by more than this factor smooths first (anti-aliasing).
 ANTIALIAS_FACTOR = 1.5
 
@@ -99,6 +100,9 @@ def _antialias(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     structures; sigma = (factor - 1) / 2 voxels of the source grid, the usual
     choice (e.g. scikit-image), removes what the coarser grid cannot hold.
     """
+    import torch
+    import torch.nn.functional as F
+
     for axis, (n, m) in enumerate(zip(t.shape[2:], shape)):
         factor = n / m
         if factor <= ANTIALIAS_FACTOR:
@@ -125,6 +129,9 @@ def resample_to_shape(array: np.ndarray, shape: Sequence[int], mode: str = "line
     grid and its resampled copy cover the same physical extent. ``linear``
     smooths first along axes shrunk by more than 1.5x (anti-aliasing).
     """
+    import torch
+    import torch.nn.functional as F
+
     shape = tuple(int(s) for s in shape)
     squeeze = array.ndim == 3
     if tuple(array.shape[-3:]) == shape:

@@ -40,8 +40,12 @@ def test_shipped_file_matches_its_catalog_entry(shipped) -> None:
     assert shipped.path.stat().st_size < 30 * 2**20  # the repository stays lean
     ckpt = read_checkpoint(shipped.path)
     assert ckpt["sub_models"] == ["v", "a"]  # V for the mask, A as well for the uncertainty map
-    assert list(ckpt["preset"]["patch_size"]) == list(shipped.window)
-    assert list(ckpt["preset"]["spacing"]) == list(shipped.spacing)
+    # How to run it travels with the weights: the training's window, voxel size, the one
+    # normalisation every input gets, and only the flips the augmentation used.
+    settings = ckpt["inference"]
+    assert settings["window"] == list(ckpt["preset"]["patch_size"])
+    assert settings["spacing"] == list(ckpt["preset"]["spacing"])
+    assert settings["normalization"] == "percentile" and settings["flip_axes"] == [0, 1]
     assert ckpt["trained"]["supervised_only"] is False
     # The card's validation cases never entered training as labeled data.
     assert not set(shipped.metrics["per_case_dice"]) & set(ckpt["trained"]["split"]["labeled"])

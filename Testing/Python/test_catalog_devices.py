@@ -29,7 +29,7 @@ def test_bundled_catalog_is_valid_and_documents_its_schema() -> None:
     path = bundled_catalog_path()
     assert path.is_file(), path
     data = json.loads(path.read_text())
-    for key in ("id", "version", "file", "sha256", "preset", "spacing", "window", "training_data", "metrics"):
+    for key in ("id", "version", "file", "sha256", "preset", "training_data", "metrics"):
         assert key in data["_schema"]
     for entry in read_catalog(path):  # every bundled model must be usable
         assert verify(entry) == entry.path
@@ -47,8 +47,10 @@ def test_register_reads_preset_and_verifies_checksum(tmp_path: Path) -> None:
     loaded = read_catalog(catalog, "user")
     assert len(loaded) == 1
     e = loaded[0]
-    assert (e.id, e.version, e.preset, e.window, e.spacing) == ("la-tiny", "3", "tiny", (32, 32, 16),
-                                                                 (1.25, 1.25, 1.25))
+    assert (e.id, e.version, e.preset) == ("la-tiny", "3", "tiny")
+    # Window and voxel size travel inside the stored weights; the entry has no copy to drift.
+    assert not hasattr(e, "window") and not hasattr(e, "spacing")
+    assert stored["inference"]["window"] == [32, 32, 16] and stored["inference"]["spacing"] == [1.25] * 3
     assert e.metrics == {"dice": 0.5} and e.training == "60 iterations on a test machine"
     assert verify(e) == e.path
     assert find_model("la-tiny", loaded) is e and default_model(loaded) is e
