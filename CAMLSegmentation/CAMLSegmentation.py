@@ -615,7 +615,8 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
 
     #: Python packages ``caml segment`` needs besides torch (import name -> pip requirement). h5py is
     #: not among them: only ``.h5`` input and training read HDF5, and they import it when they do.
-    ENGINE_REQUIREMENTS = {"numpy": "numpy>=1.21", "scipy": "scipy>=1.7", "SimpleITK": "SimpleITK>=2.1"}
+    ENGINE_REQUIREMENTS = {"numpy": "numpy>=1.21", "scipy": "scipy>=1.7", "SimpleITK": "SimpleITK>=2.1",
+                           "filelock": "filelock>=3.0"}
     #: Packages Slicer bundles: never reinstalled or upgraded from here.
     SLICER_BUNDLED = ("numpy", "SimpleITK", "requests")
 
