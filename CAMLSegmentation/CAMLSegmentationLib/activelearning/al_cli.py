@@ -118,7 +118,9 @@ def _progress(args: argparse.Namespace) -> Any:
 
 def _emit(args: argparse.Namespace, result: Dict[str, Any], text: str) -> int:
     if getattr(args, "progress", None) == "json":
-        print(json.dumps(dict({"event": "done"}, outputs=result), default=str), flush=True)
+        from ..progress import emit_final
+
+        emit_final(dict({"event": "done"}, outputs=result))  # the one final event of the job
     elif args.json:
         print(json.dumps(result, default=str, indent=2))
     else:
@@ -127,20 +129,9 @@ def _emit(args: argparse.Namespace, result: Dict[str, Any], text: str) -> int:
 
 
 def _json_errors(args: argparse.Namespace, func: Any) -> int:
-    """In ``--progress json`` mode, end stdout with an ``error`` line before the error propagates."""
-    from ..progress import Cancelled
-
-    try:
-        return func()
-    except Cancelled as exc:
-        if getattr(args, "progress", None) == "json":
-            print(json.dumps({"event": "error", "message": str(exc), "cancelled": True}), flush=True)
-        raise
-    except Exception as exc:
-        if getattr(args, "progress", None) == "json":
-            print(json.dumps({"event": "error", "message": str(exc).splitlines()[0] if str(exc) else
-                              type(exc).__name__}), flush=True)
-        raise
+    """Run a command's work. Errors and cancels propagate to ``cli.main``, which ends a
+    ``--progress json`` stdout with exactly one ``error`` or ``cancelled`` event."""
+    return func()
 
 
 def run_init(args: argparse.Namespace) -> int:
