@@ -318,3 +318,36 @@ def test_sigterm_stops_with_a_resumable_checkpoint(dataset, tmp_path):
     ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["iteration"] >= 3 and "optimizer" in ckpt
     assert not list((tmp_path / "run").glob(".*"))  # no temporary file left behind
+
+
+def test_validation_is_the_predictor_caml_evaluate_runs_on_any_layout(dataset, tmp_path, capsys):
+    """One predictor: the Dice that picks best.pt is the Dice `caml evaluate` reports, and evaluate
+    reads the generic layout `caml train` reads as well as LA .h5 (here: the same cases as NRRD)."""
+    from CAMLSegmentationLib.data import open_source
+    from CAMLSegmentationLib.volume import write_image, write_mask
+
+    (tmp_path / "val.list").write_text("case004\ncase005\n")
+    preset = TINY.with_overrides(iterations=4, val_start=4, val_interval=4)
+    train(TrainConfig(dataset, tmp_path / "run", preset, labeled=2, val_list=tmp_path / "val.list", seed=5))
+    val = read_checkpoint(tmp_path / "run" / "best.pt")["val"]["per_case"]
+    generic = tmp_path / "generic"
+    (generic / "images").mkdir(parents=True)
+    (generic / "labels").mkdir()
+    source = open_source(dataset)
+    for case_id in ("case004", "case005"):
+        volume, label = source.read(case_id)
+        write_image(volume.array, volume, generic / "images" / f"{case_id}.nrrd")
+        write_mask(label, volume, generic / "labels" / f"{case_id}.nrrd")
+    for data_root in (dataset, generic):
+        out = tmp_path / f"eval-{data_root.name}"
+        assert caml(["evaluate", "--data", str(data_root), "--list", str(tmp_path / "val.list"),
+                     "--weights", str(tmp_path / "run" / "best.pt"), "--out", str(out), "--progress", "none"]) == 0
+        rows = json.loads((out / "metrics.json").read_text())["cases"]
+        assert {r["case"]: pytest.approx(val[r["case"]], abs=1e-6) for r in rows} == val
+    capsys.readouterr()
+    # Effective values, not rules: what the run really used is recorded with it.
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["rampup_length"] == 4.0 and config["split"]["validation"] == ["case004", "case005"]
+    assert config["inference"] == {"window": [32, 32, 16], "spacing": None, "normalization": "percentile",
+                                   "flip_axes": [0, 1], "threshold": 0.5}
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["inference"] == config["inference"]
