@@ -43,12 +43,3 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
 
-
-def describe(device: torch.device) -> str:
-    """A short human description: ``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 ...)``."""
-    import torch
-
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return f"cpu ({torch.get_num_threads()} threads)"

@@ -30,14 +30,6 @@ LEFT_ATRIUM_TERMINOLOGY = SEGMENT_TERMINOLOGY
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def _ijk_to_ras(volume: Volume) -> np.ndarray:
-    """4x4 IJK -> RAS matrix of a Volume (whose geometry is LPS)."""
-    m = np.eye(4)
-    m[:3, :3] = _RAS_TO_LPS @ np.asarray(volume.direction, dtype=float) @ np.diag(volume.spacing)
-    m[:3, 3] = _RAS_TO_LPS @ np.asarray(volume.origin, dtype=float)
-    return m
-
-
 def _vtk_matrix(m: np.ndarray) -> Any:
     import vtk
 
