@@ -406,6 +406,17 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return (labels == int(sizes.argmax())).astype(mask.dtype)
 
 
+def content_box(array: np.ndarray) -> Tuple[slice, slice, slice]:
+    """The smallest box holding every voxel brighter than the image's minimum (the whole grid if none)."""
+    body = array > array.min()
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(body.any(axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, array.shape[axis]))
+    return tuple(box)  # type: ignore[return-value]
+
+
 def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOptions = InferenceOptions(),
                    progress: Optional[ProgressCallback] = None,
                    cancel: Optional[CancelToken] = None) -> SegmentationResult:
@@ -424,10 +435,15 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
 
     # One intensity path for every input, the one the model was trained with (its settings).
     settings = model.settings
-    image = normalize_intensity(volume.array, settings.normalization)
-    target_shape = volume.shape
+    # Constant background at the image's minimum around the body (padding a resampler or a crop
+    # tool added, zero-filled air) holds nothing to segment and is not image content: the model
+    # sees only the box around everything brighter, so padding an image cannot move its windows.
+    box = content_box(volume.array)
+    region = volume.array[box]
+    image = normalize_intensity(region, settings.normalization)
+    target_shape = region.shape
     if options.resample and model.spacing is not None:
-        target_shape = shape_for_spacing(volume.shape, volume.spacing, model.spacing)
+        target_shape = shape_for_spacing(region.shape, volume.spacing, model.spacing)
         check_size(target_shape, "image", "resampled to the model's voxel size, a grid")
         image = resample_to_shape(image, target_shape, mode="linear")
     strides = options.strides or strides_for_overlap(model.window, options.overlap)
@@ -442,8 +458,12 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
                                device=model.device, amp=options.amp, progress=progress, cancel=cancel)
     del image
     probs_np = probs.numpy()
-    if tuple(probs_np.shape[1:]) != volume.shape:
-        probs_np = resample_to_shape(probs_np, volume.shape, mode="linear")
+    if tuple(probs_np.shape[1:]) != tuple(region.shape):
+        probs_np = resample_to_shape(probs_np, region.shape, mode="linear")
+    if tuple(region.shape) != volume.shape:
+        full = np.zeros((probs_np.shape[0],) + volume.shape, dtype=np.float32)
+        full[(slice(None),) + box] = probs_np
+        probs_np = full
     p_v = probs_np[0]
     probability = probs_np.mean(axis=0) if options.ensemble else p_v
     uncertainty = np.abs(probs_np[0] - probs_np[1]).astype(np.float32) if options.uncertainty else None
@@ -454,6 +474,7 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
             "window": list(model.window), "strides": list(strides), "window_layout": options.window_layout,
             "windows": count_windows(target_shape, model.window, strides),
             "network_grid": list(target_shape), "input_grid": list(volume.shape),
+            "content_box": [[b.start, b.stop] for b in box],
             "models": order, "tta": options.tta, "flips": [list(f) for f in flips], "lcc": options.lcc,
             "normalization": settings.normalization, "threshold": threshold,
             "seconds": round(time.perf_counter() - start, 3)}

@@ -39,9 +39,7 @@ def _shared_dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * inter / total
 
 
-@pytest.mark.parametrize("case", CONTAINER_CASES)
-def test_same_voxels_same_mask_whatever_the_container(la_root: Path, tmp_path: Path, case: str) -> None:
-    """The bundled model gives the same mask for an LA case as .h5, as NRRD, cropped and padded."""
+def _container_masks(la_root: Path, tmp_path: Path, case: str):
     from CAMLSegmentationLib.catalog import default_model, verify
     from CAMLSegmentationLib.inference import load_inference_model
     from CAMLSegmentationLib.volume import Volume, write_image
@@ -70,9 +68,24 @@ def test_same_voxels_same_mask_whatever_the_container(la_root: Path, tmp_path: P
     # Every mask on the original grid's voxels it covers: the crop covers only the box.
     full = {"h5": masks["h5"], "nrrd": masks["nrrd"],
             "padded": masks["padded"][pad:-pad, pad:-pad, pad:-pad]}
-    assert masks["h5"].any(), f"{case}: empty mask"
+    return full, masks["cropped"], box
+
+
+@pytest.mark.parametrize("case", CONTAINER_CASES)
+def test_same_voxels_same_mask_whatever_the_container(la_root: Path, tmp_path: Path, case: str) -> None:
+    """The bundled model gives the same mask for an LA case as .h5, as NRRD and padded with background."""
+    full, _, _ = _container_masks(la_root, tmp_path, case)
+    assert full["h5"].any(), f"{case}: empty mask"
     names = list(full)
     for n, a in enumerate(names):
         for b in names[n + 1:]:
             assert _shared_dice(full[a], full[b]) >= 0.97, (case, a, b)
-        assert _shared_dice(full[a][box], masks["cropped"]) >= 0.97, (case, a, "cropped")
+
+
+@pytest.mark.xfail(strict=True, reason="known defect (issue #10): the cpu model depends on its field of view; "
+                                       "a central 80 % box gives Dice 0.84 (RSZY41) and 0.93 (Q7J0WY) against "
+                                       "the full image, the target is 0.97")
+@pytest.mark.parametrize("case", CONTAINER_CASES)
+def test_an_roi_crop_keeps_the_mask(la_root: Path, tmp_path: Path, case: str) -> None:
+    full, cropped, box = _container_masks(la_root, tmp_path, case)
+    assert _shared_dice(full["h5"][box], cropped) >= 0.97, (case, "cropped")
