@@ -156,8 +156,8 @@ def test_a_malicious_pickle_runs_nothing_through_any_command(tmp_path: Path, ima
 def test_official_state_dicts_and_the_shipped_model_still_load(tmp_path: Path) -> None:
     official = read_checkpoint(tiny_checkpoint(tmp_path / "iter_15000.pth", official=True))
     assert official["source"] == "plain state_dict" and len(official["model"]) > 100
-    shipped = REPO / "Resources" / "Models" / "caml-la-cpu8-1.pt"
-    assert read_checkpoint(shipped)["trained"]["iteration"] > 0
+    shipped = catalog.default_model(catalog.read_catalog(catalog.bundled_catalog_path(), "bundled"))
+    assert shipped is not None and read_checkpoint(shipped.path)["trained"]["iteration"] > 0
 
 
 def test_checkpoints_hold_only_plain_types(tmp_path: Path) -> None:
