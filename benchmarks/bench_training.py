@@ -55,27 +55,16 @@ def fill_bank(bank, preset, correct: float, rng: np.random.Generator) -> int:
     return sum(bank.count(c) for c in range(bank.num_classes))
 
 
+def permutation_draw(population: int, count: int, generator=None):
+    """The earlier draw of ``MemoryBank.sample``: a permutation of every stored entry, kept for comparison."""
+    return torch.randperm(population, generator=generator, device="cpu")[:count]
+
+
 def sample_by_permutation(bank, per_class: int, generator=None):
-    """The earlier ``MemoryBank.sample``: a permutation of every stored entry per class, kept for comparison."""
-    out = []
-    for c in range(bank.num_classes):
-        parts = [s[c] for s in bank.slots if s is not None and s[c].shape[0] > 0]
-        total = sum(int(p.shape[0]) for p in parts)
-        if total < per_class or per_class <= 0:
-            out.append(None)
-            continue
-        idx = torch.randperm(total, generator=generator, device="cpu")[:per_class].to(bank.device)
-        sizes = torch.tensor([p.shape[0] for p in parts], device=bank.device)
-        ends = torch.cumsum(sizes, 0)
-        which = torch.searchsorted(ends, idx, right=True)
-        rows = idx - (ends - sizes)[which]
-        picked = torch.empty(per_class, bank.feat_dim, device=bank.device)
-        for k, part in enumerate(parts):
-            sel = which == k
-            if bool(sel.any()):
-                picked[sel] = part[rows[sel]]
-        out.append(picked)
-    return out
+    from CAMLSegmentationLib.occ import MemoryBank
+
+    # The class's own method: the benchmark may have replaced ``bank.sample`` with this function.
+    return MemoryBank.sample(bank, per_class, generator, draw=permutation_draw)
 
 
 def make_bank(preset, args, device: torch.device):

@@ -44,11 +44,6 @@ IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
 #: (images folder, labels folder, channel suffix of image names) for the generic layouts.
 GENERIC_FOLDERS = (("images", "labels", ""), ("imagesTr", "labelsTr", "_0000"))
 
-# Geometry agreement between an image and its label file: mm for spacing and
-# origin (NIfTI stores them as float32), unitless for the direction cosines.
-_GEOMETRY_TOL_MM = 1e-3
-_DIRECTION_TOL = 1e-4
-
 
 class DataError(CAMLError, ValueError):
     """A problem with the training data; the message names the file, folder or case and the problem."""
@@ -332,22 +327,11 @@ class FolderSource(CaseSource):
         if label.shape != volume.shape:
             raise DataError(f"{label_path}: label shape {label.shape} differs from image shape "
                             f"{volume.shape} of {image_path.name}")
-        problems = []
-        if not np.allclose(label.spacing, volume.spacing, rtol=0, atol=_GEOMETRY_TOL_MM):
-            problems.append(f"spacing {_fmt(label.spacing)} vs {_fmt(volume.spacing)}")
-        if not np.allclose(label.origin, volume.origin, rtol=0, atol=_GEOMETRY_TOL_MM):
-            problems.append(f"origin {_fmt(label.origin)} vs {_fmt(volume.origin)}")
-        if not np.allclose(label.direction, volume.direction, rtol=0, atol=_DIRECTION_TOL):
-            problems.append("direction " + _fmt(np.ravel(label.direction)) + " vs "
-                            + _fmt(np.ravel(volume.direction)))
+        problems = volume.grid_differences(label)
         if problems:
             raise DataError(f"{label_path}: label geometry differs from image {image_path.name}: "
                             + "; ".join(problems))
         return volume, label.array
-
-
-def _fmt(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
 def _read_volume(path: Path) -> Volume:

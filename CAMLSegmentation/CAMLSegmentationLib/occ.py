@@ -17,7 +17,7 @@ each voxel with features of other voxels and channels.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -71,13 +71,15 @@ class MemoryBank:
     def count(self, cls: int) -> int:
         return sum(int(s[cls].shape[0]) for s in self.slots if s is not None)
 
-    def sample(self, per_class: int, generator: Optional[torch.Generator] = None) -> List[Optional[torch.Tensor]]:
+    def sample(self, per_class: int, generator: Optional[torch.Generator] = None,
+               draw: Callable[..., torch.Tensor] = sample_without_replacement) -> List[Optional[torch.Tensor]]:
         """Draw ``per_class`` distinct entries per class, uniformly over all stored voxels.
 
         Returns one ``[per_class, D]`` tensor per class, or None for a class
         with fewer stored entries than asked (as the official code does).
         The work is O(per_class + cases), not O(stored voxels): a full bank
-        of paper-size cases holds millions of entries per class.
+        of paper-size cases holds millions of entries per class. ``draw(population,
+        count, generator)`` picks the indices (the benchmark passes the old full permutation).
         """
         out: List[Optional[torch.Tensor]] = []
         for c in range(self.num_classes):
@@ -86,7 +88,7 @@ class MemoryBank:
             if total < per_class or per_class <= 0:
                 out.append(None)
                 continue
-            idx = sample_without_replacement(total, per_class, generator).to(self.device)
+            idx = draw(total, per_class, generator).to(self.device)
             # Map global indices to (case, row) through the cumulative counts: no concatenation.
             sizes = torch.tensor([p.shape[0] for p in parts], device=self.device)
             ends = torch.cumsum(sizes, 0)

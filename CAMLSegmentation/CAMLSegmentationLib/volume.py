@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -87,6 +87,16 @@ def check_size(shape: Sequence[int], source: PathLike, what: str = "image") -> N
                              f"(set CAML_MAX_VOXELS to raise it if the machine has the memory)")
 
 
+#: Geometry agreement between an image and a label on its grid: mm for spacing and origin
+#: (NIfTI stores them as float32), unitless for the direction cosines.
+GRID_TOL_MM = 1e-3
+DIRECTION_TOL = 1e-4
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
 @dataclass
 class Volume:
     """A 3D image: ``array[i, j, k]`` plus spacing (mm), origin (mm) and a 3x3 direction matrix.
@@ -102,6 +112,21 @@ class Volume:
     @property
     def shape(self) -> Tuple[int, int, int]:
         return tuple(self.array.shape)  # type: ignore[return-value]
+
+    def grid_differences(self, other: Volume) -> List[str]:
+        """How ``other``'s grid differs from this one, as readable items (empty: the same grid).
+
+        Shape exactly; spacing and origin to 0.001 mm and direction cosines to 1e-4, since NIfTI
+        stores them as float32. What a label must match to lie on its image's grid.
+        """
+        if self.shape != other.shape:
+            return [f"shape {other.shape} vs {self.shape}"]
+        problems = []
+        for name, tol in (("spacing", GRID_TOL_MM), ("origin", GRID_TOL_MM), ("direction", DIRECTION_TOL)):
+            mine, theirs = np.ravel(getattr(self, name)), np.ravel(getattr(other, name))
+            if not np.allclose(theirs, mine, rtol=0, atol=tol):
+                problems.append(f"{name} {_fmt(theirs)} vs {_fmt(mine)}")
+        return problems
 
     def same_geometry(self, other: Volume, tol: float = 1e-4) -> bool:
         return (self.shape == other.shape

@@ -54,8 +54,6 @@ DEFAULT_VAL_EVERY = 4
 DEFAULT_PRESET = "al-finetune"
 
 # Geometry agreement between a label and its image (as data.py checks it when training).
-_GEOMETRY_TOL_MM = 1e-3
-_DIRECTION_TOL = 1e-4
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -676,21 +674,7 @@ class Cohort:
 
 
 def _check_label_geometry(label: Volume, image: Volume, case_id: str) -> None:
-    problems = []
-    if tuple(label.shape) != tuple(image.shape):
-        problems.append(f"shape {tuple(label.shape)} vs {tuple(image.shape)}")
-    else:
-        if not np.allclose(label.spacing, image.spacing, rtol=0, atol=_GEOMETRY_TOL_MM):
-            problems.append(f"spacing {_fmt(label.spacing)} vs {_fmt(image.spacing)}")
-        if not np.allclose(label.origin, image.origin, rtol=0, atol=_GEOMETRY_TOL_MM):
-            problems.append(f"origin {_fmt(label.origin)} vs {_fmt(image.origin)}")
-        if not np.allclose(label.direction, image.direction, rtol=0, atol=_DIRECTION_TOL):
-            problems.append("direction " + _fmt(np.ravel(label.direction)) + " vs "
-                            + _fmt(np.ravel(image.direction)))
+    problems = image.grid_differences(label)
     if problems:
         raise CohortError(f"label of case {case_id!r} is not on its image's grid: " + "; ".join(problems)
                           + " (label, image)")
-
-
-def _fmt(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
