@@ -30,7 +30,7 @@ from .errors import CAMLError
 from .preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 from .settings import AUGMENTATION_FLIP_AXES, PERCENTILE
-from .volume import Volume, read_image, read_la_h5
+from .volume import ImageError, Volume, check_intensities, read_image, read_la_h5
 
 PathLike = Union[str, Path]
 
@@ -166,9 +166,10 @@ class CaseSource:
         """Read, check and preprocess one case; see :func:`load_cases`."""
         volume, label = self.read(case_id, with_label)
         try:
-            image = normalize_intensity(volume.array, normalization)
-        except ValueError as exc:
-            raise DataError(f"{self.describe(case_id)}: {exc}") from exc
+            check_intensities(volume.array, self.describe(case_id))
+        except ImageError as exc:
+            raise DataError(str(exc)) from exc
+        image = normalize_intensity(volume.array, normalization)
 
         spacing = tuple(float(s) for s in volume.spacing)
         if target_spacing is not None:

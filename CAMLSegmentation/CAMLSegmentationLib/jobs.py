@@ -235,10 +235,6 @@ class Job:
             if _file_state(path) != self._before[path] and path.is_file():
                 path.unlink()
 
-    @property
-    def stderr_tail(self) -> str:
-        return "\n".join(self._stderr)
-
 
 def parse_event(line: str) -> Optional[Dict[str, Any]]:
     """One stdout line as an event dict; non-JSON lines become ``log`` events, blank lines ``None``."""

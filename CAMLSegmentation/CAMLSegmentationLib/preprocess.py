@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 import numpy as np
 
 from .settings import NORMALIZATIONS, PERCENTILE, ZSCORE
+from .volume import check_intensities
 
 #: Percentiles of the body's intensities mapped to 0 and 1.
 BODY_PERCENTILES = (0.5, 99.5)
@@ -25,16 +26,6 @@ if TYPE_CHECKING:  # torch is imported where resampling needs it, so `caml --hel
 
 #: Downsampling by more than this factor smooths first (anti-aliasing).
 ANTIALIAS_FACTOR = 1.5
-
-
-def check_intensities(array: np.ndarray) -> np.ndarray:
-    """The array as float32, after refusing NaN/Inf and constant images (nothing to normalise)."""
-    a = np.asarray(array, dtype=np.float32)
-    if not np.isfinite(a).all():
-        raise ValueError("image has NaN or Inf voxels")
-    if a.size == 0 or float(a.max()) - float(a.min()) <= 1e-8 * max(1.0, float(np.abs(a).max())):
-        raise ValueError("image is constant (zero intensity variance): nothing to segment")
-    return a
 
 
 def body_percentiles(array: np.ndarray, percentiles: Sequence[float] = BODY_PERCENTILES) -> Tuple[float, float]:

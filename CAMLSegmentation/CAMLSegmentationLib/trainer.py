@@ -467,9 +467,178 @@ def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
     return split, labeled, unlabeled, validation
 
 
+def _read_resume_state(cfg: TrainConfig, last_path: Path) -> Optional[Dict[str, Any]]:
+    """The checkpoint ``--resume`` continues (checked to be resumable), or None for a new run."""
+    if last_path.exists() and not cfg.resume:
+        raise UserError(f"{last_path.parent} already holds a training run (last.pt); pass --resume to "
+                        "continue it or choose another --out")
+    if not cfg.resume:
+        return None
+    if not last_path.exists():
+        raise MissingFileError(f"{last_path}: nothing to resume (no last.pt in the output folder)")
+    state = read_checkpoint(last_path)
+    for key in ("optimizer", "iteration", "memory_bank", "split"):
+        if key not in state:
+            raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no {key!r})")
+    if "rank_states" not in state and "rng" not in state:
+        raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no 'rank_states')")
+    return state
+
+
+class TrainingRun:
+    """One training job, in four parts: set up (constructor), :meth:`restore`, :meth:`step`, :meth:`after_step`.
+
+    :func:`train` drives it; the parts are separate so each reads as one idea
+    and the resumable state (what :meth:`checkpoint` writes) is in one place.
+    """
+
+    def __init__(self, cfg: TrainConfig, split: data_mod.Split, labeled: List[data_mod.Case],
+                 unlabeled: List[data_mod.Case], validation: List[ValidationCase],
+                 device: torch.device, rank: int, world: int, progress: ProgressCallback) -> None:
+        preset = self.preset = cfg.preset
+        self.cfg, self.device, self.rank, self.world, self.progress = cfg, device, rank, world, progress
+        self.labeled, self.unlabeled, self.validation = labeled, unlabeled, validation
+        self.out_dir = Path(cfg.out_dir)
+        self.last_path = self.out_dir / "last.pt"
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed + rank)
+        net_cfg = NetworkConfig(base_filters=preset.base_filters, feat_dim=preset.feat_dim,
+                                dropout=preset.dropout, cma=preset.cma)
+        # Channels-last 3D lets oneDNN / cuDNN pick their fast convolution kernels (about 20 % per
+        # iteration on a CPU core); parameters keep their names and values, checkpoints are unchanged.
+        self.net = CAMLNet(net_cfg).to(device, memory_format=torch.channels_last_3d)
+        self.bank = MemoryBank(len(labeled), net_cfg.num_classes, net_cfg.feat_dim, device)
+        self.objective = CAMLObjective(self.net, self.bank, preset, cfg.supervised_only).to(device)
+        self.objective.memory_generator.manual_seed(cfg.seed + 7919 * rank)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=preset.lr, momentum=preset.momentum,
+                                         weight_decay=preset.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=preset.amp and device.type == "cuda")
+        self.n_unlabeled_batch = 0 if cfg.supervised_only else preset.unlabeled_batch
+        self.sampler = TwoStreamSampler(len(labeled), max(len(unlabeled), 1), self.rng)
+        self.start_iter = self.iteration = self.completed = 0
+        self.best_dice: Optional[float] = None
+        self.best_iter: Optional[int] = None
+        self.history: List[Dict[str, Any]] = []
+        self.settings = InferenceSettings.from_preset(preset)
+        # Effective values, not rules: the ramp-up length actually used goes with the resolved preset.
+        self.meta = {"network": net_cfg.to_dict(), "preset": preset.to_dict(),
+                     "inference": self.settings.to_dict(), "rampup_length": preset.rampup_for(len(labeled)),
+                     "split": {"labeled": split.labeled, "unlabeled": split.unlabeled,
+                               "validation": split.validation},
+                     "data_root": str(cfg.data_root), "seed": cfg.seed,
+                     "supervised_only": cfg.supervised_only, "world_size": world}
+        self.model: nn.Module = self.objective
+        # What a step cut by an error must roll back so the checkpoint stays exact.
+        self._snapshot: Optional[Tuple[Any, ...]] = None
+
+    # -- restore ---------------------------------------------------------------------------
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Continue from a resumable checkpoint: weights, optimizer, bank, scaler and this rank's streams."""
+        try:
+            self.net.load_state_dict(state["model"], strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.bank.load_state_dict(state["memory_bank"])
+            restore_scaler(self.scaler, state.get("scaler"))
+            _restore_rank_state(state, self.rank, self.world, self.cfg.seed, self.rng, self.objective,
+                                self.sampler)
+            self.start_iter = self.iteration = self.completed = int(state["iteration"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"{self.last_path}: incompatible checkpoint "
+                                  f"({type(exc).__name__}: {exc})") from exc
+        self.best_dice, self.best_iter = state.get("best_dice"), state.get("best_iteration")
+        self.history = list(state.get("history", []))
+
+    def wrap_distributed(self) -> None:
+        if self.world > 1:
+            # Supervised-only runs never use the OCC heads: let DDP know some parameters get no gradient.
+            self.model = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.cfg.supervised_only)
+
+    def checkpoint(self, iteration: int, rank_states: Optional[List[Dict[str, Any]]]) -> Dict[str, Any]:
+        """The resumable state at ``iteration`` (``last.pt``)."""
+        return dict(self.meta, model=self.net.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scaler=self.scaler.state_dict(), memory_bank=self.bank.state_dict(),
+                    rank_states=rank_states, iteration=iteration, best_dice=self.best_dice,
+                    best_iteration=self.best_iter, history=self.history)
+
+    # -- step ------------------------------------------------------------------------------
+    def step(self) -> Dict[str, Any]:
+        """One optimisation step; returns its record (iteration and loss terms)."""
+        preset, device = self.preset, self.device
+        # A cancel signal during the step is held back to its end: stopping mid-step would
+        # leave BatchNorm statistics and the optimizer half-updated, and the resumed run
+        # would differ from an uninterrupted one.
+        with deferred_cancel(raise_at_end=False):
+            self._snapshot = (_rng_state(self.rng, self.objective), [list(q) for q in self.sampler.queues],
+                              list(self.bank.slots))
+            li, ui = self.sampler.next(preset.labeled_batch, self.n_unlabeled_batch)
+            x, y = make_batch(self.labeled, self.unlabeled, li, ui, preset, self.rng)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+            y = y.to(device, non_blocking=True)
+            self.iteration += 1
+            lambda_c, lambda_o = loss_weights(preset, self.iteration, len(self.labeled))
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(preset, self.iteration - 1)
+            loss, parts = self.model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o)
+            if not math.isfinite(parts["loss"]):
+                raise FloatingPointError(f"loss became {parts['loss']} at iteration {self.iteration}; "
+                                         "the last good checkpoint is kept")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.completed, self._snapshot = self.iteration, None
+        return {"iteration": self.iteration, **parts}
+
+    # -- after the step --------------------------------------------------------------------
+    def after_step(self, record: Dict[str, Any]) -> None:
+        """Validation (best.pt), the log line, the periodic last.pt and the progress event."""
+        preset, iteration = self.preset, self.iteration
+        parts = {k: v for k, v in record.items() if k != "iteration"}
+        if self.validation and iteration >= preset.val_start and (
+                iteration % preset.val_interval == 0 or iteration == preset.iterations):
+            if self.rank == 0:
+                val = validate(self.net, self.validation, self.settings, self.device)
+                record["val_dice"] = val["dice"]
+                if self.best_dice is None or val["dice"] > self.best_dice:
+                    self.best_dice, self.best_iter = val["dice"], iteration
+                    save_checkpoint(self.out_dir / "best.pt", dict(self.meta, model=self.net.state_dict(),
+                                                                   iteration=iteration, val=val))
+                LOG.info("iteration %d validation Dice %.4f (best %.4f at %d)", iteration, val["dice"],
+                         self.best_dice, self.best_iter)
+        if iteration % self.cfg.log_every == 0 or "val_dice" in record or iteration == preset.iterations:
+            self.history.append(record)
+            if self.rank == 0:
+                LOG.info("iteration %d " + " ".join(f"{k} %.4f" for k in parts), iteration, *parts.values())
+        if iteration % preset.checkpoint_interval == 0 or iteration == preset.iterations:
+            # Every rank reaches this at the same iteration, so the gather cannot hang.
+            rank_states = _gather_rank_states(_rank_state(self.rng, self.objective, self.sampler),
+                                              self.rank, self.world)
+            if self.rank == 0:
+                save_checkpoint(self.last_path, self.checkpoint(iteration, rank_states))
+        self.progress(ProgressEvent("train", iteration, preset.iterations,
+                                    values={k: round(v, 5) for k, v in record.items() if k != "iteration"}))
+
+    def save_interrupted(self) -> None:
+        """Keep what was learned: a resumable checkpoint at the last completed iteration."""
+        if self._snapshot is not None:
+            _set_rng_state(self._snapshot[0], self.rng, self.objective)
+            self.sampler.queues = self._snapshot[1]
+            self.bank.slots = self._snapshot[2]
+        # Under DDP the other ranks' states cannot be gathered from here (they may be
+        # anywhere in their step), so the last periodic checkpoint stands.
+        if self.rank == 0 and self.world == 1 and self.completed > self.start_iter and self.out_dir.exists():
+            save_checkpoint(self.last_path, self.checkpoint(
+                self.completed, [_rank_state(self.rng, self.objective, self.sampler)]))
+            LOG.info("stopped at iteration %d; resumable checkpoint written", self.completed)
+        elif self.rank == 0 and self.world > 1:
+            LOG.info("stopped at iteration %d; the last periodic checkpoint (last.pt) is kept", self.completed)
+
+
 def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
           cancel: Optional[CancelToken] = None) -> TrainResult:
-    """Run (or resume) a training job; see the module docstring."""
+    """Run (or resume) a training job; see the module docstring and :class:`TrainingRun`."""
     preset = cfg.preset
     rank, world = _distributed()
     device = resolve_device(cfg.device)
@@ -477,164 +646,46 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     out_dir = Path(cfg.out_dir)
-    last_path = out_dir / "last.pt"
-    if last_path.exists() and not cfg.resume:
-        raise UserError(f"{out_dir} already holds a training run (last.pt); pass --resume to continue it "
-                         "or choose another --out")
-    resume_state = None
-    if cfg.resume:
-        if not last_path.exists():
-            raise MissingFileError(f"{last_path}: nothing to resume (no last.pt in the output folder)")
-        resume_state = read_checkpoint(last_path)
-        for key in ("optimizer", "iteration", "memory_bank", "split"):
-            if key not in resume_state:
-                raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no {key!r})")
-        if "rank_states" not in resume_state and "rng" not in resume_state:
-            raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no 'rank_states')")
+    resume_state = _read_resume_state(cfg, out_dir / "last.pt")
 
     split, labeled, unlabeled, validation = prepare_data(cfg, progress)
     saved_split = resume_state.get("split") if resume_state is not None else None
     if resume_state is not None and (not isinstance(saved_split, dict) or saved_split.get("labeled") != split.labeled):
-        raise CheckpointError(f"{last_path}: incompatible checkpoint: it was trained with other labeled "
-                              "cases than this command selects")
+        raise CheckpointError(f"{out_dir / 'last.pt'}: incompatible checkpoint: it was trained with other "
+                              "labeled cases than this command selects")
 
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed + rank)
-    net_cfg = NetworkConfig(base_filters=preset.base_filters, feat_dim=preset.feat_dim,
-                            dropout=preset.dropout, cma=preset.cma)
-    # Channels-last 3D lets oneDNN / cuDNN pick their fast convolution kernels (about 20 % per
-    # iteration on a CPU core); parameters keep their names and values, checkpoints are unchanged.
-    net = CAMLNet(net_cfg).to(device, memory_format=torch.channels_last_3d)
-    if cfg.init_weights is not None and resume_state is None:
-        load_initial_weights(net, cfg.init_weights)
-    bank = MemoryBank(len(labeled), net_cfg.num_classes, net_cfg.feat_dim, device)
-    objective = CAMLObjective(net, bank, preset, cfg.supervised_only).to(device)
-    objective.memory_generator.manual_seed(cfg.seed + 7919 * rank)
-    optimizer = torch.optim.SGD(net.parameters(), lr=preset.lr, momentum=preset.momentum,
-                                weight_decay=preset.weight_decay)
-    use_amp = preset.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    n_unlabeled_batch = 0 if cfg.supervised_only else preset.unlabeled_batch
-    sampler = TwoStreamSampler(len(labeled), max(len(unlabeled), 1), rng)
-
-    start_iter, best_dice, best_iter, history = 0, None, None, []
+    run = TrainingRun(cfg, split, labeled, unlabeled, validation, device, rank, world, progress)
     if resume_state is not None:
-        try:
-            net.load_state_dict(resume_state["model"], strict=True)
-            optimizer.load_state_dict(resume_state["optimizer"])
-            bank.load_state_dict(resume_state["memory_bank"])
-            restore_scaler(scaler, resume_state.get("scaler"))
-            _restore_rank_state(resume_state, rank, world, cfg.seed, rng, objective, sampler)
-            start_iter = int(resume_state["iteration"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            raise CheckpointError(f"{last_path}: incompatible checkpoint ({type(exc).__name__}: {exc})") from exc
-        best_dice, best_iter = resume_state.get("best_dice"), resume_state.get("best_iteration")
-        history = list(resume_state.get("history", []))
-
-    model: nn.Module = objective
-    if world > 1:
-        # Supervised-only runs never use the OCC heads: let DDP know some parameters get no gradient.
-        model = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.supervised_only)
+        run.restore(resume_state)
+    elif cfg.init_weights is not None:
+        load_initial_weights(run.net, cfg.init_weights)
+    run.wrap_distributed()
 
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(out_dir) if rank == 0 else logging.NullHandler()
-    settings = InferenceSettings.from_preset(preset)
-    # Effective values, not rules: the ramp-up length actually used goes with the resolved preset.
-    meta = {"network": net_cfg.to_dict(), "preset": preset.to_dict(), "inference": settings.to_dict(),
-            "rampup_length": preset.rampup_for(len(labeled)),
-            "split": {"labeled": split.labeled, "unlabeled": split.unlabeled, "validation": split.validation},
-            "data_root": str(cfg.data_root), "seed": cfg.seed, "supervised_only": cfg.supervised_only,
-            "world_size": world}
-
-    def checkpoint(iteration: int, rank_states: Optional[List[Dict[str, Any]]]) -> Dict[str, Any]:
-        return dict(meta, model=net.state_dict(), optimizer=optimizer.state_dict(),
-                    scaler=scaler.state_dict(), memory_bank=bank.state_dict(), rank_states=rank_states,
-                    iteration=iteration, best_dice=best_dice, best_iteration=best_iter, history=history)
-
     if rank == 0:
         LOG.info("%s training, preset %s, %d labeled / %d unlabeled / %d validation cases, device %s x%d, "
                  "from iteration %d", "supervised-only" if cfg.supervised_only else "CAML", preset.name,
-                 len(labeled), len(unlabeled), len(validation), device, world, start_iter)
-        if start_iter == 0:
-            (out_dir / "config.json").write_text(json.dumps(meta, indent=2))
+                 len(labeled), len(unlabeled), len(validation), device, world, run.start_iter)
+        if run.start_iter == 0:
+            (out_dir / "config.json").write_text(json.dumps(run.meta, indent=2))
     t0 = time.time()
-    iteration = completed = start_iter
-    snapshot: Optional[Tuple[Any, ...]] = None
-    net.train()
+    run.net.train()
     try:
-        while iteration < preset.iterations:
+        while run.iteration < preset.iterations:
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            # A cancel signal during the step is held back to its end: stopping mid-step would
-            # leave BatchNorm statistics and the optimizer half-updated, and the resumed run
-            # would differ from an uninterrupted one.
-            with deferred_cancel(raise_at_end=False):
-                # What a step cut by an error must roll back so the checkpoint stays exact.
-                snapshot = (_rng_state(rng, objective), [list(q) for q in sampler.queues], list(bank.slots))
-                li, ui = sampler.next(preset.labeled_batch, n_unlabeled_batch)
-                x, y = make_batch(labeled, unlabeled, li, ui, preset, rng)
-                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
-                y = y.to(device, non_blocking=True)
-                iteration += 1
-                lambda_c, lambda_o = loss_weights(preset, iteration, len(labeled))
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(preset, iteration - 1)
-                loss, parts = model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o)
-                if not math.isfinite(parts["loss"]):
-                    raise FloatingPointError(f"loss became {parts['loss']} at iteration {iteration}; "
-                                             "the last good checkpoint is kept")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                completed, snapshot = iteration, None
-
-            record: Dict[str, Any] = {"iteration": iteration, **parts}
-            if validation and iteration >= preset.val_start and (
-                    iteration % preset.val_interval == 0 or iteration == preset.iterations):
-                if rank == 0:
-                    val = validate(net, validation, settings, device)
-                    record["val_dice"] = val["dice"]
-                    if best_dice is None or val["dice"] > best_dice:
-                        best_dice, best_iter = val["dice"], iteration
-                        save_checkpoint(out_dir / "best.pt", dict(meta, model=net.state_dict(),
-                                                                  iteration=iteration, val=val))
-                    LOG.info("iteration %d validation Dice %.4f (best %.4f at %d)", iteration, val["dice"],
-                             best_dice, best_iter)
-            if iteration % cfg.log_every == 0 or "val_dice" in record or iteration == preset.iterations:
-                history.append(record)
-                if rank == 0:
-                    LOG.info("iteration %d " + " ".join(f"{k} %.4f" for k in parts), iteration,
-                             *parts.values())
-            if iteration % preset.checkpoint_interval == 0 or iteration == preset.iterations:
-                # Every rank reaches this at the same iteration, so the gather cannot hang.
-                rank_states = _gather_rank_states(_rank_state(rng, objective, sampler), rank, world)
-                if rank == 0:
-                    save_checkpoint(last_path, checkpoint(iteration, rank_states))
-            progress(ProgressEvent("train", iteration, preset.iterations,
-                                   values={k: round(v, 5) for k, v in record.items() if k != "iteration"}))
+            run.after_step(run.step())
             _stop_if_cancelled(world, device)
     except BaseException:
-        # Keep what was learned: a resumable checkpoint at the last completed iteration.
-        if snapshot is not None:
-            _set_rng_state(snapshot[0], rng, objective)
-            sampler.queues = snapshot[1]
-            bank.slots = snapshot[2]
-        # Under DDP the other ranks' states cannot be gathered from here (they may be
-        # anywhere in their step), so the last periodic checkpoint stands.
-        if rank == 0 and world == 1 and completed > start_iter and out_dir.exists():
-            save_checkpoint(last_path, checkpoint(completed, [_rank_state(rng, objective, sampler)]))
-            LOG.info("stopped at iteration %d; resumable checkpoint written", completed)
-        elif rank == 0 and world > 1:
-            LOG.info("stopped at iteration %d; the last periodic checkpoint (last.pt) is kept", completed)
+        run.save_interrupted()
         raise
     finally:
         LOG.removeHandler(handler)
         handler.close()
     seconds = time.time() - t0
     if rank == 0:
-        LOG.info("finished %d iterations in %.1f s", iteration - start_iter, seconds)
-    return TrainResult(out_dir, iteration, best_dice, best_iter, seconds, history, net, bank)
+        LOG.info("finished %d iterations in %.1f s", run.iteration - run.start_iter, seconds)
+    return TrainResult(out_dir, run.iteration, run.best_dice, run.best_iter, seconds, run.history, run.net,
+                       run.bank)

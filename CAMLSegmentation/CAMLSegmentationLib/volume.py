@@ -261,6 +261,23 @@ def read_la_h5(path: PathLike) -> Tuple[Volume, Optional[np.ndarray]]:
     return Volume(array=image, spacing=LA_SPACING), label
 
 
+def check_intensities(array: np.ndarray, source: PathLike = "image") -> np.ndarray:
+    """The array as float32, after refusing NaN/Inf voxels and constant images (nothing to segment).
+
+    The one check of an image's intensities: readers, normalisation and
+    inference all call it, so every path refuses the same images with the same words.
+    """
+    a = np.asarray(array, dtype=np.float32)
+    finite = np.isfinite(a)
+    if not finite.all():
+        bad = int(a.size - np.count_nonzero(finite))
+        raise ImageError(f"{source}: {bad} voxels are NaN or Inf")
+    if a.size == 0 or float(a.max()) == float(a.min()):
+        value = f" (every voxel is {float(a.flat[0]):g})" if a.size else ""
+        raise ImageError(f"{source}: a constant image{value}: nothing to segment")
+    return a
+
+
 def validate_volume(volume: Volume, source: PathLike = "image") -> None:
     """Raise ``ImageError`` naming ``source`` when the volume cannot be segmented."""
     a = volume.array
@@ -268,12 +285,7 @@ def validate_volume(volume: Volume, source: PathLike = "image") -> None:
         raise ImageError(f"{source}: expected a 3D image, found an array of shape {a.shape}")
     if 0 in a.shape:
         raise ImageError(f"{source}: an axis of zero length (shape {a.shape})")
-    finite = np.isfinite(a)
-    if not finite.all():
-        bad = int(a.size - np.count_nonzero(finite))
-        raise ImageError(f"{source}: {bad} voxels are NaN or Inf")
-    if float(a.max()) == float(a.min()):
-        raise ImageError(f"{source}: a constant image (every voxel is {float(a.flat[0]):g}): nothing to segment")
+    check_intensities(a, source)
     if min(volume.spacing) <= 0 or not np.all(np.isfinite(volume.spacing)):
         raise ImageError(f"{source}: invalid voxel spacing {volume.spacing}")
 

@@ -288,7 +288,7 @@ def test_la_file_with_infinite_voxel_is_named(tmp_path):
         image = f["image"][()]
         image[1, 1, 1] = np.inf
         f["image"][...] = image
-    with pytest.raises(DataError, match=r"c1/mri_norm2.h5: image has NaN or Inf"):
+    with pytest.raises(DataError, match=r"c1/mri_norm2.h5: 1 voxels are NaN or Inf"):
         data.open_source(root).load("c1")
 
 
