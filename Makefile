@@ -23,20 +23,20 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m CAMLSegmentationLib.demo
+	$(BIN)/python -m CAMLSegmentationLib.cli.demo
 
 demo-synthetic: $(STAMP)
-	$(BIN)/python -m CAMLSegmentationLib.demo --synthetic
+	$(BIN)/python -m CAMLSegmentationLib.cli.demo --synthetic
 
 # The Extensions Index / README picture: the bundled model on the synthetic phantom (never patient data).
 screenshot: $(STAMP)
-	$(BIN)/python -m CAMLSegmentationLib.demo --synthetic --out build/screenshot
+	$(BIN)/python -m CAMLSegmentationLib.cli.demo --synthetic --out build/screenshot
 	$(BIN)/caml segment build/screenshot/synthetic_mri.nrrd build/screenshot/screenshot.seg.nrrd \
 		--snapshot Resources/Screenshot.png --progress none
 
 slicer:
 	@test -n "$(SLICER)" || { echo "usage: make slicer SLICER=/path/to/Slicer (the application or its folder)"; exit 2; }
-	PYTHONPATH=CAMLSegmentation $(PYTHON) -m CAMLSegmentationLib.install_in_slicer "$(SLICER)"
+	PYTHONPATH=CAMLSegmentation $(PYTHON) -m CAMLSegmentationLib.slicer.install "$(SLICER)"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

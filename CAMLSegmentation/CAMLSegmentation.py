@@ -136,7 +136,7 @@ def registerSampleData() -> None:
     """A synthetic MRI-like chest phantom in the Sample Data module ("CAML Segmentation" category).
 
     No patient data ships with the extension: a click generates the project's
-    phantom (``CAMLSegmentationLib.phantom``, numpy only) into the scene.
+    phantom (``CAMLSegmentationLib.io.phantom``, numpy only) into the scene.
     """
     try:
         import SampleData
@@ -334,7 +334,7 @@ class ActiveLearningLogicMixin:
     AL_STRATEGIES = ("disagreement", "entropy", "random", "first")
 
     def _alCommand(self, *args: str) -> List[str]:
-        from CAMLSegmentationLib.jobs import caml_command
+        from CAMLSegmentationLib.slicer.jobs import caml_command
 
         prefix = getattr(self, "engineCommand", None)
         return [*prefix, "al", *args] if prefix else caml_command("al", *args)
@@ -353,13 +353,13 @@ class ActiveLearningLogicMixin:
         """The verified weights file of a catalog model id ("" or None: none)."""
         if not modelId:
             return None
-        from CAMLSegmentationLib.catalog import find_model, verify
+        from CAMLSegmentationLib.model.catalog import find_model, verify
 
         return str(verify(find_model(modelId)))
 
     def alStartNext(self, folder: str, strategy: str = "disagreement", device: str = "cpu",
                     uncertainty: bool = False) -> ActiveLearningRun:
-        from CAMLSegmentationLib.jobs import Job
+        from CAMLSegmentationLib.slicer.jobs import Job
 
         if strategy not in self.AL_STRATEGIES:
             raise ValueError(f"strategy must be one of {self.AL_STRATEGIES}, not {strategy!r}")
@@ -417,7 +417,7 @@ class ActiveLearningLogicMixin:
 
     def alStartRetrain(self, folder: str, device: str = "auto", iterations: Optional[int] = None,
                        promote: str = "auto", resume: bool = False) -> ActiveLearningRun:
-        from CAMLSegmentationLib.jobs import Job
+        from CAMLSegmentationLib.slicer.jobs import Job
 
         args = ["retrain", str(folder), "--device", device, "--progress", "json", "--promote", promote]
         if iterations:
@@ -667,7 +667,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         engine's ``entry``. A catalog that cannot be read is skipped (logged), never fatal
         for the panel; an id listed twice keeps its first entry.
         """
-        from CAMLSegmentationLib import catalog
+        from CAMLSegmentationLib.model import catalog
 
         if catalogs is None:
             catalogs = [(catalog.bundled_catalog_path(), "bundled"), (catalog.user_catalog_path(), "user")]
@@ -691,7 +691,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
     @staticmethod
     def defaultModelId(models: Sequence[Dict[str, Any]]) -> str:
         """The engine's choice (``catalog.default_model``) among ``models``; "" when there is none."""
-        from CAMLSegmentationLib import catalog
+        from CAMLSegmentationLib.model import catalog
 
         entry = catalog.default_model([m["entry"] for m in models])
         return entry.id if entry is not None else ""
@@ -792,7 +792,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
     def segmentCommand(self, inputPath: Path, outputPath: Path, params: CAMLSegmentationParameters,
                        device: str, uncertaintyPath: Optional[Path] = None) -> List[str]:
         """argv of the ``caml segment`` run the parameters describe."""
-        from CAMLSegmentationLib.jobs import caml_command
+        from CAMLSegmentationLib.slicer.jobs import caml_command
 
         args = ["segment", str(inputPath), str(outputPath), "--device", device,
                 "--overlap", f"{params.overlap:g}", "--progress", "json"]
@@ -821,8 +821,8 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         process picks CUDA or the CPU and reports which it used, so Slicer's own
         process never imports torch.
         """
-        from CAMLSegmentationLib import mrml_bridge
-        from CAMLSegmentationLib.jobs import Job
+        from CAMLSegmentationLib.slicer import mrml_bridge
+        from CAMLSegmentationLib.slicer.jobs import Job
 
         inputNode = params.inputVolume
         if inputNode is None or inputNode.GetImageData() is None:
@@ -891,8 +891,8 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         volume is no longer in the scene (closed or deleted meanwhile); the scene is
         then unchanged.
         """
-        from CAMLSegmentationLib import mrml_bridge
-        from CAMLSegmentationLib.volume import read_image
+        from CAMLSegmentationLib.io.volume import read_image
+        from CAMLSegmentationLib.slicer import mrml_bridge
 
         try:
             state = run.job.wait()
@@ -930,7 +930,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
     def loadUncertainty(self, run: SegmentationRun, uncertainty: Any, node: Any = None) -> Any:
         """Put the uncertainty map (on the cropped grid) into a volume node on the input's full grid."""
         import numpy as np
-        from CAMLSegmentationLib import mrml_bridge
+        from CAMLSegmentationLib.slicer import mrml_bridge
 
         if not uncertainty.same_geometry(run.engineInput, tol=1e-3):
             raise RuntimeError("the engine's uncertainty map is not on the input's grid")
@@ -987,9 +987,9 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
     # -- sample data ---------------------------------------------------------------
     def loadSamplePhantom(self, name: str = SAMPLE_NAME) -> Any:
         """Add the synthetic MRI-like phantom (the README picture's image) to the scene as a volume node."""
-        from CAMLSegmentationLib import mrml_bridge
-        from CAMLSegmentationLib.demo import PHANTOM_SEED
-        from CAMLSegmentationLib.phantom import mri_phantom
+        from CAMLSegmentationLib.cli.demo import PHANTOM_SEED
+        from CAMLSegmentationLib.io.phantom import mri_phantom
+        from CAMLSegmentationLib.slicer import mrml_bridge
 
         volume, _label = mri_phantom(seed=PHANTOM_SEED)
         node = mrml_bridge.volume_to_node(volume, self.scene, self.scene.GenerateUniqueName(name))
@@ -1000,7 +1000,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
 
     def prepareCorrection(self, segmentationNode: Any, volumeNode: Any) -> Any:
         """A Segment Editor parameter node set up to edit the left-atrium segment on the input volume."""
-        from CAMLSegmentationLib.mrml_bridge import LEFT_ATRIUM_NAME
+        from CAMLSegmentationLib.slicer.mrml_bridge import LEFT_ATRIUM_NAME
 
         if segmentationNode is None:
             raise ValueError("Segment first: there is no segmentation to correct.")
@@ -1033,8 +1033,8 @@ def writeVolume(volume: Any, path: Path) -> None:
 def makeTestVolume(scene: Any, shape: Tuple[int, int, int] = (48, 40, 32)) -> Any:
     """A synthetic MRI-like volume: a bright ellipsoid ("atrium") in noise, oblique geometry."""
     import numpy as np
-    from CAMLSegmentationLib import mrml_bridge
-    from CAMLSegmentationLib.volume import Volume
+    from CAMLSegmentationLib.io.volume import Volume
+    from CAMLSegmentationLib.slicer import mrml_bridge
 
     rng = np.random.default_rng(7)
     i, j, k = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
@@ -1304,7 +1304,7 @@ class CAMLSegmentationTest(ScriptedLoadableModuleTest):
         pumpEvents = (lambda run: slicer.app.processEvents()) if IN_SLICER_APP else None
         segNode = logic.segment(params, progress=pumpEvents, timeout=600)
 
-        from CAMLSegmentationLib import mrml_bridge
+        from CAMLSegmentationLib.slicer import mrml_bridge
 
         segmentId = segNode.GetSegmentation().GetSegmentIdBySegmentName(mrml_bridge.LEFT_ATRIUM_NAME)
         self.assertTrue(segmentId)

@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO / "CAMLSegmentation"))
 from CAMLSegmentationLib.activelearning import strategies  # noqa: E402
 from CAMLSegmentationLib.activelearning.cohort import Cohort  # noqa: E402
 from CAMLSegmentationLib.activelearning.retrain import retrain  # noqa: E402
-from CAMLSegmentationLib.data import LA_CASES_FOLDER, LA_FILE_NAME, read_id_list  # noqa: E402
-from CAMLSegmentationLib.volume import LA_SPACING, Volume, read_la_h5, write_image, write_mask  # noqa: E402
+from CAMLSegmentationLib.io.volume import LA_SPACING, Volume, read_la_h5, write_image, write_mask  # noqa: E402
+from CAMLSegmentationLib.training.data import LA_CASES_FOLDER, LA_FILE_NAME, read_id_list  # noqa: E402
 
 VALIDATION_CASES = 16
 COLORS = {"random": (31, 119, 180), "disagreement": (214, 39, 40), "entropy": (44, 160, 44)}
@@ -68,15 +68,15 @@ def build_cohort(root: Path, la_root: Path, ids: Sequence[str]) -> Path:
 
 
 def oracle_accept(cohort: Cohort, case_ids: Sequence[str]) -> None:
-    from CAMLSegmentationLib.volume import read_image
+    from CAMLSegmentationLib.io.volume import read_image
 
     for case_id in case_ids:
         cohort.accept(case_id, read_image(cohort.root / "oracle" / f"{case_id}.nrrd"), role="train")
 
 
 def validation_dice(weights: Path, cases: Dict[str, tuple], device: str) -> float:
-    from CAMLSegmentationLib.inference import InferenceOptions, load_inference_model, segment_volume
-    from CAMLSegmentationLib.metrics import dice
+    from CAMLSegmentationLib.inference.metrics import dice
+    from CAMLSegmentationLib.inference.predictor import InferenceOptions, load_inference_model, segment_volume
 
     model = load_inference_model(weights, device)
     return float(np.mean([dice(segment_volume(v, model, InferenceOptions()).mask, lab > 0)

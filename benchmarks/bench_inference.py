@@ -44,7 +44,8 @@ def measure(mode: str, case: Path, weights: str, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from CAMLSegmentationLib.inference import (
+    from CAMLSegmentationLib.inference.metrics import dice
+    from CAMLSegmentationLib.inference.predictor import (
         OFFICIAL_STRIDES,
         InferenceOptions,
         count_windows,
@@ -53,10 +54,9 @@ def measure(mode: str, case: Path, weights: str, threads: int) -> dict:
         segment_volume,
         sliding_window,
     )
-    from CAMLSegmentationLib.metrics import dice
-    from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
-    from CAMLSegmentationLib.preprocess import zscore
-    from CAMLSegmentationLib.volume import Volume, read_la_h5
+    from CAMLSegmentationLib.inference.preprocess import zscore
+    from CAMLSegmentationLib.io.volume import Volume, read_la_h5
+    from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig
 
     if mode == "large":
         rng = np.random.default_rng(0)
@@ -67,7 +67,7 @@ def measure(mode: str, case: Path, weights: str, threads: int) -> dict:
         # The official test loop: dual model forward per window, softmax of V averaged, argmax.
         net = CAMLNet(NetworkConfig())
         if weights:
-            from CAMLSegmentationLib.checkpoint import load_dual_model
+            from CAMLSegmentationLib.model.checkpoint import load_dual_model
 
             net, _ = load_dual_model(weights)
         net.eval()

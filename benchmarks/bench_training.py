@@ -61,14 +61,14 @@ def permutation_draw(population: int, count: int, generator=None):
 
 
 def sample_by_permutation(bank, per_class: int, generator=None):
-    from CAMLSegmentationLib.occ import MemoryBank
+    from CAMLSegmentationLib.model.occ import MemoryBank
 
     # The class's own method: the benchmark may have replaced ``bank.sample`` with this function.
     return MemoryBank.sample(bank, per_class, generator, draw=permutation_draw)
 
 
 def make_bank(preset, args, device: torch.device):
-    from CAMLSegmentationLib.occ import MemoryBank
+    from CAMLSegmentationLib.model.occ import MemoryBank
 
     bank = MemoryBank(args.labeled, 2, preset.feat_dim, device)
     stored = fill_bank(bank, preset, args.correct, np.random.default_rng(1)) if args.correct > 0 else 0
@@ -91,9 +91,9 @@ def bench_sampling(bank, per_class: int, repeats: int) -> dict:
 
 
 def bench(preset_name: str, iterations: int, warmup: int, device: torch.device, args, sampler: str) -> float:
-    from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
-    from CAMLSegmentationLib.presets import load_preset
-    from CAMLSegmentationLib.trainer import CAMLObjective
+    from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig
+    from CAMLSegmentationLib.training.presets import load_preset
+    from CAMLSegmentationLib.training.trainer import CAMLObjective
 
     preset = load_preset(preset_name)
     torch.manual_seed(0)
@@ -128,7 +128,7 @@ def bench(preset_name: str, iterations: int, warmup: int, device: torch.device, 
 
 
 def main() -> None:
-    from CAMLSegmentationLib.presets import available_presets
+    from CAMLSegmentationLib.training.presets import available_presets
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=None, help="default: every bundled preset")
@@ -153,7 +153,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"device: {device} ({where}); torch {torch.__version__}")
-    from CAMLSegmentationLib.presets import load_preset
+    from CAMLSegmentationLib.training.presets import load_preset
 
     for name in args.presets or available_presets():
         preset = load_preset(name)

@@ -34,7 +34,7 @@ def la_root() -> Path:
 @pytest.fixture
 def no_bundled_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the engine at an empty bundled catalog: what a checkout without released models sees."""
-    from CAMLSegmentationLib import catalog
+    from CAMLSegmentationLib.model import catalog
 
     empty = tmp_path / "bundled-empty" / "models.json"
     monkeypatch.setattr(catalog, "bundled_catalog_path", lambda: empty)

@@ -7,9 +7,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from CAMLSegmentationLib.checkpoint import save_checkpoint
-from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
-from CAMLSegmentationLib.volume import Volume
+from CAMLSegmentationLib.io.volume import Volume
+from CAMLSegmentationLib.model.checkpoint import save_checkpoint
+from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig
 
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:

@@ -31,10 +31,10 @@ from CAMLSegmentationLib.activelearning.cohort import (
     CohortError,
     db_path,
 )
-from CAMLSegmentationLib.checkpoint import read_checkpoint, save_checkpoint
 from CAMLSegmentationLib.cli import main as caml
-from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
-from CAMLSegmentationLib.volume import Volume, read_image, write_image, write_mask
+from CAMLSegmentationLib.io.volume import Volume, read_image, write_image, write_mask
+from CAMLSegmentationLib.model.checkpoint import read_checkpoint, save_checkpoint
+from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig
 from synthetic import blob_case
 
 torch.set_num_threads(1)
@@ -354,7 +354,7 @@ def test_scores_are_cached_per_version_and_recomputed_only_when_it_changes(cohor
 _ACCEPT_MANY = """
 import sys, time
 from CAMLSegmentationLib.activelearning.cohort import Cohort
-from CAMLSegmentationLib.volume import read_image
+from CAMLSegmentationLib.io.volume import read_image
 root, start, cases = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 labels = [read_image(f"{root}/truth/{c}.nrrd") for c in cases]
 with Cohort.open(root) as cohort:
@@ -551,8 +551,8 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
     assert not down["promoted"] and down["version"] == 3 and down["current_version"] == 1
 
     # The numbers are the one predictor's: rescore version 3 independently.
-    from CAMLSegmentationLib.inference import InferenceOptions, load_inference_model, segment_volume
-    from CAMLSegmentationLib.metrics import dice
+    from CAMLSegmentationLib.inference.metrics import dice
+    from CAMLSegmentationLib.inference.predictor import InferenceOptions, load_inference_model, segment_volume
 
     with Cohort.open(cohort_root) as cohort:
         model = load_inference_model(cohort.weights(3), "cpu")
@@ -657,7 +657,7 @@ def test_every_al_flag_is_in_help_and_readme():
 @pytest.mark.slow
 def test_retrain_warm_starts_from_the_bundled_release(tmp_path, capsys):
     """The bundled model (a release: models V and A in fp16, no OCC heads) as version 1, then a retrain."""
-    from CAMLSegmentationLib.catalog import find_model, verify
+    from CAMLSegmentationLib.model.catalog import find_model, verify
 
     bundled = read_checkpoint(verify(find_model("caml-la-cpu8")))
     root = make_cohort(tmp_path / "cohort", n=4)

@@ -21,10 +21,10 @@ if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
 import torch  # noqa: E402
-from CAMLSegmentationLib import mrml_bridge  # noqa: E402
 from CAMLSegmentationLib.activelearning import mrml as al_mrml  # noqa: E402
 from CAMLSegmentationLib.activelearning.cohort import ACCEPTED_TRAIN, Cohort  # noqa: E402
-from CAMLSegmentationLib.volume import Volume, read_image, write_image, write_mask  # noqa: E402
+from CAMLSegmentationLib.io.volume import Volume, read_image, write_image, write_mask  # noqa: E402
+from CAMLSegmentationLib.slicer import mrml_bridge  # noqa: E402
 from synthetic import blob_case  # noqa: E402
 from test_active_learning import SHAPE, save_model  # noqa: E402
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from CAMLSegmentationLib import cli
-from CAMLSegmentationLib.catalog import bundled_catalog_path, default_model, read_catalog, sha256_file
-from CAMLSegmentationLib.checkpoint import read_checkpoint
-from CAMLSegmentationLib.demo import synthetic_image
-from CAMLSegmentationLib.volume import read_image
+from CAMLSegmentationLib.cli.demo import synthetic_image
+from CAMLSegmentationLib.io.volume import read_image
+from CAMLSegmentationLib.model.catalog import bundled_catalog_path, default_model, read_catalog, sha256_file
+from CAMLSegmentationLib.model.checkpoint import read_checkpoint
 from inference_helpers import one_thread
 
 _threads = pytest.fixture(autouse=True)(one_thread)

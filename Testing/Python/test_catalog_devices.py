@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from CAMLSegmentationLib.catalog import (
+from CAMLSegmentationLib.devices import DeviceError, resolve_device
+from CAMLSegmentationLib.model.catalog import (
     CatalogError,
     ModelEntry,
     bundled_catalog_path,
@@ -20,8 +21,7 @@ from CAMLSegmentationLib.catalog import (
     sha256_file,
     verify,
 )
-from CAMLSegmentationLib.checkpoint import read_checkpoint
-from CAMLSegmentationLib.devices import DeviceError, resolve_device
+from CAMLSegmentationLib.model.checkpoint import read_checkpoint
 from inference_helpers import tiny_checkpoint
 
 

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from CAMLSegmentationLib import cli
-from CAMLSegmentationLib.volume import SEGMENT_NAME, read_image, write_image
+from CAMLSegmentationLib.io.volume import SEGMENT_NAME, read_image, write_image
 from inference_helpers import GEOMETRIES, blob_volume, one_thread, tiny_checkpoint
 from synthetic import write_la_layout
 

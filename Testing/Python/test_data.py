@@ -14,10 +14,10 @@ import h5py
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from CAMLSegmentationLib import data
-from CAMLSegmentationLib.data import DataError
-from CAMLSegmentationLib.preprocess import normalize_intensity
+from CAMLSegmentationLib.inference.preprocess import normalize_intensity
 from CAMLSegmentationLib.progress import ProgressEvent
+from CAMLSegmentationLib.training import data
+from CAMLSegmentationLib.training.data import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 LA_ROOT = Path(os.environ.get("CAML_LA_ROOT", REPO.parent / "shared" / "data" / "LA"))

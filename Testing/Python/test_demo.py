@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from CAMLSegmentationLib import demo
-from CAMLSegmentationLib.catalog import register_model
-from CAMLSegmentationLib.snapshot import decode_png, snapshot_shape
-from CAMLSegmentationLib.volume import read_image
+from CAMLSegmentationLib.cli import demo
+from CAMLSegmentationLib.io.snapshot import decode_png, snapshot_shape
+from CAMLSegmentationLib.io.volume import read_image
+from CAMLSegmentationLib.model.catalog import register_model
 from inference_helpers import one_thread, tiny_checkpoint
 
 _threads = pytest.fixture(autouse=True)(one_thread)
@@ -60,7 +60,7 @@ def test_demo_uses_the_catalog_default_model(tmp_path: Path, own_caml_home: Path
 
 
 def test_phantom_is_deterministic_and_mri_like() -> None:
-    from CAMLSegmentationLib.phantom import mri_phantom
+    from CAMLSegmentationLib.io.phantom import mri_phantom
 
     volume, label = mri_phantom(shape=(72, 64, 40), seed=1)
     again, _ = mri_phantom(shape=(72, 64, 40), seed=1)

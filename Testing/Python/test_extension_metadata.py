@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from CAMLSegmentationLib.snapshot import decode_png
+from CAMLSegmentationLib.io.snapshot import decode_png
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
@@ -111,7 +111,7 @@ def test_icon_and_screenshot_urls_point_at_committed_pngs(key: str) -> None:
 
 def test_screenshot_shows_a_segmentation() -> None:
     """The screenshot is a snapshot picture: three panels with the segment's colour in each."""
-    from CAMLSegmentationLib.snapshot import GAP, PANEL_SIZE, snapshot_shape
+    from CAMLSegmentationLib.io.snapshot import GAP, PANEL_SIZE, snapshot_shape
 
     url = _cmake_metadata()["EXTENSION_SCREENSHOTURLS"].split()[0]
     picture = decode_png((ROOT / url[len(RAW_PREFIX):]).read_bytes())

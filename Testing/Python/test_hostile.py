@@ -23,12 +23,13 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
-from CAMLSegmentationLib import catalog, cli
-from CAMLSegmentationLib.checkpoint import FORMAT, read_checkpoint, save_checkpoint
+from CAMLSegmentationLib import cli
 from CAMLSegmentationLib.errors import CAMLError
-from CAMLSegmentationLib.presets import TrainingPreset
+from CAMLSegmentationLib.io.volume import write_image
+from CAMLSegmentationLib.model import catalog
+from CAMLSegmentationLib.model.checkpoint import FORMAT, read_checkpoint, save_checkpoint
 from CAMLSegmentationLib.progress import Cancelled
-from CAMLSegmentationLib.volume import write_image
+from CAMLSegmentationLib.training.presets import TrainingPreset
 from inference_helpers import blob_volume, one_thread, tiny_checkpoint, tiny_network
 from synthetic import write_la_layout
 
@@ -203,7 +204,7 @@ def test_concurrent_registers_all_land_once(tmp_path: Path, weights: Path, caml_
     """Processes released together: each distinct id lands once, a repeated id exactly once."""
     go = tmp_path / "go"
     waiter = ("import os, sys, time\n"
-              "import CAMLSegmentationLib.catalog, CAMLSegmentationLib.checkpoint\n"
+              "import CAMLSegmentationLib.model.catalog, CAMLSegmentationLib.model.checkpoint\n"
               "from CAMLSegmentationLib import cli\n"
               f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
               "sys.exit(cli.main(sys.argv[1:]))\n")
@@ -468,7 +469,7 @@ def test_the_voxel_limit_covers_h5_and_resampling_and_can_be_raised(
                              "--progress", "none"], capsys)
     assert code == 2 and "exceeds the limit" in one_line_error(err)
     # 4x4x4 voxels of 1e5 mm, for a model trained at 1 mm: a grid of 400000^3 after resampling.
-    from CAMLSegmentationLib.volume import Volume
+    from CAMLSegmentationLib.io.volume import Volume
 
     far = Volume(np.random.default_rng(0).normal(size=(4, 4, 4)).astype(np.float32), spacing=(1e5,) * 3)
     write_image(far.array, far, tmp_path / "far.nrrd")
@@ -569,13 +570,13 @@ def test_presets_with_wrong_types_are_refused_before_anything_is_written(
 
 
 def test_user_errors_share_one_base_class() -> None:
-    from CAMLSegmentationLib.catalog import CatalogError
-    from CAMLSegmentationLib.checkpoint import CheckpointError
-    from CAMLSegmentationLib.data import DataError
     from CAMLSegmentationLib.devices import DeviceError
     from CAMLSegmentationLib.errors import MissingFileError, OutputError, SizeLimitError, UserError
-    from CAMLSegmentationLib.presets import PresetError
-    from CAMLSegmentationLib.volume import ImageError
+    from CAMLSegmentationLib.io.volume import ImageError
+    from CAMLSegmentationLib.model.catalog import CatalogError
+    from CAMLSegmentationLib.model.checkpoint import CheckpointError
+    from CAMLSegmentationLib.training.data import DataError
+    from CAMLSegmentationLib.training.presets import PresetError
 
     for cls in (CatalogError, CheckpointError, DataError, DeviceError, ImageError, PresetError, UserError,
                 MissingFileError, OutputError, SizeLimitError):
@@ -585,7 +586,7 @@ def test_user_errors_share_one_base_class() -> None:
 def test_a_real_bug_keeps_its_traceback(tmp_path: Path, weights: Path, image: Path,
                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """A ValueError from deep inside (a shape bug) is not a user error: no exit 2, the traceback stays."""
-    from CAMLSegmentationLib import inference
+    from CAMLSegmentationLib.inference import predictor as inference
 
     def shape_bug(*args, **kwargs):
         return np.zeros((2, 3)) + np.zeros((4, 5))  # operands could not be broadcast: ValueError
@@ -600,7 +601,7 @@ def test_a_real_bug_keeps_its_traceback(tmp_path: Path, weights: Path, image: Pa
 
 
 def test_an_enabled_scaler_resumes_from_the_empty_state_of_a_cpu_run() -> None:
-    from CAMLSegmentationLib.trainer import restore_scaler
+    from CAMLSegmentationLib.training.trainer import restore_scaler
 
     if not hasattr(torch.amp, "GradScaler"):
         pytest.skip("torch.amp.GradScaler is newer than this torch")

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from CAMLSegmentationLib.inference import (
+from CAMLSegmentationLib.inference.predictor import (
     InferenceModel,
     InferenceOptions,
     choose_stitch_device,
@@ -23,10 +23,10 @@ from CAMLSegmentationLib.inference import (
     strides_for_overlap,
     window_starts,
 )
-from CAMLSegmentationLib.network import SubModel
+from CAMLSegmentationLib.io.volume import ImageError, Volume
+from CAMLSegmentationLib.model.network import SubModel
+from CAMLSegmentationLib.model.settings import AUGMENTATION_FLIP_AXES, InferenceSettings
 from CAMLSegmentationLib.progress import Cancelled, CancelToken
-from CAMLSegmentationLib.settings import AUGMENTATION_FLIP_AXES, InferenceSettings
-from CAMLSegmentationLib.volume import ImageError, Volume
 from inference_helpers import GEOMETRIES, blob_volume, one_thread, tiny_checkpoint, tiny_network
 
 _threads = pytest.fixture(autouse=True)(one_thread)
@@ -100,7 +100,7 @@ def test_sliding_window_places_windows_by_layout(layout: str) -> None:
 
 
 def test_official_protocol_keeps_the_flush_layout(monkeypatch) -> None:
-    from CAMLSegmentationLib import inference
+    from CAMLSegmentationLib.inference import predictor as inference
 
     assert InferenceOptions.official().window_layout == "flush"
     assert InferenceOptions().window_layout == "even"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from CAMLSegmentationLib.inference import InferenceOptions, random_model, segment_volume
-from CAMLSegmentationLib.volume import LA_SPACING, read_la_h5, read_volume
+from CAMLSegmentationLib.inference.predictor import InferenceOptions, random_model, segment_volume
+from CAMLSegmentationLib.io.volume import LA_SPACING, read_la_h5, read_volume
 from inference_helpers import one_thread
 
 _threads = pytest.fixture(autouse=True)(one_thread)
@@ -40,9 +40,9 @@ def _shared_dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _container_masks(la_root: Path, tmp_path: Path, case: str):
-    from CAMLSegmentationLib.catalog import default_model, verify
-    from CAMLSegmentationLib.inference import load_inference_model
-    from CAMLSegmentationLib.volume import Volume, write_image
+    from CAMLSegmentationLib.inference.predictor import load_inference_model
+    from CAMLSegmentationLib.io.volume import Volume, write_image
+    from CAMLSegmentationLib.model.catalog import default_model, verify
 
     entry = default_model()
     if entry is None:

@@ -1,4 +1,4 @@
-"""`python -m CAMLSegmentationLib.install_in_slicer`: adds the module folder to a Slicer's settings, once."""
+"""`python -m CAMLSegmentationLib.slicer.install`: adds the module folder to a Slicer's settings, once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from CAMLSegmentationLib import install_in_slicer as tool
+from CAMLSegmentationLib.slicer import install as tool
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "CAMLSegmentation"
 
@@ -101,7 +101,7 @@ def test_a_wrong_slicer_path_is_a_one_line_error(tmp_path: Path, make: str) -> N
         target.mkdir()
     elif make == "a_text_file":
         target.write_text("hello")
-    done = subprocess.run([sys.executable, "-m", "CAMLSegmentationLib.install_in_slicer", str(target)],
+    done = subprocess.run([sys.executable, "-m", "CAMLSegmentationLib.slicer.install", str(target)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

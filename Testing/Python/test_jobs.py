@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from CAMLSegmentationLib import jobs
+from CAMLSegmentationLib.slicer import jobs
 
 
 def _script(tmp_path: Path, body: str) -> list:
@@ -46,7 +46,7 @@ def _events_until(job: jobs.Job, predicate, timeout: float = 20.0) -> list:
 
 WRITER = """
     import json, sys
-    from CAMLSegmentationLib.files import atomic_output
+    from CAMLSegmentationLib.io.files import atomic_output
     out = sys.argv[1]
     for i in range(3):
         print(json.dumps({"event": "progress", "stage": "segment", "done": i + 1, "total": 3,
@@ -106,7 +106,7 @@ def test_cancel_kills_the_process_tree_and_leaves_no_partial_output(tmp_path):
     out = tmp_path / "seg.nrrd"
     child = _script(tmp_path, """
         import json, subprocess, sys, time
-        from CAMLSegmentationLib.files import atomic_output
+        from CAMLSegmentationLib.io.files import atomic_output
         grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         with atomic_output(sys.argv[1]) as tmp:
             tmp.write_text("partial")

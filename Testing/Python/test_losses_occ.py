@@ -6,16 +6,16 @@ import math
 
 import pytest
 import torch
-from CAMLSegmentationLib.losses import dice_loss, mutual_consistency_loss, sharpen, sigmoid_rampup
-from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
-from CAMLSegmentationLib.occ import (
+from CAMLSegmentationLib.model.losses import dice_loss, mutual_consistency_loss, sharpen, sigmoid_rampup
+from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig
+from CAMLSegmentationLib.model.occ import (
     MemoryBank,
     omni_correlation,
     omni_correlation_loss,
     select_confident,
 )
-from CAMLSegmentationLib.presets import TrainingPreset, load_preset
-from CAMLSegmentationLib.trainer import CAMLObjective, learning_rate, loss_weights
+from CAMLSegmentationLib.training.presets import TrainingPreset, load_preset
+from CAMLSegmentationLib.training.trainer import CAMLObjective, learning_rate, loss_weights
 
 
 def test_sharpen_values():
@@ -139,7 +139,7 @@ def test_memory_bank_sampling_does_no_work_per_stored_entry(monkeypatch):
 
 
 def test_sample_without_replacement_is_uniform_in_both_regimes():
-    from CAMLSegmentationLib.occ import sample_without_replacement
+    from CAMLSegmentationLib.model.occ import sample_without_replacement
 
     g = torch.Generator().manual_seed(1)
     for population, count in ((40, 16), (400, 16)):  # permutation, then draw-and-reject

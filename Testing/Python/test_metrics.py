@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from CAMLSegmentationLib.metrics import (
+from CAMLSegmentationLib.inference.metrics import (
     CaseMetrics,
     asd,
     dice,

@@ -25,7 +25,7 @@ MODULE_DIR = Path(__file__).resolve().parents[2] / "CAMLSegmentation"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-from CAMLSegmentationLib import mrml_bridge  # noqa: E402
+from CAMLSegmentationLib.slicer import mrml_bridge  # noqa: E402
 
 import CAMLSegmentation as module  # noqa: E402
 
@@ -41,9 +41,9 @@ def _save_random_model(path: Path, base_filters: int, window, seed: int, calibra
     """
     import torch
     import torch.nn.functional as F
-    from CAMLSegmentationLib.checkpoint import save_checkpoint
-    from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
-    from CAMLSegmentationLib.preprocess import normalize_intensity
+    from CAMLSegmentationLib.inference.preprocess import normalize_intensity
+    from CAMLSegmentationLib.model.checkpoint import save_checkpoint
+    from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig
 
     torch.manual_seed(seed)
     net = CAMLNet(NetworkConfig(base_filters=base_filters))
@@ -63,7 +63,7 @@ def _save_random_model(path: Path, base_filters: int, window, seed: int, calibra
 @pytest.fixture(scope="module")
 def caml_home(tmp_path_factory):
     """A user catalog with three models: a tiny one, a full-size one (slow on a CPU) and a corrupted one."""
-    from CAMLSegmentationLib.catalog import register_model
+    from CAMLSegmentationLib.model.catalog import register_model
 
     home = tmp_path_factory.mktemp("caml_home")
     catalog = home / "models" / "models.json"
@@ -103,7 +103,7 @@ def params(logic, scene):
 def _engine_outputs(logic, params, volume, tmp_path: Path, name: str = "direct"):
     """What ``caml segment`` gives when run directly on ``volume`` with the Logic's own arguments."""
     from CAMLSegmentationLib.cli import main as caml_main
-    from CAMLSegmentationLib.volume import read_image
+    from CAMLSegmentationLib.io.volume import read_image
 
     inp, out, unc = (tmp_path / f"{name}_{k}.nrrd" for k in ("in", "out", "unc"))
     module.writeVolume(volume, inp)
@@ -152,7 +152,7 @@ def _catalog(path: Path, *entries) -> Path:
 
 
 def test_models_come_from_the_engine_catalog_functions(logic, tmp_path, monkeypatch):
-    from CAMLSegmentationLib import catalog
+    from CAMLSegmentationLib.model import catalog
 
     bundled = _catalog(tmp_path / "bundled.json", {"id": "caml-la-8", "default": True}, {"id": "caml-la-cpu"})
     user = _catalog(tmp_path / "user.json", {"id": "my-cohort-v3", "version": 3}, {"id": "caml-la-8"})

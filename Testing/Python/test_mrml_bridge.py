@@ -10,8 +10,8 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheels (pip install '.[test]')")
 SimpleITK = pytest.importorskip("SimpleITK")
 
-from CAMLSegmentationLib import mrml_bridge  # noqa: E402
-from CAMLSegmentationLib.volume import Volume, read_image  # noqa: E402
+from CAMLSegmentationLib.io.volume import Volume, read_image  # noqa: E402
+from CAMLSegmentationLib.slicer import mrml_bridge  # noqa: E402
 
 
 def _rotation(axis: int, degrees: float) -> np.ndarray:
@@ -235,7 +235,7 @@ def test_roi_outside_the_volume_is_an_error(scene):
 def test_left_atrium_terminology_is_the_dicom_master_list_entry(scene, tmp_path):
     """One definition of the segment: Slicer parses it to SCT 82471001 in the DICOM master list, and the
     CLI's .seg.nrrd, read by Slicer's own reader, carries the same name, colour and terminology."""
-    from CAMLSegmentationLib import volume as volume_io
+    from CAMLSegmentationLib.io import volume as volume_io
 
     entry = slicer.vtkSlicerTerminologyEntry()
     assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from CAMLSegmentationLib.checkpoint import (
+from CAMLSegmentationLib.model.checkpoint import (
     CheckpointError,
     load_dual_model,
     load_sub_model,
@@ -12,7 +12,7 @@ from CAMLSegmentationLib.checkpoint import (
     release_checkpoint,
     save_checkpoint,
 )
-from CAMLSegmentationLib.network import CAMLNet, NetworkConfig, SubModel, count_parameters
+from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig, SubModel, count_parameters
 
 
 def official_key_set() -> set:

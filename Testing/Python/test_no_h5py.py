@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from CAMLSegmentationLib.volume import write_image
+from CAMLSegmentationLib.io.volume import write_image
 from inference_helpers import blob_volume, tiny_checkpoint
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2] / "CAMLSegmentation"

@@ -7,13 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from CAMLSegmentationLib.checkpoint import release_checkpoint, save_checkpoint
-from CAMLSegmentationLib.inference import InferenceOptions, flip_combinations, load_inference_model, segment_volume
-from CAMLSegmentationLib.network import NetworkConfig
-from CAMLSegmentationLib.preprocess import body_percentiles, normalize_intensity, resample_to_shape
-from CAMLSegmentationLib.presets import load_preset
-from CAMLSegmentationLib.settings import AUGMENTATION_FLIP_AXES, InferenceSettings
-from CAMLSegmentationLib.volume import Volume, read_volume, write_image
+from CAMLSegmentationLib.inference.predictor import (
+    InferenceOptions,
+    flip_combinations,
+    load_inference_model,
+    segment_volume,
+)
+from CAMLSegmentationLib.inference.preprocess import body_percentiles, normalize_intensity, resample_to_shape
+from CAMLSegmentationLib.io.volume import Volume, read_volume, write_image
+from CAMLSegmentationLib.model.checkpoint import release_checkpoint, save_checkpoint
+from CAMLSegmentationLib.model.network import NetworkConfig
+from CAMLSegmentationLib.model.settings import AUGMENTATION_FLIP_AXES, InferenceSettings
+from CAMLSegmentationLib.training.presets import load_preset
 from inference_helpers import one_thread, tiny_network
 
 _threads = pytest.fixture(autouse=True)(one_thread)

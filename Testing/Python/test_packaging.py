@@ -111,14 +111,18 @@ def test_installed_tree_holds_module_engine_ui_icons_and_models(installed):
     # The build tree is laid out the same way (Slicer can run the extension from it).
     build_module_dir = installed / "build" / SCRIPTED_DIR
     assert (build_module_dir / "Resources" / "UI" / "CAMLSegmentation.ui").is_file()
-    assert (build_module_dir / f"{MODULE}Lib" / "jobs.py").is_file()
+    assert (build_module_dir / f"{MODULE}Lib" / "slicer" / "jobs.py").is_file()
 
 
 def test_engine_modules_in_cmake_match_the_source_folder(installed):
-    """A new engine module (train.py, inference.py, ...) must be added to the CMake SCRIPTS list."""
+    """A new engine module (training/trainer.py, a new subpackage, ...) must be added to the CMake SCRIPTS list."""
     module_dir = installed / "install" / SCRIPTED_DIR
-    installed_py = sorted(p.name for p in (module_dir / f"{MODULE}Lib").glob("*.py"))
-    source_py = sorted(p.name for p in (ROOT / MODULE / f"{MODULE}Lib").glob("*.py"))
+
+    def python_files(lib: Path) -> List[str]:
+        return sorted(str(p.relative_to(lib)) for p in lib.rglob("*.py") if "__pycache__" not in p.parts)
+
+    installed_py = python_files(module_dir / f"{MODULE}Lib")
+    source_py = python_files(ROOT / MODULE / f"{MODULE}Lib")
     assert installed_py == source_py
 
 
@@ -145,7 +149,7 @@ def test_installed_engine_verifies_the_bundled_default_model(installed, tmp_path
     """Offline, right after installing: the installed engine finds the shipped model and its checksum holds."""
     module_dir = (installed / "install" / SCRIPTED_DIR).resolve()
     probe = ("import json\n"
-             "from CAMLSegmentationLib.catalog import default_model, verify\n"
+             "from CAMLSegmentationLib.model.catalog import default_model, verify\n"
              "e = default_model()\n"
              "print(json.dumps({'id': e.id, 'source': e.source, 'path': str(verify(e))}))\n")
     found = _probe_installed(module_dir, probe, cwd=tmp_path, caml_home=tmp_path / "no-user-models")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from CAMLSegmentationLib import cli
-from CAMLSegmentationLib.snapshot import (
+from CAMLSegmentationLib.io.snapshot import (
     GAP,
     PANEL_SIZE,
     decode_png,
@@ -17,7 +17,7 @@ from CAMLSegmentationLib.snapshot import (
     snapshot_shape,
     write_snapshot,
 )
-from CAMLSegmentationLib.volume import SEGMENT_COLOR_RGB, Volume, read_image, write_image
+from CAMLSegmentationLib.io.volume import SEGMENT_COLOR_RGB, Volume, read_image, write_image
 from inference_helpers import GEOMETRIES, blob_volume, one_thread, tiny_checkpoint
 
 _threads = pytest.fixture(autouse=True)(one_thread)

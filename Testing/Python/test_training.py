@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from CAMLSegmentationLib.checkpoint import read_checkpoint
 from CAMLSegmentationLib.cli import main as caml
-from CAMLSegmentationLib.network import CAMLNet, NetworkConfig
-from CAMLSegmentationLib.presets import TrainingPreset
-from CAMLSegmentationLib.trainer import TrainConfig, train
+from CAMLSegmentationLib.model.checkpoint import read_checkpoint
+from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig
+from CAMLSegmentationLib.training.presets import TrainingPreset
+from CAMLSegmentationLib.training.trainer import TrainConfig, train
 from synthetic import write_la_layout
 
 TINY = TrainingPreset(name="tiny", spacing=None, patch_size=(32, 32, 16), base_filters=4, feat_dim=8,
@@ -48,7 +48,7 @@ def test_short_run_lowers_loss_and_beats_chance(dataset, tmp_path):
     losses = [h["loss_s"] for h in result.history if "loss_s" in h]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     # Chance level: the best trivial answer, everything foreground.
-    from CAMLSegmentationLib.data import load_cases, open_source
+    from CAMLSegmentationLib.training.data import load_cases, open_source
 
     cases = load_cases(open_source(dataset), ["case004", "case005"], None, with_label=True)
     chance = np.mean([2 * c.label.mean() / (1 + c.label.mean()) for c in cases])
@@ -66,7 +66,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
     # The same stop written the way checkpoints were before per-rank states (one "rng"/"sampler").
     import shutil
 
-    from CAMLSegmentationLib.checkpoint import save_checkpoint
+    from CAMLSegmentationLib.model.checkpoint import save_checkpoint
 
     shutil.copytree(tmp_path / "b", tmp_path / "c")
     old = read_checkpoint(tmp_path / "c" / "last.pt")
@@ -89,7 +89,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
 
 def test_selected_heads_preset_trains_with_the_occ_term(dataset, tmp_path):
     """The shipped cpu preset puts only the picked voxels through the OCC heads; that path trains too."""
-    from CAMLSegmentationLib.presets import load_preset
+    from CAMLSegmentationLib.training.presets import load_preset
 
     assert load_preset("cpu").occ_heads_on == "selected"
     preset = TINY.with_overrides(iterations=3, occ_heads_on="selected", num_filtered=64)
@@ -136,7 +136,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     checksum of the augmented batch, for the test to compare across ranks and runs.
     """
     import torch.distributed as dist
-    from CAMLSegmentationLib import trainer as trainer_mod
+    from CAMLSegmentationLib.training import trainer as trainer_mod
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -323,8 +323,8 @@ def test_sigterm_stops_with_a_resumable_checkpoint(dataset, tmp_path):
 def test_validation_is_the_predictor_caml_evaluate_runs_on_any_layout(dataset, tmp_path, capsys):
     """One predictor: the Dice that picks best.pt is the Dice `caml evaluate` reports, and evaluate
     reads the generic layout `caml train` reads as well as LA .h5 (here: the same cases as NRRD)."""
-    from CAMLSegmentationLib.data import open_source
-    from CAMLSegmentationLib.volume import write_image, write_mask
+    from CAMLSegmentationLib.io.volume import write_image, write_mask
+    from CAMLSegmentationLib.training.data import open_source
 
     (tmp_path / "val.list").write_text("case004\ncase005\n")
     preset = TINY.with_overrides(iterations=4, val_start=4, val_interval=4)

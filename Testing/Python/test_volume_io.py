@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from CAMLSegmentationLib.volume import (
+from CAMLSegmentationLib.io.volume import (
     SEGMENT_COLOR,
     SEGMENT_NAME,
     ImageError,

@@ -111,7 +111,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _progress(args: argparse.Namespace) -> Any:
-    from ..segment_cli import progress_callback
+    from ..cli.segment import progress_callback
 
     return progress_callback(getattr(args, "progress", "none"))
 
@@ -143,13 +143,13 @@ def run_init(args: argparse.Namespace) -> int:
         if candidate.is_file():
             model = candidate
         else:
-            from ..catalog import CatalogError, find_model, verify
+            from ..model.catalog import CatalogError, find_model, verify
 
             try:
                 model = verify(find_model(args.model))
             except CatalogError as exc:
                 raise CohortError(f"--model {args.model}: not a file, and {exc}") from exc
-    from ..presets import load_preset
+    from ..training.presets import load_preset
 
     load_preset(args.preset)  # a typo fails now, not at the first retrain
     with Cohort.init(args.cohort, val_every=args.val_every, auto_retrain=args.auto_retrain, preset=args.preset,
@@ -195,7 +195,7 @@ def run_next(args: argparse.Namespace) -> int:
 
 
 def run_accept(args: argparse.Namespace) -> int:
-    from ..volume import read_image
+    from ..io.volume import read_image
     from .cohort import Cohort, CohortError
 
     def work() -> int:

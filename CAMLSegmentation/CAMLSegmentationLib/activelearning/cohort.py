@@ -35,9 +35,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..data import FolderSource, _natural_key, open_source
 from ..errors import CAMLError
-from ..volume import Volume, read_image, write_mask
+from ..io.volume import Volume, read_image, write_mask
+from ..training.data import FolderSource, _natural_key, open_source
 
 PathLike = Union[str, Path]
 
@@ -190,7 +190,7 @@ class Cohort:
     # ------------------------------------------------------------------ opening
     @staticmethod
     def _source(root: Path) -> FolderSource:
-        from ..data import DataError
+        from ..training.data import DataError
 
         try:
             source = open_source(root)
@@ -221,7 +221,7 @@ class Cohort:
             raise CohortError("--val-every and --auto-retrain must be 0 or more")
         source = cls._source(root)
         if model is not None:
-            from ..checkpoint import CheckpointError, read_checkpoint
+            from ..model.checkpoint import CheckpointError, read_checkpoint
 
             try:
                 read_checkpoint(model)
@@ -501,7 +501,7 @@ class Cohort:
         """Copy ``weights`` into versions/ and record the version (and its job's end) in one transaction."""
         import shutil
 
-        from ..files import atomic_output
+        from ..io.files import atomic_output
 
         versions_dir = self.state_dir / "versions"
         name = f"job-{job:04d}.pt" if job is not None else f"initial-{now().replace(':', '')}.pt"

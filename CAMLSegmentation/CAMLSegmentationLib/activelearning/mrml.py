@@ -13,8 +13,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .. import mrml_bridge
-from ..volume import Volume, read_image
+from ..io.volume import Volume, read_image
+from ..slicer import mrml_bridge
 from .cohort import Cohort
 
 PathLike = Union[str, Path]

@@ -43,8 +43,8 @@ def score_on_validation(cohort: Cohort, version: int, case_ids: Sequence[str], d
     Uses ``segment_volume``, the predictor every user-facing command uses, and the cache of
     scores for versions already recorded; new scores are cached when ``store``.
     """
-    from ..inference import InferenceOptions, load_inference_model, segment_volume
-    from ..metrics import dice
+    from ..inference.metrics import dice
+    from ..inference.predictor import InferenceOptions, load_inference_model, segment_volume
 
     cached = cohort.cached_val_scores(version, case_ids) if version >= 0 else {}
     todo = [c for c in case_ids if c not in cached]
@@ -85,9 +85,9 @@ def finetune_preset(cohort: Cohort, preset_name: Optional[str], base_weights: Op
                     iterations: Optional[int]) -> Any:
     """The fine-tuning preset, fitted to the weights it starts from: their network width and the
     inference settings stored with them (window, voxel size, intensity normalisation)."""
-    from ..checkpoint import read_checkpoint
-    from ..presets import load_preset
-    from ..settings import InferenceSettings
+    from ..model.checkpoint import read_checkpoint
+    from ..model.settings import InferenceSettings
+    from ..training.presets import load_preset
 
     preset = load_preset(preset_name or cohort.preset)
     if base_weights is not None:
@@ -125,7 +125,7 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
             promote: str = "auto", resume: bool = False, seed: Optional[int] = None,
             progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
     """Run one retrain job on the cohort at ``root``; returns what happened (see the module docstring)."""
-    from ..trainer import TrainConfig, train
+    from ..training.trainer import TrainConfig, train
 
     if promote not in PROMOTE_CHOICES:
         raise CohortError(f"promote must be one of {', '.join(PROMOTE_CHOICES)}")
@@ -150,7 +150,7 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
                     "base_version": base, "preset": ft.to_dict(), "promote": promote, "device": device,
                     "seed": cohort.seed if seed is None else seed}, indent=2))
             settings = json.loads((job_dir / "job.json").read_text())
-            from ..presets import TrainingPreset
+            from ..training.presets import TrainingPreset
 
             ft = TrainingPreset.from_dict(settings["preset"])
             labeled = [s for s in (job_dir / "labeled.list").read_text().split() if s]
@@ -213,7 +213,7 @@ _TRAINING_STATE = ("optimizer", "scaler", "memory_bank", "rng", "rank_states", "
 def _save_candidate(result: Any, last: Path, target: Path, preset: Any) -> None:
     """The candidate's weights file: the last iteration's model with everything stored beside it
     (network, preset, inference settings, split), without the optimizer and sampler state."""
-    from ..checkpoint import read_checkpoint, save_checkpoint
+    from ..model.checkpoint import read_checkpoint, save_checkpoint
 
     ckpt = read_checkpoint(last)
     payload = {k: v for k, v in ckpt.items() if k not in _TRAINING_STATE and k not in ("format", "format_version")}

@@ -80,7 +80,7 @@ def model_scores(p_v: np.ndarray, p_a: np.ndarray) -> Dict[str, float]:
 
 
 def load_dual_model(weights: Path, device: str = "auto") -> Any:
-    from ..inference import load_inference_model
+    from ..inference.predictor import load_inference_model
 
     return load_inference_model(weights, device, with_a=True)
 
@@ -93,7 +93,7 @@ def predict_case(model: Any, volume: Any, cancel: Optional[CancelToken] = None) 
     difference; running it once more with model A in V's place gives p_A itself. Each network
     still runs once per window, as a single call with both would.
     """
-    from ..inference import InferenceOptions, segment_volume
+    from ..inference.predictor import InferenceOptions, segment_volume
 
     result = segment_volume(volume, model, InferenceOptions(), cancel=cancel)
     a_only = dataclasses.replace(model, networks={"v": model.networks["a"]})
@@ -114,7 +114,7 @@ def score_candidates(cohort: Cohort, strategy: str, device: str = "auto",
     Returns ``{"scores": {case: score}, "version": v, "computed": [ids], "cached": [ids]}``.
     A model strategy writes each scored case's predicted mask and records it as predicted.
     """
-    from ..volume import write_mask
+    from ..io.volume import write_mask
 
     if strategy not in STRATEGIES:
         raise CohortError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -163,7 +163,7 @@ def rank(scores: Dict[str, float], order: Dict[str, int]) -> List[str]:
 def next_case(cohort: Cohort, strategy: str, device: str = "auto", uncertainty: bool = False,
               progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
     """Pick the most informative candidate and make sure its prediction (and uncertainty map) exist."""
-    from ..volume import write_image, write_mask
+    from ..io.volume import write_image, write_mask
 
     model = None
     scored = score_candidates(cohort, strategy, device, progress, cancel)

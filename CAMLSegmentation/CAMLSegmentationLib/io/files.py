@@ -50,7 +50,7 @@ def atomic_outputs(paths: Sequence[PathLike], commit: bool = False) -> Iterator[
     ``commit``: these are the job's final outputs; once they are in place a
     cancel no longer applies (``progress.commit_job``).
     """
-    from .progress import commit_job, deferred_cancel
+    from ..progress import commit_job, deferred_cancel
 
     targets = [Path(p) for p in paths]
     temps: List[Path] = []
@@ -86,7 +86,7 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
 
 def check_utf8_name(path: PathLike, what: str = "file") -> None:
     """Refuse a path that is not valid UTF-8 text (SimpleITK's C++ aborts the process on one)."""
-    from .errors import UserError
+    from ..errors import UserError
 
     try:
         str(path).encode("utf-8")

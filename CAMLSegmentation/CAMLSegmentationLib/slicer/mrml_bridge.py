@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .volume import SEGMENT_COLOR, SEGMENT_NAME, SEGMENT_TERMINOLOGY, Volume
+from ..io.volume import SEGMENT_COLOR, SEGMENT_NAME, SEGMENT_TERMINOLOGY, Volume
 
 #: Name, colour and terminology of the segment the module creates: the same definition
 #: the CLI's ``.seg.nrrd`` writer uses (``volume.SEGMENT_*``), so both look alike in Slicer.

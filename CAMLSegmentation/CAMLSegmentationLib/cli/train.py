@@ -45,10 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .errors import UserError
-    from .presets import load_preset
-    from .progress import commit_job, emit_final, json_lines, no_progress, text_bar
-    from .trainer import TrainConfig, train
+    from ..errors import UserError
+    from ..progress import commit_job, emit_final, json_lines, no_progress, text_bar
+    from ..training.presets import load_preset
+    from ..training.trainer import TrainConfig, train
 
     preset = load_preset(args.preset)
     if args.iterations is not None:

@@ -1,4 +1,4 @@
-"""``python -m CAMLSegmentationLib.demo [IMAGE]`` (what ``make demo`` runs): segment one MRI end to end.
+"""``python -m CAMLSegmentationLib.cli.demo [IMAGE]`` (what ``make demo`` runs): segment one MRI end to end.
 
 What it segments, first match wins:
 
@@ -27,9 +27,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from .. import MODULE_DIR
+
 OUT_DIR = Path("demo-output")
 #: Where ``make demo`` looks for the LA data: beside the repository, as DESIGN.md lays it out.
-DEFAULT_LA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "LA"
+DEFAULT_LA_ROOT = MODULE_DIR.parent.parent / "shared" / "data" / "LA"
 #: Seed of the phantom the demo and the README picture use.
 PHANTOM_SEED = 1
 
@@ -37,8 +39,8 @@ PHANTOM_SEED = 1
 def synthetic_image(path: Path, shape: Sequence[int] = (144, 128, 80), seed: int = PHANTOM_SEED,
                     label_path: Optional[Path] = None) -> Path:
     """Write the MRI-like phantom (0.625 mm voxels) to ``path``; its atrium mask to ``label_path`` if given."""
-    from .phantom import mri_phantom
-    from .volume import write_image, write_mask
+    from ..io.phantom import mri_phantom
+    from ..io.volume import write_image, write_mask
 
     volume, label = mri_phantom(shape=shape, seed=seed)
     write_image(volume.array, volume, path)
@@ -57,15 +59,15 @@ def la_root(explicit: Optional[str] = None) -> Optional[Path]:
 
 def la_demo_case(root: Path) -> str:
     """The last case of ``train.list``: a validation case (its label only ever chose checkpoints)."""
-    from .data import ORDER_FILE, read_id_list
+    from ..training.data import ORDER_FILE, read_id_list
 
     return read_id_list(root / ORDER_FILE)[-1]
 
 
 def convert_la_case(root: Path, case_id: str, out: Path) -> Tuple[Path, Path]:
     """The case's image and label as NRRD files in ``out`` (0.625 mm voxels): (image, label)."""
-    from .data import open_source
-    from .volume import write_image, write_mask
+    from ..io.volume import write_image, write_mask
+    from ..training.data import open_source
 
     volume, label = open_source(root).read(case_id, with_label=True)
     assert label is not None  # read(with_label=True) raises for an unlabeled case
@@ -76,8 +78,8 @@ def convert_la_case(root: Path, case_id: str, out: Path) -> Tuple[Path, Path]:
 
 def score(mask_path: Path, reference_path: Path) -> float:
     """Dice in % of a mask file against a reference file, with ``caml evaluate``'s metric code."""
-    from .metrics import evaluate_case
-    from .volume import read_image
+    from ..inference.metrics import evaluate_case
+    from ..io.volume import read_image
 
     mask, reference = read_image(mask_path), read_image(reference_path)
     return 100.0 * evaluate_case(mask.array > 0.5, reference.array > 0.5, reference.spacing).dice
@@ -86,8 +88,8 @@ def score(mask_path: Path, reference_path: Path) -> float:
 def _stand_in_model(out: Path) -> Path:
     import torch
 
-    from .checkpoint import save_checkpoint
-    from .network import CAMLNet, NetworkConfig
+    from ..model.checkpoint import save_checkpoint
+    from ..model.network import CAMLNet, NetworkConfig
 
     torch.manual_seed(0)
     weights = out / "untrained_random_weights.pt"
@@ -98,7 +100,7 @@ def _stand_in_model(out: Path) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m CAMLSegmentationLib.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m CAMLSegmentationLib.cli.demo", description=__doc__.split("\n")[0])
     parser.add_argument("image", nargs="?", help="an MRI to segment (default: an LA case if the data are "
                                                  "beside the repository, else a generated phantom)")
     parser.add_argument("--out", default=str(OUT_DIR), help="output folder (default ./demo-output)")
@@ -106,8 +108,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="use the phantom even when LA data are there")
     args = parser.parse_args(argv)
 
-    from . import cli
-    from .catalog import bundled_catalog_path, default_model
+    from .. import cli
+    from ..model.catalog import bundled_catalog_path, default_model
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import CAMLError
-from .preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
-from .progress import CancelToken, ProgressCallback, ProgressEvent
-from .settings import AUGMENTATION_FLIP_AXES, PERCENTILE
-from .volume import ImageError, Volume, check_intensities, read_image, read_la_h5
+from ..errors import CAMLError
+from ..inference.preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
+from ..io.volume import ImageError, Volume, check_intensities, read_image, read_la_h5
+from ..model.settings import AUGMENTATION_FLIP_AXES, PERCENTILE
+from ..progress import CancelToken, ProgressCallback, ProgressEvent
 
 PathLike = Union[str, Path]
 

@@ -25,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .. import MODULE_DIR
+
 PathLike = Union[str, Path]
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
@@ -34,7 +36,7 @@ RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 DEFAULT_GRACE_SECONDS = 30.0
 
 #: The directory holding the ``CAMLSegmentationLib`` package: put on the child's PYTHONPATH.
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+PACKAGE_PARENT = MODULE_DIR
 
 
 def python_executable() -> str:

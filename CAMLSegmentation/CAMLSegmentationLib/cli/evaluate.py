@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .errors import MissingFileError
-from .segment_cli import add_inference_arguments, add_model_arguments, json_outcome
+from ..errors import MissingFileError
+from .segment import add_inference_arguments, add_model_arguments, json_outcome
 
 COLUMNS = [("dice", "Dice(%)", 100.0), ("jaccard", "Jaccard(%)", 100.0), ("hd95_voxels", "95HD(vox)", 1.0),
            ("asd_voxels", "ASD(vox)", 1.0), ("hd95_mm", "95HD(mm)", 1.0), ("asd_mm", "ASD(mm)", 1.0)]
@@ -75,13 +75,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data import DataError, open_source, read_id_list
-    from .files import atomic_outputs
-    from .inference import segment_volume
-    from .metrics import METRIC_NAMES, evaluate_case, summarize
-    from .progress import ProgressEvent
-    from .segment_cli import load_model_from_args, options_from_args, progress_callback
-    from .volume import check_output_paths, validate_volume
+    from ..inference.metrics import METRIC_NAMES, evaluate_case, summarize
+    from ..inference.predictor import segment_volume
+    from ..io.files import atomic_outputs
+    from ..io.volume import check_output_paths, validate_volume
+    from ..progress import ProgressEvent
+    from ..training.data import DataError, open_source, read_id_list
+    from .segment import load_model_from_args, options_from_args, progress_callback
 
     json_mode = args.progress == "json"
     with json_outcome(json_mode) as final:

@@ -35,7 +35,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def list_models(args: argparse.Namespace) -> int:
-    from .catalog import bundled_catalog_path, load_catalog, user_catalog_path
+    from ..model.catalog import bundled_catalog_path, load_catalog, user_catalog_path
 
     entries = load_catalog()
     if getattr(args, "json", False):
@@ -55,7 +55,7 @@ def list_models(args: argparse.Namespace) -> int:
 
 
 def verify_models(args: argparse.Namespace) -> int:
-    from .catalog import CatalogError, find_model, load_catalog, verify
+    from ..model.catalog import CatalogError, find_model, load_catalog, verify
 
     entries = load_catalog()
     chosen = [find_model(i, entries) for i in args.ids] if args.ids else entries
@@ -71,7 +71,7 @@ def verify_models(args: argparse.Namespace) -> int:
 
 
 def register(args: argparse.Namespace) -> int:
-    from .catalog import metrics_from_evaluation, register_model
+    from ..model.catalog import metrics_from_evaluation, register_model
 
     metrics = metrics_from_evaluation(args.metrics) if args.metrics else None
     entry = register_model(args.weights, args.id, version=args.version, description=args.description,

@@ -32,13 +32,13 @@ from scipy import ndimage
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .checkpoint import CheckpointError, load_sub_model, read_checkpoint
-from .devices import resolve_device
-from .network import NetworkConfig, SubModel
+from ..devices import resolve_device
+from ..io.volume import Volume, check_size, validate_volume
+from ..model.checkpoint import CheckpointError, load_sub_model, read_checkpoint
+from ..model.network import NetworkConfig, SubModel
+from ..model.settings import OFFICIAL_WINDOW, PERCENTILE, InferenceSettings
+from ..progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
 from .preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
-from .progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
-from .settings import OFFICIAL_WINDOW, PERCENTILE, InferenceSettings
-from .volume import Volume, check_size, validate_volume
 
 PathLike = Union[str, Path]
 #: Window strides of the official CAML evaluation (``test_3d.py``: stride_xy=18, stride_z=4).

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from .devices import DEVICE_CHOICES
-from .errors import UserError
+from ..devices import DEVICE_CHOICES
+from ..errors import UserError
 
 if TYPE_CHECKING:  # the CLI imports torch only once a command runs, so `caml --help` stays fast
-    from .inference import InferenceModel, InferenceOptions
-    from .progress import ProgressCallback
+    from ..inference.predictor import InferenceModel, InferenceOptions
+    from ..progress import ProgressCallback
 
 OUTPUT_SUFFIX = "_left_atrium.seg.nrrd"
 
@@ -80,7 +80,7 @@ def default_output(input_path: Path) -> Path:
 
 
 def options_from_args(args: argparse.Namespace, uncertainty: bool = False) -> InferenceOptions:
-    from .inference import InferenceOptions
+    from ..inference.predictor import InferenceOptions
 
     if not 0.0 <= args.overlap < 0.95:
         raise UserError(f"--overlap must be between 0 and 0.95, got {args.overlap}")
@@ -96,14 +96,14 @@ def options_from_args(args: argparse.Namespace, uncertainty: bool = False) -> In
 
 def load_model_from_args(args: argparse.Namespace, with_a: bool = False) -> InferenceModel:
     """The model ``--weights`` or ``--model`` names, else the catalog default; UserError when there is none."""
-    from .catalog import default_model, find_model, verify
-    from .inference import load_inference_model
+    from ..inference.predictor import load_inference_model
+    from ..model.catalog import default_model, find_model, verify
 
     if args.weights:
         return load_inference_model(args.weights, args.device, with_a=with_a)
     entry = find_model(args.model) if args.model else default_model()
     if entry is None:
-        from .catalog import bundled_catalog_path, user_catalog_path
+        from ..model.catalog import bundled_catalog_path, user_catalog_path
 
         raise UserError(f"no trained model in the catalog ({bundled_catalog_path()} and {user_catalog_path()} "
                         f"list none): pass --weights FILE, or register one with `caml models register`")
@@ -112,7 +112,7 @@ def load_model_from_args(args: argparse.Namespace, with_a: bool = False) -> Infe
 
 
 def progress_callback(mode: str) -> ProgressCallback:
-    from .progress import json_lines, no_progress, text_bar
+    from ..progress import json_lines, no_progress, text_bar
 
     return {"json": json_lines(sys.stdout), "bar": text_bar(sys.stderr)}.get(mode, no_progress)
 
@@ -124,7 +124,7 @@ def json_outcome(enabled: bool) -> Iterator[Dict[str, Any]]:
     Errors and cancels are told by ``cli.main`` (one ``error`` or ``cancelled``
     line), so every command ends with exactly one final event.
     """
-    from .progress import emit_final
+    from ..progress import emit_final
 
     final: Dict[str, Any] = {}
     yield final
@@ -139,8 +139,8 @@ def _snapshot_beside(path: Optional[Path], volume: Any, mask: Any, uncertainty: 
     if path is None:
         yield {}
         return
-    from .files import atomic_output
-    from .snapshot import encode_png, render_snapshot
+    from ..io.files import atomic_output
+    from ..io.snapshot import encode_png, render_snapshot
 
     png = encode_png(render_snapshot(volume, mask, uncertainty))
     with atomic_output(path) as tmp:
@@ -149,8 +149,8 @@ def _snapshot_beside(path: Optional[Path], volume: Any, mask: Any, uncertainty: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from .files import check_utf8_name
-    from .volume import check_output_paths, read_volume, write_outputs
+    from ..io.files import check_utf8_name
+    from ..io.volume import check_output_paths, read_volume, write_outputs
 
     json_mode = args.progress == "json"
     with json_outcome(json_mode) as final:
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args, uncertainty=bool(args.uncertainty))
         volume = read_volume(source)
         model = load_model_from_args(args, with_a=options.ensemble or options.uncertainty)
-        from .inference import segment_volume
+        from ..inference.predictor import segment_volume
 
         result = segment_volume(volume, model, options, progress=progress_callback(args.progress))
         arrays = {"mask": result.mask, "uncertainty": result.uncertainty, "probability": result.probability}

@@ -11,11 +11,11 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import __version__
-from .errors import CAMLError, UserError  # UserError: importable from here, as before
+from .. import __version__
+from ..errors import CAMLError, UserError  # UserError: importable from here, as before
 
 # Modules that provide sub-commands, imported lazily so ``caml --help`` stays fast.
-_COMMAND_MODULES = ["train_cli", "segment_cli", "evaluate_cli", "models_cli", "activelearning.al_cli"]
+_COMMAND_MODULES = [".train", ".segment", ".evaluate", ".models", "..activelearning.al_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"caml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        importlib.import_module(f"{__package__}.{name}").add_parser(sub)
+        importlib.import_module(name, __package__).add_parser(sub)
     return parser
 
 
@@ -64,7 +64,7 @@ def main(argv: Optional[List[str]] = None, restore_signals: bool = True) -> int:
     user can fix (``CAMLError``) are one line on stderr (and one ``error``
     event); any other exception is a bug and keeps its traceback.
     """
-    from .progress import Cancelled, commit_job, emit_final, install_cancel_handler, restore_handlers
+    from ..progress import Cancelled, commit_job, emit_final, install_cancel_handler, restore_handlers
 
     argv = list(sys.argv[1:] if argv is None else argv)
     json_mode = _wants_json(argv)
@@ -110,7 +110,7 @@ def entry_point() -> None:
     """
     import signal
 
-    from .progress import CANCEL_SIGNALS
+    from ..progress import CANCEL_SIGNALS
 
     code = main(restore_signals=False)
     for sig in CANCEL_SIGNALS:

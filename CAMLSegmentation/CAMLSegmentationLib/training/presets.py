@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .errors import CAMLError, MissingFileError
-from .settings import NORMALIZATIONS
+from ..errors import CAMLError, MissingFileError
+from ..model.settings import NORMALIZATIONS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 

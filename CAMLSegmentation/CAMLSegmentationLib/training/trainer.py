@@ -33,17 +33,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import data as data_mod
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .devices import resolve_device
-from .errors import MissingFileError, UserError
-from .inference import InferenceOptions, model_from_network, segment_volume
-from .losses import dice_loss, mutual_consistency_loss, sigmoid_rampup
-from .metrics import dice
-from .network import CAMLNet, NetworkConfig
-from .occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
-from .presets import TrainingPreset
-from .progress import (
+from ..devices import resolve_device
+from ..errors import MissingFileError, UserError
+from ..inference.metrics import dice
+from ..inference.predictor import InferenceOptions, model_from_network, segment_volume
+from ..io.volume import Volume
+from ..model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from ..model.losses import dice_loss, mutual_consistency_loss, sigmoid_rampup
+from ..model.network import CAMLNet, NetworkConfig
+from ..model.occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
+from ..model.settings import InferenceSettings
+from ..progress import (
     Cancelled,
     CancelToken,
     ProgressCallback,
@@ -53,8 +53,8 @@ from .progress import (
     no_progress,
     raise_pending_cancel,
 )
-from .settings import InferenceSettings
-from .volume import Volume
+from . import data as data_mod
+from .presets import TrainingPreset
 
 LOG = logging.getLogger("caml.train")
 

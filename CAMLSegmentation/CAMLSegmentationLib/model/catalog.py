@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .errors import CAMLError
-from .files import atomic_output
+from .. import MODULE_DIR
+from ..errors import CAMLError
+from ..io.files import atomic_output
 
 PathLike = Union[str, Path]
 SCHEMA_VERSION = 1
@@ -86,12 +87,11 @@ class ModelEntry:
 def bundled_catalog_path() -> Path:
     """``Resources/Models/models.json``: next to the module in an installed Slicer extension,
     at the repository root in a source checkout."""
-    here = Path(__file__).resolve().parent
-    for base in (here.parent, here.parent.parent):
+    for base in (MODULE_DIR, MODULE_DIR.parent):
         candidate = base / "Resources" / "Models" / "models.json"
         if candidate.is_file():
             return candidate
-    return here.parent.parent / "Resources" / "Models" / "models.json"
+    return MODULE_DIR.parent / "Resources" / "Models" / "models.json"
 
 
 def caml_home() -> Path:

@@ -1,4 +1,4 @@
-"""``python -m CAMLSegmentationLib.install_in_slicer /path/to/Slicer``: load this module in that Slicer.
+"""``python -m CAMLSegmentationLib.slicer.install /path/to/Slicer``: load this module in that Slicer.
 
 Adds the folder holding ``CAMLSegmentation.py`` to the *Additional module
 paths* of the given 3D Slicer installation, what *Edit > Application
@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from .. import MODULE_DIR
+
 SECTION = "Modules"
 KEY = "AdditionalPaths"
-#: The folder Slicer must scan: the one holding the scripted module file.
-MODULE_DIR = Path(__file__).resolve().parent.parent
 
 
 class InstallError(Exception):
@@ -178,7 +178,7 @@ def add_module_path(settings: Path, module_dir: Path = MODULE_DIR) -> bool:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m CAMLSegmentationLib.install_in_slicer",
+        prog="python -m CAMLSegmentationLib.slicer.install",
         description="Add the CAMLSegmentation module folder to a 3D Slicer installation's Additional module "
                     "paths (close Slicer first; restart it afterwards).")
     parser.add_argument("slicer", nargs="?", help="the Slicer application folder, Slicer.app, or executable")

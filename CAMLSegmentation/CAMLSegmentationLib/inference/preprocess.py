@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .settings import NORMALIZATIONS, PERCENTILE, ZSCORE
-from .volume import check_intensities
+from ..io.volume import check_intensities
+from ..model.settings import NORMALIZATIONS, PERCENTILE, ZSCORE
 
 #: Percentiles of the body's intensities mapped to 0 and 1.
 BODY_PERCENTILES = (0.5, 99.5)

@@ -28,8 +28,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import CAMLError, MissingFileError
-from .files import atomic_output
+from ..errors import CAMLError, MissingFileError
+from ..io.files import atomic_output
 from .network import CAMLNet, NetworkConfig, SubModel
 from .settings import InferenceSettings
 

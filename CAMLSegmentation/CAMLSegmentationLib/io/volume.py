@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from .errors import CAMLError, MissingFileError, OutputError, SizeLimitError
+from ..errors import CAMLError, MissingFileError, OutputError, SizeLimitError
 from .files import atomic_outputs, check_utf8_name
 
 if TYPE_CHECKING:  # SimpleITK is imported where it is used, so importing this module stays cheap

@@ -1,0 +1,1 @@
+"""Semi-supervised training: case sources and augmentation, presets, the trainer."""
