@@ -172,10 +172,11 @@ class CAMLSegmentationParameters:
     _NODE_ROLES = {"inputVolume": "InputVolume", "roi": "ROI",
                    "outputSegmentation": "OutputSegmentation", "uncertaintyVolume": "UncertaintyVolume"}
     # The defaults are the settings the bundled model's card was scored with (`caml segment`'s
-    # defaults: 25 % window overlap, no test-time flips, no largest-component filter).
+    # defaults: 25 % window overlap, no test-time flips, and the largest-component filter as the
+    # model's validation chose it: "model" passes neither --lcc nor --no-lcc).
     _DEFAULTS = {"model": "", "device": "auto", "quality": "fast",
                  "overlap": str(QUALITY_PRESETS["fast"]["overlap"]), "tta": "false",
-                 "uncertainty": "false", "largestComponent": "false"}
+                 "uncertainty": "false", "largestComponent": "model"}
 
     def __init__(self, node: Any) -> None:
         object.__setattr__(self, "node", node)
@@ -190,8 +191,10 @@ class CAMLSegmentationParameters:
             return self.node.GetNodeReference(self._NODE_ROLES[name])
         if name in ("overlap",):
             return float(self.node.GetParameter(name) or self._DEFAULTS[name])
-        if name in ("tta", "uncertainty", "largestComponent"):
+        if name in ("tta", "uncertainty"):
             return (self.node.GetParameter(name) or self._DEFAULTS[name]) == "true"
+        if name == "largestComponent":  # None: the model's own choice (stored with its weights)
+            return {"true": True, "false": False}.get(self.node.GetParameter(name) or self._DEFAULTS[name])
         if name in self._DEFAULTS:
             return self.node.GetParameter(name) or self._DEFAULTS[name]
         raise AttributeError(name)
@@ -208,6 +211,10 @@ class CAMLSegmentationParameters:
             raise ValueError(f"quality must be one of {sorted(QUALITY_PRESETS)}, not {value!r}")
         if name == "overlap" and not 0.0 <= float(value) < 1.0:
             raise ValueError(f"overlap must be in [0, 1), not {value!r}")
+        if name == "largestComponent" and value not in (None, True, False):
+            raise ValueError(f"largestComponent must be None (the model's choice), True or False, not {value!r}")
+        if value is None and name == "largestComponent":
+            value = "model"
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         self.node.SetParameter(name, text)
 
@@ -800,8 +807,8 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
             args += ["--model", params.model]
         if params.tta:
             args.append("--tta")
-        if params.largestComponent:
-            args.append("--lcc")
+        if params.largestComponent is not None:
+            args.append("--lcc" if params.largestComponent else "--no-lcc")
         if uncertaintyPath is not None:
             args += ["--uncertainty", str(uncertaintyPath)]
         prefix = self.engineCommand
@@ -1093,8 +1100,10 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
             combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.qualitySelector.connect("currentIndexChanged(int)", self.onQualityChanged)
         self.ui.overlapSlider.connect("valueChanged(double)", self.updateParameterNodeFromGUI)
-        for box in (self.ui.ttaCheckBox, self.ui.uncertaintyCheckBox, self.ui.lccCheckBox):
+        for box in (self.ui.ttaCheckBox, self.ui.uncertaintyCheckBox):
             box.connect("toggled(bool)", self.updateParameterNodeFromGUI)
+        # Three states: partly checked = the model's own choice, stored with its weights.
+        self.ui.lccCheckBox.connect("stateChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.correctButton.connect("clicked(bool)", self.onCorrectButton)
 
@@ -1167,7 +1176,8 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
             self.ui.overlapSlider.value = p.overlap
             self.ui.ttaCheckBox.checked = p.tta
             self.ui.uncertaintyCheckBox.checked = p.uncertainty
-            self.ui.lccCheckBox.checked = p.largestComponent
+            self.ui.lccCheckBox.checkState = {None: qt.Qt.PartiallyChecked, True: qt.Qt.Checked,
+                                              False: qt.Qt.Unchecked}[p.largestComponent]
             running = self._run is not None and self._run.running
             self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
             self.ui.segmentButton.enabled = running or (p.inputVolume is not None and bool(p.model))
@@ -1196,7 +1206,8 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
             p.overlap = self.ui.overlapSlider.value
             p.tta = self.ui.ttaCheckBox.checked
             p.uncertainty = self.ui.uncertaintyCheckBox.checked
-            p.largestComponent = self.ui.lccCheckBox.checked
+            state = self.ui.lccCheckBox.checkState
+            p.largestComponent = (None if state == qt.Qt.PartiallyChecked else state == qt.Qt.Checked)
         finally:
             p.node.EndModify(wasModifying)
 

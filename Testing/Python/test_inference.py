@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from CAMLSegmentationLib.model.network import SubModel
 from CAMLSegmentationLib.model.settings import AUGMENTATION_FLIP_AXES, InferenceSettings
 from CAMLSegmentationLib.progress import Cancelled, CancelToken
 from inference_helpers import GEOMETRIES, blob_volume, one_thread, tiny_checkpoint, tiny_network
+from scipy import ndimage
 
 _threads = pytest.fixture(autouse=True)(one_thread)
 
@@ -231,7 +233,7 @@ def test_tta_is_exactly_invariant_to_the_flips_training_used() -> None:
 def test_official_protocol_is_plain_averaging_with_strides_18_18_4() -> None:
     opts = InferenceOptions.official()
     assert opts.strides == (18, 18, 4) and opts.blend == "constant"
-    assert not (opts.tta or opts.lcc or opts.ensemble or opts.uncertainty)
+    assert not (opts.tta or opts.ensemble or opts.uncertainty) and opts.lcc is False
     assert opts.threshold is None  # the model's own, stored with its weights (0.5: argmax of two classes)
 
 
@@ -282,6 +284,36 @@ def test_largest_component_keeps_the_biggest_blob() -> None:
     mask[18, 0, 0] = 1
     kept = largest_component(mask)
     assert int(kept.sum()) == 216 and kept[12, 12, 12] == 1 and kept[3, 3, 3] == 0
+
+
+def test_the_model_decides_the_largest_component_unless_the_user_does() -> None:
+    volume = blob_volume()
+    model = inference_model()
+    probe = segment_volume(volume, model, InferenceOptions(lcc=False))
+    # A threshold that leaves the random tiny model's mask in several pieces.
+    threshold = float(np.quantile(probe.probability, 0.8))
+    pieces = segment_volume(volume, model, InferenceOptions(lcc=False, threshold=threshold)).mask
+    assert ndimage.label(pieces)[1] > 1
+    assert not model.settings.largest_component  # the default: every component kept
+    np.testing.assert_array_equal(segment_volume(volume, model, InferenceOptions(threshold=threshold)).mask, pieces)
+
+    chosen = replace(model, settings=replace(model.settings, largest_component=True))
+    by_model = segment_volume(volume, chosen, InferenceOptions(threshold=threshold))
+    assert by_model.info["lcc"] is True
+    np.testing.assert_array_equal(by_model.mask, largest_component(pieces))
+    overridden = segment_volume(volume, chosen, InferenceOptions(threshold=threshold, lcc=False))
+    assert overridden.info["lcc"] is False
+    np.testing.assert_array_equal(overridden.mask, pieces)
+    # The official protocol never post-processes, whatever the model chose.
+    assert InferenceOptions.official().lcc is False
+
+
+def test_settings_round_trip_and_older_files_keep_every_component() -> None:
+    settings = InferenceSettings(window=(16, 16, 8), spacing=(1.25, 1.25, 1.25), normalization="percentile",
+                                 largest_component=True)
+    assert InferenceSettings.from_dict(settings.to_dict()) == settings
+    older = {k: v for k, v in settings.to_dict().items() if k != "largest_component"}
+    assert InferenceSettings.from_dict(older).largest_component is False
 
 
 def test_cancel_stops_within_one_batch_of_windows() -> None:

@@ -116,9 +116,10 @@ def _engine_outputs(logic, params, volume, tmp_path: Path, name: str = "direct")
 
 def test_parameter_node_is_a_scene_singleton_with_defaults(logic, scene):
     p = logic.getParameterNode()
-    # The model card's settings (caml segment's defaults): 25 % overlap, no flips, no largest component.
+    # The model card's settings (caml segment's defaults): 25 % overlap, no flips, the largest
+    # component as the model chose (None: neither --lcc nor --no-lcc).
     assert (p.device, p.quality, p.overlap, p.tta, p.uncertainty, p.largestComponent) == (
-        "auto", "fast", 0.25, False, False, False)
+        "auto", "fast", 0.25, False, False, None)
     assert p.node.GetSingletonTag() == "CAMLSegmentation" and p.node.GetAttribute("ModuleName") == "CAMLSegmentation"
     assert scene.GetSingletonNode("CAMLSegmentation", "vtkMRMLScriptedModuleNode") is p.node
     p.node.RemoveAttribute("ModuleName")  # what a scene close may do
@@ -262,9 +263,15 @@ def test_segment_command_reflects_the_parameters(logic, params, tmp_path):
     assert "--tta" in args and "--lcc" in args
     assert args[args.index("--uncertainty") + 1] == "u.nrrd"
     assert args[args.index("--progress") + 1] == "json"
+    params.largestComponent = False
+    assert "--no-lcc" in logic.segmentCommand(Path("in.nrrd"), Path("out.nrrd"), params, "cpu")
+    params.largestComponent = None
     logic.engineCommand = None
     default = logic.segmentCommand(Path("in.nrrd"), Path("out.nrrd"), params, "cpu")
     assert default[1:3] == ["-m", "CAMLSegmentationLib.cli"] and "--uncertainty" not in default
+    assert "--lcc" not in default and "--no-lcc" not in default
+    with pytest.raises(ValueError, match="largestComponent"):
+        params.largestComponent = "sometimes"
 
 
 def test_segment_creates_an_aligned_left_atrium_segment(logic, params, scene, tmp_path):

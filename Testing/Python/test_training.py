@@ -329,7 +329,14 @@ def test_validation_is_the_predictor_caml_evaluate_runs_on_any_layout(dataset, t
     (tmp_path / "val.list").write_text("case004\ncase005\n")
     preset = TINY.with_overrides(iterations=4, val_start=4, val_interval=4)
     train(TrainConfig(dataset, tmp_path / "run", preset, labeled=2, val_list=tmp_path / "val.list", seed=5))
-    val = read_checkpoint(tmp_path / "run" / "best.pt")["val"]["per_case"]
+    best = read_checkpoint(tmp_path / "run" / "best.pt")
+    val = best["val"]["per_case"]
+    # The post-processing is chosen on validation and stored with the weights `caml evaluate` loads.
+    chosen = best["val"]["largest_component"]
+    assert best["inference"]["largest_component"] is chosen
+    assert best["val"]["dice"] == max(best["val"]["dice_as_predicted"], best["val"]["dice_largest_component"])
+    assert best["val"]["dice"] == (best["val"]["dice_largest_component"] if chosen
+                                   else best["val"]["dice_as_predicted"])
     generic = tmp_path / "generic"
     (generic / "images").mkdir(parents=True)
     (generic / "labels").mkdir()
@@ -349,5 +356,5 @@ def test_validation_is_the_predictor_caml_evaluate_runs_on_any_layout(dataset, t
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["rampup_length"] == 4.0 and config["split"]["validation"] == ["case004", "case005"]
     assert config["inference"] == {"window": [32, 32, 16], "spacing": None, "normalization": "percentile",
-                                   "flip_axes": [0, 1], "threshold": 0.5}
+                                   "flip_axes": [0, 1], "threshold": 0.5, "largest_component": False}
     assert read_checkpoint(tmp_path / "run" / "last.pt")["inference"] == config["inference"]

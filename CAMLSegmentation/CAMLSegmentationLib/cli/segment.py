@@ -43,9 +43,13 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction shared by neighbouring windows, 0 to 0.9 (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="windows per forward pass (default 2 on CPU, 4 on CUDA)")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 axis flips")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average over the flips the model's training used "
+                             "(for this project's models the 4 in-plane flips; never the slice axis)")
     parser.add_argument("--ensemble", action="store_true", help="average models V and A instead of V alone")
-    parser.add_argument("--lcc", action="store_true", help="keep only the largest connected component")
+    parser.add_argument("--lcc", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep only the largest connected component (--no-lcc: keep every component); "
+                             "default: what the model's validation chose, stored with its weights")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                         help="bar: for people (stderr); json: JSON lines on stdout for programs")
 
@@ -90,7 +94,8 @@ def options_from_args(args: argparse.Namespace, uncertainty: bool = False) -> In
     if args.protocol == "official" and (args.tta or args.lcc or args.ensemble):
         raise UserError("--protocol official is model V without post-processing: "
                          "it cannot be combined with --tta, --lcc or --ensemble")
-    return base.with_changes(batch_size=args.batch_size, tta=args.tta, lcc=args.lcc,
+    return base.with_changes(batch_size=args.batch_size, tta=args.tta,
+                             lcc=base.lcc if args.lcc is None else args.lcc,
                              ensemble=args.ensemble, uncertainty=uncertainty)
 
 

@@ -336,7 +336,7 @@ class InferenceOptions:
     tta: bool = False  # average over the flips the model's training augmentation allowed
     ensemble: bool = False  # average V and A instead of V alone
     uncertainty: bool = False  # |p_V - p_A| per voxel (runs model A as well)
-    lcc: bool = False  # keep only the largest connected component
+    lcc: Optional[bool] = None  # keep only the largest connected component; None = the model's choice
     threshold: Optional[float] = None  # None = the model's own (stored with its weights)
     protocol: str = "default"
 
@@ -348,7 +348,8 @@ class InferenceOptions:
         Resampling stays on: it is a no-op for models trained at the LA voxel size (the
         paper's), and a model trained at another voxel size must see that size.
         """
-        return cls(strides=OFFICIAL_STRIDES, window_layout="flush", blend="constant", protocol="official")
+        return cls(strides=OFFICIAL_STRIDES, window_layout="flush", blend="constant", lcc=False,
+                   protocol="official")
 
     def with_changes(self, **changes: Any) -> InferenceOptions:
         return replace(self, **changes)
@@ -468,14 +469,15 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     probability = probs_np.mean(axis=0) if options.ensemble else p_v
     uncertainty = np.abs(probs_np[0] - probs_np[1]).astype(np.float32) if options.uncertainty else None
     mask = (probability > threshold).astype(np.uint8)
-    if options.lcc:
+    lcc = settings.largest_component if options.lcc is None else options.lcc
+    if lcc:
         mask = largest_component(mask)
     info = {"model": model.name, "protocol": options.protocol, "device": str(model.device),
             "window": list(model.window), "strides": list(strides), "window_layout": options.window_layout,
             "windows": count_windows(target_shape, model.window, strides),
             "network_grid": list(target_shape), "input_grid": list(volume.shape),
             "content_box": [[b.start, b.stop] for b in box],
-            "models": order, "tta": options.tta, "flips": [list(f) for f in flips], "lcc": options.lcc,
+            "models": order, "tta": options.tta, "flips": [list(f) for f in flips], "lcc": lcc,
             "normalization": settings.normalization, "threshold": threshold,
             "seconds": round(time.perf_counter() - start, 3)}
     return SegmentationResult(mask=mask, probability=np.ascontiguousarray(probability, dtype=np.float32),

@@ -3,7 +3,9 @@
 As nnU-Net keeps its plans and mirroring axes beside each checkpoint, every
 checkpoint this project writes carries an ``inference`` dict: sliding-window
 size, voxel size, intensity normalisation, the axes the training augmentation
-flipped (test-time flips may use only those) and the probability threshold.
+flipped (test-time flips may use only those), the probability threshold and
+the post-processing chosen on the validation cases (keeping the largest
+connected component, as nnU-Net decides its post-processing from validation).
 The catalog, the CLI and the Slicer module read these from the weights; they
 do not keep copies. Torch-free, so the CLI can describe a model cheaply.
 """
@@ -28,13 +30,16 @@ OFFICIAL_WINDOW = (112, 112, 80)
 @dataclass(frozen=True)
 class InferenceSettings:
     """How to run a model: ``window`` (voxels), ``spacing`` (mm, None = each image's own),
-    ``normalization``, ``flip_axes`` usable for test-time augmentation, ``threshold``."""
+    ``normalization``, ``flip_axes`` usable for test-time augmentation, ``threshold``, and
+    ``largest_component``: keep only the largest connected component (on when it raised the
+    validation Dice of the checkpoint)."""
 
     window: Tuple[int, int, int] = OFFICIAL_WINDOW
     spacing: Optional[Tuple[float, float, float]] = None
     normalization: str = ZSCORE
     flip_axes: Tuple[int, ...] = AUGMENTATION_FLIP_AXES
     threshold: float = 0.5
+    largest_component: bool = False
 
     def __post_init__(self) -> None:
         if len(self.window) != 3 or min(self.window) < 1:
@@ -52,7 +57,7 @@ class InferenceSettings:
     def to_dict(self) -> Dict[str, Any]:
         return {"window": list(self.window), "spacing": None if self.spacing is None else list(self.spacing),
                 "normalization": self.normalization, "flip_axes": list(self.flip_axes),
-                "threshold": self.threshold}
+                "threshold": self.threshold, "largest_component": self.largest_component}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InferenceSettings:
@@ -62,7 +67,8 @@ class InferenceSettings:
                        spacing=None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
                        normalization=str(d["normalization"]),
                        flip_axes=tuple(int(a) for a in d.get("flip_axes", AUGMENTATION_FLIP_AXES)),
-                       threshold=float(d.get("threshold", 0.5)))
+                       threshold=float(d.get("threshold", 0.5)),
+                       largest_component=bool(d.get("largest_component", False)))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed inference settings {dict(d)!r} ({exc})") from exc
 

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -36,7 +36,7 @@ from torch import nn
 from ..devices import resolve_device
 from ..errors import MissingFileError, UserError
 from ..inference.metrics import dice
-from ..inference.predictor import InferenceOptions, model_from_network, segment_volume
+from ..inference.predictor import InferenceOptions, largest_component, model_from_network, segment_volume
 from ..io.volume import Volume
 from ..model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from ..model.losses import dice_loss, mutual_consistency_loss, sigmoid_rampup
@@ -312,13 +312,21 @@ def validate(net: CAMLNet, cases: Sequence[ValidationCase], settings: InferenceS
     ``InferenceOptions`` (normalisation, resampling, sliding window and
     threshold included) and scored on its own grid, so the number that
     selects a checkpoint is the number ``caml evaluate`` reports for it.
+    Each mask is scored as predicted and with only its largest connected
+    component; the post-processing with the higher mean Dice is the
+    checkpoint's (``largest_component``, stored in best.pt's settings), as
+    nnU-Net chooses its post-processing on validation.
     """
     model = model_from_network(net, settings, device)
-    scores = {}
+    plain, kept = {}, {}
     for case in cases:
-        result = segment_volume(case.volume, model, InferenceOptions())
-        scores[case.case_id] = dice(result.mask > 0, case.label > 0)
-    return {"dice": float(np.mean(list(scores.values()))), "per_case": scores}
+        mask = segment_volume(case.volume, model, InferenceOptions(lcc=False)).mask
+        plain[case.case_id] = dice(mask > 0, case.label > 0)
+        kept[case.case_id] = dice(largest_component(mask) > 0, case.label > 0)
+    plain_mean, kept_mean = float(np.mean(list(plain.values()))), float(np.mean(list(kept.values())))
+    use_lcc = kept_mean > plain_mean
+    return {"dice": kept_mean if use_lcc else plain_mean, "per_case": kept if use_lcc else plain,
+            "largest_component": use_lcc, "dice_as_predicted": plain_mean, "dice_largest_component": kept_mean}
 
 
 # --------------------------------------------------------------------------- run
@@ -603,9 +611,12 @@ class TrainingRun:
                 record["val_dice"] = val["dice"]
                 if self.best_dice is None or val["dice"] > self.best_dice:
                     self.best_dice, self.best_iter = val["dice"], iteration
-                    save_checkpoint(self.out_dir / "best.pt", dict(self.meta, model=self.net.state_dict(),
+                    chosen = replace(self.settings, largest_component=val["largest_component"])
+                    save_checkpoint(self.out_dir / "best.pt", dict(self.meta, inference=chosen.to_dict(),
+                                                                   model=self.net.state_dict(),
                                                                    iteration=iteration, val=val))
-                LOG.info("iteration %d validation Dice %.4f (best %.4f at %d)", iteration, val["dice"],
+                LOG.info("iteration %d validation Dice %.4f%s (best %.4f at %d)", iteration, val["dice"],
+                         " with the largest component kept" if val["largest_component"] else "",
                          self.best_dice, self.best_iter)
         if iteration % self.cfg.log_every == 0 or "val_dice" in record or iteration == preset.iterations:
             self.history.append(record)
