@@ -83,34 +83,29 @@ def shape_for_spacing(shape: Sequence[int], spacing: Sequence[float],
                  for n, sp, ts in zip(shape, spacing, target_spacing))
 
 
-def _antialias(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Gaussian-smooth ``t`` ``[1, C, i, j, k]`` along each axis shrunk by more than ``ANTIALIAS_FACTOR``.
+def _antialias(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Gaussian-smooth ``array`` (3D or ``[C, i, j, k]``) along each axis shrunk by more than ``ANTIALIAS_FACTOR``.
 
     Plain trilinear sampling of a 0.3-0.5 mm clinical scan onto the model's
     1.25 mm grid reads one voxel in several and aliases noise and thin
     structures; sigma = (factor - 1) / 2 voxels of the source grid, the usual
     choice (e.g. scikit-image), removes what the coarser grid cannot hold.
+    The kernel reaches ceil(3 sigma) voxels, edges replicated. SciPy's
+    separable filter does this about 5x faster than a grouped conv3d on a CPU
+    (``benchmarks/bench_resampling.py``).
     """
-    import torch
-    import torch.nn.functional as F
+    from scipy import ndimage
 
-    for axis, (n, m) in enumerate(zip(t.shape[2:], shape)):
+    lead = array.ndim - 3
+    out = np.asarray(array, dtype=np.float32)
+    for axis, (n, m) in enumerate(zip(out.shape[lead:], shape)):
         factor = n / m
         if factor <= ANTIALIAS_FACTOR:
             continue
         sigma = (factor - 1.0) / 2.0
         radius = max(1, int(np.ceil(3 * sigma)))
-        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        view = [1, 1, 1, 1, 1]
-        view[axis + 2] = kernel.numel()
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius  # F.pad lists the last axis first
-        channels = t.shape[1]
-        weight = kernel.view(view).repeat(channels, 1, 1, 1, 1)
-        t = F.conv3d(F.pad(t, pad, mode="replicate"), weight, groups=channels)
-    return t
+        out = ndimage.gaussian_filter1d(out, sigma, axis=lead + axis, mode="nearest", truncate=radius / sigma)
+    return out
 
 
 def resample_to_shape(array: np.ndarray, shape: Sequence[int], mode: str = "linear") -> np.ndarray:
@@ -127,15 +122,17 @@ def resample_to_shape(array: np.ndarray, shape: Sequence[int], mode: str = "line
     squeeze = array.ndim == 3
     if tuple(array.shape[-3:]) == shape:
         return array
+    if mode not in ("nearest", "linear"):
+        raise ValueError(f"unknown resampling mode {mode!r}")
+    if mode == "linear":
+        array = _antialias(array, shape)
     t = torch.from_numpy(np.ascontiguousarray(array))
     t = t[None, None] if squeeze else t[None]
     src_dtype = t.dtype
     if mode == "nearest":
         out = F.interpolate(t.float(), size=shape, mode="nearest-exact")
         out = out.to(src_dtype)
-    elif mode == "linear":
-        out = F.interpolate(_antialias(t.float(), shape), size=shape, mode="trilinear", align_corners=False)
     else:
-        raise ValueError(f"unknown resampling mode {mode!r}")
+        out = F.interpolate(t.float(), size=shape, mode="trilinear", align_corners=False)
     out = out[0, 0] if squeeze else out[0]
     return out.numpy()
