@@ -55,7 +55,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
     from CAMLSegmentationLib.inference import preprocess
 
     torch.set_num_threads(args.threads)

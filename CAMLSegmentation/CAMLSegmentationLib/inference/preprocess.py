@@ -22,7 +22,7 @@ BODY_PERCENTILES = (0.5, 99.5)
 #: well under 1 %, a fraction of the time on a 576x576x88 scan).
 _MAX_SAMPLES = 2_000_000
 if TYPE_CHECKING:  # torch is imported where resampling needs it, so `caml --help` stays light
-    import torch
+    pass
 
 #: Downsampling by more than this factor smooths first (anti-aliasing).
 ANTIALIAS_FACTOR = 1.5
