@@ -70,7 +70,7 @@ def main() -> None:
             saved = preprocess.ANTIALIAS_FACTOR
             preprocess.ANTIALIAS_FACTOR = factor
             try:
-                seconds = timed(lambda: preprocess.resample_to_shape(image, target), args.repeats)
+                seconds = timed(lambda a=image, s=target: preprocess.resample_to_shape(a, s), args.repeats)
                 aliasing = float(np.abs(preprocess.resample_to_shape(board, target)).max())
             finally:
                 preprocess.ANTIALIAS_FACTOR = saved
