@@ -110,6 +110,11 @@ def test_settings_travel_with_the_weights_into_the_release(tmp_path: Path) -> No
     model = load_inference_model(release, "cpu")
     assert model.settings == InferenceSettings(window=(32, 32, 16), spacing=(1.6, 1.6, 1.6),
                                                normalization="percentile", flip_axes=(0, 1), threshold=0.5)
+    # A release may set the post-processing an older checkpoint did not record.
+    chosen = tmp_path / "chosen.pt"
+    release_checkpoint(_checkpoint(tmp_path), chosen, largest_component=True)
+    assert load_inference_model(chosen, "cpu").settings.largest_component is True
+    assert model.settings.largest_component is False
 
 
 def test_legacy_checkpoints_keep_the_normalisation_they_were_trained_with() -> None:

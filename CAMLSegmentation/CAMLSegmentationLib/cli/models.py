@@ -31,6 +31,11 @@ def add_parser(subparsers: Any) -> None:
                    help="catalog to add it to (default: the user catalog; Resources/Models/models.json "
                         "bundles it with the extension)")
     r.add_argument("--default", action="store_true", help="use it when no --model is given")
+    r.add_argument("--lcc", action=argparse.BooleanOptionalAction, default=None,
+                   help="store 'keep only the largest connected component' as the model's post-processing "
+                        "(--no-lcc: keep every component); default: what the checkpoint records (caml train "
+                        "chooses it on the validation cases); for older checkpoints compare `caml evaluate "
+                        "--lcc` and `--no-lcc` on the validation cases")
     r.set_defaults(func=register)
 
 
@@ -76,7 +81,8 @@ def register(args: argparse.Namespace) -> int:
     metrics = metrics_from_evaluation(args.metrics) if args.metrics else None
     entry = register_model(args.weights, args.id, version=args.version, description=args.description,
                            training_data=args.training_data, training=args.training, metrics=metrics,
-                           catalog_path=args.catalog, default=args.default, half=args.fp16)
+                           catalog_path=args.catalog, default=args.default, half=args.fp16,
+                           largest_component=args.lcc)
     print(f"registered {entry.id} (version {entry.version}, sha256 {entry.sha256[:12]}...) -> {entry.path}\n"
           f"  use it with `caml segment IN --model {entry.id}`")
     return 0

@@ -262,15 +262,17 @@ def catalog_lock(catalog_path: PathLike, timeout: float = 120.0) -> Any:
 def register_model(weights: PathLike, model_id: str, version: str = "1", description: str = "",
                    training_data: str = "", metrics: Optional[Dict[str, Any]] = None,
                    catalog_path: Optional[PathLike] = None, default: bool = False,
-                   training: str = "", half: bool = False) -> ModelEntry:
+                   training: str = "", half: bool = False,
+                   largest_component: Optional[bool] = None) -> ModelEntry:
     """Store a trained checkpoint's release form beside a catalog and list it there.
 
     The catalog is the user's (``$CAML_HOME/models/models.json``) unless
     ``catalog_path`` names another, e.g. the bundled one when preparing a
     release. What is stored is ``release_checkpoint``'s compact file (models
     V and A, fp16 when ``half``), not the training checkpoint. How to run
-    the model (window, voxel size, normalisation, flips, threshold) travels
-    inside that file; the entry only points at it and records its scores.
+    the model (window, voxel size, normalisation, flips, threshold, post-processing)
+    travels inside that file; the entry only points at it and records its
+    scores. ``largest_component`` sets the post-processing (None: the checkpoint's own).
 
     Refused: an id or version that is not a plain name (``check_name``), an
     id already listed (compared without case, as some file systems do), and
@@ -299,7 +301,7 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
             raise CatalogError(f"{target}: a file of that name is already in the catalog's folder; "
                                f"choose another id or version")
         with atomic_output(target) as tmp:
-            release_checkpoint(weights, tmp, half=half)
+            release_checkpoint(weights, tmp, half=half, largest_component=largest_component)
         entry = ModelEntry(id=model_id, version=str(version), file=file_name, sha256=sha256_file(target),
                            preset=str(preset.get("name", "")),
                            training_data=training_data, training=training,

@@ -22,6 +22,7 @@ refused. Everything a checkpoint holds is therefore kept in those types
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -221,7 +222,8 @@ def load_sub_model(path: PathLike, which: str = "v") -> Tuple[SubModel, Dict[str
 
 
 def release_checkpoint(source: PathLike, target: PathLike, half: bool = False,
-                       sub_models: Tuple[str, ...] = ("v", "a")) -> Dict[str, Any]:
+                       sub_models: Tuple[str, ...] = ("v", "a"),
+                       largest_component: Optional[bool] = None) -> Dict[str, Any]:
     """Write the compact file a catalog ships: sub-models V and A, the network and preset, nothing else.
 
     A training checkpoint also carries the projection heads, optimizer
@@ -229,7 +231,9 @@ def release_checkpoint(source: PathLike, target: PathLike, half: bool = False,
     inference. ``half`` stores floating tensors as fp16 (half the size again);
     loading casts them back to float32, so only rounding changes, which the
     release procedure checks on the validation cases. Each kept sub-model is
-    test-loaded before anything is written. Returns the payload written.
+    test-loaded before anything is written. ``largest_component`` replaces the
+    post-processing the checkpoint records (for checkpoints written before the
+    trainer chose it on validation); None keeps it. Returns the payload written.
     """
     ckpt = read_checkpoint(source)
     cfg = NetworkConfig.from_dict(ckpt.get("network", {}))
@@ -242,10 +246,13 @@ def release_checkpoint(source: PathLike, target: PathLike, half: bool = False,
             if value.is_floating_point():
                 value = value.half() if half else value.float()
             state[key] = value
+    settings = InferenceSettings.from_checkpoint(ckpt)
+    if largest_component is not None:
+        settings = replace(settings, largest_component=largest_component)
     provenance = {key: ckpt[key] for key in ("iteration", "val", "split", "seed", "supervised_only", "world_size")
                   if key in ckpt}
     payload = {"network": cfg.to_dict(), "preset": ckpt.get("preset"),
-               "inference": InferenceSettings.from_checkpoint(ckpt).to_dict(), "model": state,
+               "inference": settings.to_dict(), "model": state,
                "sub_models": list(sub_models), "dtype": "float16" if half else "float32",
                "trained": provenance, "released_from": Path(source).name}
     save_checkpoint(target, payload)
