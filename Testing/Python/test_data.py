@@ -487,6 +487,38 @@ def test_crop_pads_small_axes_like_the_official_code():
         assert (img == 0).any()  # axis 0 is always partly padding
 
 
+def test_crop_margin_reaches_past_the_border_with_background():
+    shape = (20, 10, 12)
+    image = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(shape)  # no zero inside
+    label = np.ones(shape, np.uint8)
+    margin = (4, 2, 0)
+    padded_image = np.pad(image, [(m, m) for m in margin])
+    padded_label = np.pad(label, [(m, m) for m in margin])
+    rng, plain = np.random.default_rng(5), np.random.default_rng(5)
+    starts = set()
+    for _ in range(200):
+        state = rng.bit_generator.state
+        img, lab = data.random_crop(image, label, (8, 8, 6), rng, margin)
+        data.random_crop(image, label, (8, 8, 6), plain)
+        assert rng.bit_generator.state == plain.bit_generator.state  # the same draws: resumable runs agree
+        replay = np.random.default_rng()
+        replay.bit_generator.state = state
+        i0, j0, k0 = (int(replay.integers(0, n - p + 1)) for n, p in zip((28, 14, 12), (8, 8, 6)))
+        np.testing.assert_array_equal(img, padded_image[i0:i0 + 8, j0:j0 + 8, k0:k0 + 6])
+        np.testing.assert_array_equal(lab, padded_label[i0:i0 + 8, j0:j0 + 8, k0:k0 + 6])
+        starts.add(i0)
+    # The crop starts before the image (i0 < 4) and ends after it (i0 > 12): outside is 0, background.
+    assert min(starts) == 0 and max(starts) == 20
+
+
+def test_preset_crop_margin_is_a_fraction_of_the_patch():
+    from CAMLSegmentationLib.training.presets import PresetError, TrainingPreset
+
+    assert TrainingPreset.from_dict({"crop_margin": 0.25}).crop_margin == 0.25
+    with pytest.raises(PresetError, match="crop_margin"):
+        TrainingPreset.from_dict({"crop_margin": 1.5})
+
+
 def test_crop_rejects_bad_arguments():
     image, label = marked()
     rng = np.random.default_rng(0)

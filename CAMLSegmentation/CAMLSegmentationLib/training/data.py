@@ -484,18 +484,32 @@ def random_rot_flip(image: np.ndarray, label: Optional[np.ndarray],
 
 
 def random_crop(image: np.ndarray, label: Optional[np.ndarray], patch_size: Sequence[int],
-                rng: np.random.Generator) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                rng: np.random.Generator, margin: Sequence[int] = (0, 0, 0),
+                ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """A uniformly random ``patch_size`` crop of ``image`` and ``label`` (which may be None).
 
     An axis no longer than the patch is first padded with zeros by ``(patch - size) // 2 + 3``
     voxels on each side, as the official code does (zero is the mean of a z-scored image).
     Unlike the official code, the crop may also start at the last possible offset.
+
+    ``margin`` (voxels per axis, default none) lets the crop reach that far past the
+    image's border, the outside being 0 (the body's darkest intensities after
+    ``normalize_intensity``) and background. On the LA crops a 64-voxel patch
+    nearly spans some axes, so without a margin the atrium sits at almost the
+    same place in every patch and the model learns that place; users' ROI crops
+    and whole-chest scans put it elsewhere. The number of random draws does not
+    depend on the margin.
     """
     patch = tuple(int(p) for p in patch_size)
     if len(patch) != image.ndim or min(patch) < 1:
         raise ValueError(f"patch size {patch_size!r} does not fit a {image.ndim}D image")
     if label is not None and label.shape != image.shape:
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+    if any(margin):
+        outside = [(int(m), int(m)) for m in margin]
+        image = np.pad(image, outside, mode="constant", constant_values=0)
+        if label is not None:
+            label = np.pad(label, outside, mode="constant", constant_values=0)
     pad = [((p - s) // 2 + 3,) * 2 if s <= p else (0, 0) for s, p in zip(image.shape, patch)]
     if any(before for before, _ in pad):
         image = np.pad(image, pad, mode="constant", constant_values=0)

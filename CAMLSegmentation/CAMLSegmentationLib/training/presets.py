@@ -73,6 +73,10 @@ class TrainingPreset:
     intensity_shift: float = 0.0  # added offset, uniform in [-shift, shift] (normalised units)
     intensity_gamma: Tuple[float, float] = (1.0, 1.0)  # contrast curve exponent, drawn log-uniformly
     intensity_noise: float = 0.0  # Gaussian noise, standard deviation uniform in [0, noise]
+    # field of view (see data.random_crop): a training crop may reach past the image's border by
+    # this fraction of the patch on each side, the outside being background (0 after
+    # normalisation, label 0), so the atrium is seen anywhere in a patch and next to an edge.
+    crop_margin: float = 0.0
 
     def rampup_for(self, num_labeled: int) -> float:
         """R for this many labeled cases: the preset's value, else the official table (nearest entry)."""
@@ -122,6 +126,8 @@ class TrainingPreset:
             lo, hi = getattr(preset, name)
             if not 0 < lo <= hi:
                 raise PresetError(f"{name} must be [low, high] with 0 < low <= high, got [{lo}, {hi}]")
+        if not 0.0 <= preset.crop_margin < 1.0:
+            raise PresetError(f"crop_margin must be in [0, 1) (a fraction of the patch), got {preset.crop_margin}")
         if preset.occ_heads_on not in ("agreeing", "selected"):
             raise PresetError(f"occ_heads_on must be 'agreeing' or 'selected', not {preset.occ_heads_on!r}")
         return preset

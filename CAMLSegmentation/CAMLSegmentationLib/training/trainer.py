@@ -268,9 +268,11 @@ def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Ca
     """Augment and crop: returns images ``[nl+nu, 1, *patch]`` and labels ``[nl, *patch]``.
 
     Geometric augmentation (rot90/flip in the (i, j) plane, random crop) as the
-    official code, then the preset's intensity augmentation on each crop.
+    official code, the crop reaching past the image by the preset's
+    ``crop_margin``, then the preset's intensity augmentation on each crop.
     """
     patch = preset.patch_size
+    margin = tuple(int(round(preset.crop_margin * p)) for p in patch)
 
     def intensity(img: np.ndarray) -> np.ndarray:
         return data_mod.random_intensity(img, rng, preset.intensity_probability, preset.intensity_scale,
@@ -279,13 +281,13 @@ def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Ca
     images, labels = [], []
     for i in li:
         img, lab = data_mod.random_rot_flip(labeled[i].image, labeled[i].label, rng)
-        img, lab = data_mod.random_crop(img, lab, patch, rng)
+        img, lab = data_mod.random_crop(img, lab, patch, rng, margin)
         images.append(intensity(img))
         labels.append(lab)
     for i in ui:
         img = unlabeled[i].image
         img, _ = data_mod.random_rot_flip(img, None, rng)
-        img, _ = data_mod.random_crop(img, None, patch, rng)
+        img, _ = data_mod.random_crop(img, None, patch, rng, margin)
         images.append(intensity(img))
     x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
     y = torch.from_numpy(np.stack(labels).astype(np.int64))
