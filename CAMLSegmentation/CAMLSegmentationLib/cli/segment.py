@@ -192,7 +192,9 @@ def run(args: argparse.Namespace) -> int:
         if not json_mode:
             info = result.info
             print(f"{source}: left atrium {voxels} voxels ({millilitres:.1f} ml), model {info['model']}, "
-                  f"{info['windows']} windows on {info['device']} in {info['seconds']:.1f} s")
+                  f"{info['windows']} windows on {info['device']} in {info['seconds']:.1f} s"
+                  f"{', test-time flips' if info['tta'] else ''}"
+                  f"{', largest component kept' if info['lcc'] else ''}")
             for name, path in written.items():
                 print(f"  {name}: {path}")
     return 0
