@@ -224,6 +224,21 @@ class CAMLSegmentationParameters:
 #
 
 
+def runEndedAtTick(run: Any, timer: Any, progressBar: Any, statusLabel: Any) -> bool:
+    """One timer tick of a child run (segmentation or active learning): poll it and show its
+    progress. True, with the timer stopped, once the run has ended and its outcome needs handling."""
+    if run is None:
+        timer.stop()
+        return False
+    run.poll()
+    progressBar.value = int(round(100 * run.fraction))
+    statusLabel.text = run.status
+    if run.running:
+        return False
+    timer.stop()
+    return True
+
+
 class SegmentationRun:
     """State of one ``caml segment`` job started by ``CAMLSegmentationLogic.startSegmentation``."""
 
@@ -558,15 +573,8 @@ class ActiveLearningWidgetMixin:
 
     def onAlTimer(self) -> None:
         run = self._alRun
-        if run is None:
-            self._alTimer.stop()
+        if not runEndedAtTick(run, self._alTimer, self.ui.alProgressBar, self.ui.alStatusLabel):
             return
-        run.poll()
-        self.ui.alProgressBar.value = int(round(100 * run.fraction))
-        self.ui.alStatusLabel.text = run.status
-        if run.running:
-            return
-        self._alTimer.stop()
         self._alRun = None
         if run.job.state == "cancelled":
             self.ui.alStatusLabel.text = "Cancelled: the cohort and its current version are unchanged."
@@ -1234,15 +1242,8 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
 
     def onTimer(self) -> None:
         run = self._run
-        if run is None:
-            self._timer.stop()
+        if not runEndedAtTick(run, self._timer, self.ui.progressBar, self.ui.statusLabel):
             return
-        run.poll()
-        self.ui.progressBar.value = int(round(100 * run.fraction))
-        self.ui.statusLabel.text = run.status
-        if run.running:
-            return
-        self._timer.stop()
         self._run = None
         if run.job.state == "cancelled" or run.abandoned:
             self.logic.cancel(run)  # removes its files, forgets it

@@ -356,6 +356,26 @@ def test_cancel_stops_the_job_and_cleans_up(logic, params, scene):
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
 
+def test_timer_tick_shows_progress_and_reports_the_end_once(logic, params):
+    """The panel's timer handlers share runEndedAtTick; Qt widgets cannot run here, so plain
+    attribute holders stand in for the progress bar, the status label and the timer."""
+    from types import SimpleNamespace
+
+    stopped = []
+    timer = SimpleNamespace(stop=lambda: stopped.append(True))
+    bar, label = SimpleNamespace(value=-1), SimpleNamespace(text="")
+    assert module.runEndedAtTick(None, timer, bar, label) is False and stopped == [True]
+    stopped.clear()
+    run = logic.startSegmentation(params)
+    deadline = time.time() + 120
+    while not module.runEndedAtTick(run, timer, bar, label):
+        assert not stopped and time.time() < deadline
+        time.sleep(0.02)
+    assert stopped == [True] and not run.running
+    assert bar.value == int(round(100 * run.fraction)) and label.text == run.status
+    logic.finishSegmentation(run, params)
+
+
 def test_no_input_is_a_clear_error(logic):
     p = logic.getParameterNode()
     with pytest.raises(ValueError, match="input volume"):

@@ -39,7 +39,11 @@ def body_percentiles(array: np.ndarray, percentiles: Sequence[float] = BODY_PERC
     in offset for a central box of 80 % of each axis), which the training's
     intensity augmentation covers.
     """
-    a = check_intensities(array)
+    return _body_percentiles(check_intensities(array), percentiles)
+
+
+def _body_percentiles(a: np.ndarray, percentiles: Sequence[float] = BODY_PERCENTILES) -> Tuple[float, float]:
+    """``body_percentiles`` of an array already through ``check_intensities``."""
     body = a[a > a.min()]
     if body.size > _MAX_SAMPLES:
         body = body[:: int(np.ceil(body.size / _MAX_SAMPLES))]
@@ -49,7 +53,7 @@ def body_percentiles(array: np.ndarray, percentiles: Sequence[float] = BODY_PERC
     return float(lo), float(hi)
 
 
-def normalize_intensity(array: np.ndarray, method: str = PERCENTILE) -> np.ndarray:
+def normalize_intensity(array: np.ndarray, method: str = PERCENTILE, source: str = "image") -> np.ndarray:
     """Map raw intensities to the scale a model was trained on, from the image alone (float32).
 
     ``percentile`` (this project's models): the body's 0.5th percentile goes
@@ -62,10 +66,11 @@ def normalize_intensity(array: np.ndarray, method: str = PERCENTILE) -> np.ndarr
     property of the tissue instead, and air (0 after mapping) is also what
     zero-padding of patches and windows adds. ``zscore``: the whole image to
     zero mean and unit variance, for the official CAML weights and v1 models.
+    An image that cannot be normalised raises ``ImageError`` naming ``source``.
     """
-    a = check_intensities(array)
+    a = check_intensities(array, source)
     if method == PERCENTILE:
-        lo, hi = body_percentiles(a)
+        lo, hi = _body_percentiles(a)
         return ((a - lo) * (1.0 / (hi - lo))).astype(np.float32)
     if method == ZSCORE:
         mean = float(a.mean(dtype=np.float64))

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import CAMLError
 from ..inference.preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
-from ..io.volume import ImageError, Volume, check_intensities, read_image, read_la_h5
+from ..io.volume import ImageError, Volume, read_image, read_la_h5
 from ..model.settings import AUGMENTATION_FLIP_AXES, PERCENTILE
 from ..progress import CancelToken, ProgressCallback, ProgressEvent
 
@@ -166,10 +166,9 @@ class CaseSource:
         """Read, check and preprocess one case; see :func:`load_cases`."""
         volume, label = self.read(case_id, with_label)
         try:
-            check_intensities(volume.array, self.describe(case_id))
+            image = normalize_intensity(volume.array, normalization, self.describe(case_id))
         except ImageError as exc:
             raise DataError(str(exc)) from exc
-        image = normalize_intensity(volume.array, normalization)
 
         spacing = tuple(float(s) for s in volume.spacing)
         if target_spacing is not None:
@@ -383,17 +382,18 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
         raise DataError("give at most one of: a validation case list, or a number of last cases "
                         "to validate on")
 
+    # The ids that have a label, looked up once (a file check per case) when a count needs them.
+    with_label = [i for i in ids if source.has_label(i)] if labeled is not None or val_last else []
     if labeled_list is not None:
         labeled_ids = _checked_list(source, labeled_list, "labeled")
     else:
         assert labeled is not None
         if labeled < 0:
             raise DataError(f"number of labeled cases must be positive, got {labeled}")
-        available = [i for i in ids if source.has_label(i)]
-        if labeled > len(available):
-            raise DataError(f"{source.root}: {labeled} labeled cases asked for, but only {len(available)} "
+        if labeled > len(with_label):
+            raise DataError(f"{source.root}: {labeled} labeled cases asked for, but only {len(with_label)} "
                             f"of the {len(ids)} cases have a label")
-        labeled_ids = available[:labeled]
+        labeled_ids = with_label[:labeled]
     if len(labeled_ids) < min_labeled:
         raise DataError(f"{len(labeled_ids)} labeled case(s), but training takes {min_labeled} labeled "
                         f"case(s) per batch: label at least {min_labeled} cases or use a preset with a "
@@ -404,11 +404,10 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
     elif val_last:
         if val_last < 0:
             raise DataError(f"number of validation cases must be positive, got {val_last}")
-        available = [i for i in ids if source.has_label(i)]
-        if val_last > len(available):
+        if val_last > len(with_label):
             raise DataError(f"{source.root}: {val_last} validation cases asked for, but only "
-                            f"{len(available)} cases have a label")
-        validation = available[len(available) - val_last:]
+                            f"{len(with_label)} cases have a label")
+        validation = with_label[len(with_label) - val_last:]
     else:
         validation = []
     both = [i for i in validation if i in set(labeled_ids)]
