@@ -519,6 +519,47 @@ def test_preset_crop_margin_is_a_fraction_of_the_patch():
         TrainingPreset.from_dict({"crop_margin": 1.5})
 
 
+def test_roi_crop_is_a_real_sub_box_cutting_image_and_label_alike():
+    shape = (30, 20, 12)
+    image = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(shape)
+    label = (image % 3 == 0).astype(np.uint8)
+    rng, plain = np.random.default_rng(3), np.random.default_rng(3)
+    cut, sizes = 0, []
+    for _ in range(400):
+        img, lab = data.random_roi(image, label, rng, 0.5, 0.6)
+        data.random_roi(image, None, plain, 0.0, 0.6)
+        assert rng.bit_generator.state == plain.bit_generator.state  # draws do not depend on the probability
+        assert img.shape == lab.shape
+        if img.shape == shape:
+            continue
+        cut += 1
+        sizes.append(img.shape)
+        # A real crop: the box's first voxel locates it, and image and label agree voxel for voxel.
+        i, j, k = np.unravel_index(int(img[0, 0, 0]) - 1, shape)
+        box = (slice(i, i + img.shape[0]), slice(j, j + img.shape[1]), slice(k, k + img.shape[2]))
+        np.testing.assert_array_equal(img, image[box])
+        np.testing.assert_array_equal(lab, label[box])
+    assert 150 < cut < 250  # about half the cases
+    sizes = np.array(sizes)
+    assert (sizes >= np.floor(0.6 * np.array(shape))).all() and (sizes <= shape).all()
+    assert (sizes.min(0) <= np.ceil(0.65 * np.array(shape))).all()  # the whole range is drawn
+    # Probability 1 and a full-size minimum leave the image whole.
+    img, lab = data.random_roi(image, label, np.random.default_rng(0), 1.0, 1.0)
+    np.testing.assert_array_equal(img, image)
+
+
+def test_preset_roi_fields_are_checked():
+    from CAMLSegmentationLib.training.presets import PresetError, TrainingPreset
+
+    preset = TrainingPreset.from_dict({"roi_probability": 0.5, "roi_min_fraction": 0.7})
+    assert (preset.roi_probability, preset.roi_min_fraction) == (0.5, 0.7)
+    assert TrainingPreset().roi_probability == 0.0  # off unless a preset asks for it
+    with pytest.raises(PresetError, match="roi_probability"):
+        TrainingPreset.from_dict({"roi_probability": 1.5})
+    with pytest.raises(PresetError, match="roi_min_fraction"):
+        TrainingPreset.from_dict({"roi_min_fraction": 0.0})
+
+
 def test_crop_rejects_bad_arguments():
     image, label = marked()
     rng = np.random.default_rng(0)

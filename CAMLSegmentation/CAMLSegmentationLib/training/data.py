@@ -522,6 +522,36 @@ def random_crop(image: np.ndarray, label: Optional[np.ndarray], patch_size: Sequ
     return image, label
 
 
+def random_roi(image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Generator,
+               probability: float, min_fraction: float,
+               ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """With ``probability``, crop ``image`` and ``label`` to a random box, as a user's ROI would.
+
+    Each axis keeps a length drawn uniformly between ``min_fraction`` of its size and all
+    of it, at a uniform offset. The LA crops are tight around the atrium, so without this
+    the atrium never touches an image border in training and the model learns that
+    "near the border" means background; a user's ROI, or a crop by 80 % of each axis,
+    then cuts the atrium and the model drops what lies next to the cut. The crop is a
+    real crop (not masking), so ``random_crop`` then pads it exactly as inference pads
+    a small image. Seven values are drawn from ``rng`` whether or not the crop happens,
+    so later draws do not depend on the probability.
+    """
+    if label is not None and label.shape != image.shape:
+        raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+    apply = rng.random() < probability
+    lengths = [int(round(rng.uniform(min_fraction, 1.0) * s)) for s in image.shape]
+    offsets = [rng.random() for _ in image.shape]
+    if not apply:
+        return image, label
+    lengths = [min(max(n, 1), s) for n, s in zip(lengths, image.shape)]
+    box = tuple(slice(int(o * (s - n + 1)), int(o * (s - n + 1)) + n)
+                for o, n, s in zip(offsets, lengths, image.shape))
+    image = np.ascontiguousarray(image[box])
+    if label is not None:
+        label = np.ascontiguousarray(label[box])
+    return image, label
+
+
 def random_intensity(image: np.ndarray, rng: np.random.Generator, probability: float,
                      scale: Tuple[float, float], shift: float, gamma: Tuple[float, float],
                      noise: float) -> np.ndarray:

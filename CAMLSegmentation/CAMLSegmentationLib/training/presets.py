@@ -77,6 +77,11 @@ class TrainingPreset:
     # this fraction of the patch on each side, the outside being background (0 after
     # normalisation, label 0), so the atrium is seen anywhere in a patch and next to an edge.
     crop_margin: float = 0.0
+    # ROI augmentation (see data.random_roi): this share of training cases is first cut to a
+    # random box keeping at least roi_min_fraction of each axis, so the model sees the atrium
+    # cut by an image border, as after a user's ROI crop.
+    roi_probability: float = 0.0
+    roi_min_fraction: float = 0.6
 
     def rampup_for(self, num_labeled: int) -> float:
         """R for this many labeled cases: the preset's value, else the official table (nearest entry)."""
@@ -128,6 +133,11 @@ class TrainingPreset:
                 raise PresetError(f"{name} must be [low, high] with 0 < low <= high, got [{lo}, {hi}]")
         if not 0.0 <= preset.crop_margin < 1.0:
             raise PresetError(f"crop_margin must be in [0, 1) (a fraction of the patch), got {preset.crop_margin}")
+        if not 0.0 <= preset.roi_probability <= 1.0:
+            raise PresetError(f"roi_probability must be in [0, 1], got {preset.roi_probability}")
+        if not 0.0 < preset.roi_min_fraction <= 1.0:
+            raise PresetError(f"roi_min_fraction must be in (0, 1] (a fraction of each axis), "
+                             f"got {preset.roi_min_fraction}")
         if preset.occ_heads_on not in ("agreeing", "selected"):
             raise PresetError(f"occ_heads_on must be 'agreeing' or 'selected', not {preset.occ_heads_on!r}")
         return preset

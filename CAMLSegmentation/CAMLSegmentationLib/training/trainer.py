@@ -270,6 +270,8 @@ def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Ca
     Geometric augmentation (rot90/flip in the (i, j) plane, random crop) as the
     official code, the crop reaching past the image by the preset's
     ``crop_margin``, then the preset's intensity augmentation on each crop.
+    With ``roi_probability`` set, a case is first cut to a random ROI box; no
+    draw is spent on it otherwise, so presets without it keep their exact stream.
     """
     patch = preset.patch_size
     margin = tuple(int(round(preset.crop_margin * p)) for p in patch)
@@ -278,14 +280,20 @@ def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Ca
         return data_mod.random_intensity(img, rng, preset.intensity_probability, preset.intensity_scale,
                                          preset.intensity_shift, preset.intensity_gamma, preset.intensity_noise)
 
+    def roi(img: np.ndarray, lab: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if preset.roi_probability <= 0:
+            return img, lab
+        return data_mod.random_roi(img, lab, rng, preset.roi_probability, preset.roi_min_fraction)
+
     images, labels = [], []
     for i in li:
-        img, lab = data_mod.random_rot_flip(labeled[i].image, labeled[i].label, rng)
+        img, lab = roi(labeled[i].image, labeled[i].label)
+        img, lab = data_mod.random_rot_flip(img, lab, rng)
         img, lab = data_mod.random_crop(img, lab, patch, rng, margin)
         images.append(intensity(img))
         labels.append(lab)
     for i in ui:
-        img = unlabeled[i].image
+        img, _ = roi(unlabeled[i].image, None)
         img, _ = data_mod.random_rot_flip(img, None, rng)
         img, _ = data_mod.random_crop(img, None, patch, rng, margin)
         images.append(intensity(img))
