@@ -146,6 +146,31 @@ def test_quality_preset_sets_overlap_and_tta(logic, quality):
     assert p.tta == module.QUALITY_PRESETS[quality]["tta"]
 
 
+def test_fast_quality_is_the_engines_default_path():
+    """The panel's default ("fast") runs what `caml segment` runs with no flags: the card's settings."""
+    from CAMLSegmentationLib.inference.predictor import InferenceOptions
+
+    defaults = InferenceOptions()
+    assert module.QUALITY_PRESETS["fast"] == {"overlap": defaults.overlap, "tta": defaults.tta}
+
+
+def test_engine_requirements_match_the_package_metadata():
+    """The panel installs the engine's packages itself (pyproject is not shipped with the extension):
+    both lists must name the same packages and lower bounds, torch aside (installed separately)."""
+    import re
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    root = Path(__file__).resolve().parents[2]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ ]", req, 1)[0].lower(): req.replace(" ", "") for req in declared}
+    names.pop("torch")
+    panel = {req.split(">")[0].lower(): req for req in module.CAMLSegmentationLogic.ENGINE_REQUIREMENTS.values()}
+    assert panel == names
+
+
 def _catalog(path: Path, *entries) -> Path:
     models = [dict({"file": f"{e['id']}.pt", "sha256": "0" * 64, "version": 1}, **e) for e in entries]
     path.write_text(json.dumps({"models": models}))
