@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from CAMLSegmentationLib.model.losses import dice_loss, mutual_consistency_loss, sharpen, sigmoid_rampup
@@ -34,8 +36,10 @@ def test_rampup_values():
     assert sigmoid_rampup(20, 20) == 1.0 and sigmoid_rampup(99, 20) == 1.0
     assert sigmoid_rampup(5, 0) == 1.0
     preset = TrainingPreset()  # official: t = iter // 150, R = 20 for 8 labeled
-    lc, lo = loss_weights(preset, 1500, 8)
+    lc, lo, lt = loss_weights(preset, 1500, 8)
     assert lc == pytest.approx(math.exp(-5 * 0.25)) and lo == pytest.approx(0.05 * math.exp(-5 * 0.25))
+    assert lt == 0.0  # shift consistency is off unless a preset asks for it
+    assert loss_weights(preset.with_overrides(shift_consistency=2.0), 1500, 8)[2] == pytest.approx(2 * lc)
     assert loss_weights(preset, 1500, 4)[0] == pytest.approx(math.exp(-5 * 0.75 ** 2))
     assert loss_weights(preset, 1500, 16)[0] == pytest.approx(math.exp(-5 * (1 - 10 / 15) ** 2))
 
@@ -324,3 +328,25 @@ def test_occ_heads_on_selected_passes_only_the_picked_voxels(num_filtered):
         assert results["selected"][1] == pytest.approx(results["agreeing"][1], rel=1e-4)
     else:
         assert results["selected"][0][0] < results["agreeing"][0][0]
+
+
+def test_shift_consistency_compares_the_overlap_of_each_pair():
+    from CAMLSegmentationLib.model.losses import shift_consistency_loss
+    from CAMLSegmentationLib.training.data import random_shifted_pair
+
+    rng = np.random.default_rng(0)
+    image = rng.random((20, 18, 14)).astype(np.float32)
+    seen = set()
+    for _ in range(30):
+        first, second, shift = random_shifted_pair(image, (8, 8, 6), rng, (3, 3, 2))
+        seen.add(shift)
+        pair = torch.from_numpy(np.stack([first, second]))[:, None]
+        shifts = torch.tensor([shift])
+        # A prediction that is a function of the voxel alone agrees exactly on the overlap ...
+        assert float(shift_consistency_loss(torch.sigmoid(pair), shifts)) == 0.0
+        # ... and one that depends on the position in the window does not, unless nothing moved.
+        ramp = torch.linspace(0, 1, 8).view(1, 1, 8, 1, 1)
+        moved = float(shift_consistency_loss(torch.sigmoid(pair) + ramp, shifts))
+        assert (moved > 0) == (shift[0] != 0)
+    assert len(seen) > 10 and {abs(d) for s in seen for d in s} >= {0, 1, 2}
+    assert max(abs(s[0]) for s in seen) <= 3 and max(abs(s[2]) for s in seen) <= 2

@@ -100,6 +100,19 @@ def test_selected_heads_preset_trains_with_the_occ_term(dataset, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["preset"]["occ_heads_on"] == "selected"
 
 
+def test_roi_and_shift_consistency_train_and_resume_exactly(dataset, tmp_path):
+    """The field-of-view augmentations (ROI cut, shifted pairs of unlabeled crops) train, log the
+    shift term, and keep a resumed run identical to an uninterrupted one."""
+    preset = TINY.with_overrides(iterations=4, roi_probability=0.5, shift_consistency=1.0)
+    straight = train(TrainConfig(dataset, tmp_path / "a", preset, labeled=2, seed=4, log_every=1))
+    assert all(h["loss_t"] > 0 and np.isfinite(h["loss"]) for h in straight.history)
+    train(TrainConfig(dataset, tmp_path / "b", preset.with_overrides(iterations=2), labeled=2, seed=4, log_every=1))
+    resumed = train(TrainConfig(dataset, tmp_path / "b", preset, labeled=2, seed=4, resume=True, log_every=1))
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+    a, b = read_checkpoint(tmp_path / "a" / "last.pt"), read_checkpoint(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+
+
 def test_supervised_only_trains_on_labeled_cases_alone(dataset, tmp_path, capsys):
     preset = write_preset(tmp_path / "p.json", TINY.with_overrides(iterations=3))
     # Every case labeled: nothing left for the unlabeled stream, which only a supervised run accepts.
@@ -150,9 +163,9 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
         return li, ui
 
     def recording_make_batch(*args, **kwargs):
-        x, y = real_make_batch(*args, **kwargs)
+        x, y, shifts = real_make_batch(*args, **kwargs)
         records[-1]["batch_sum"] = float(x.double().sum())
-        return x, y
+        return x, y, shifts
 
     trainer_mod.TwoStreamSampler.next = recording_next
     trainer_mod.make_batch = recording_make_batch

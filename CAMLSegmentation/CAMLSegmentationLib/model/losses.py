@@ -44,6 +44,24 @@ def mutual_consistency_loss(prob_v: torch.Tensor, prob_a: torch.Tensor,
     return loss_va + loss_av
 
 
+def shift_consistency_loss(prob: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of two crops' predictions where the crops overlap.
+
+    ``prob`` is ``[2n, C, i, j, k]``: crops ``2m`` and ``2m + 1`` come from one image, the
+    second starting ``shifts[m]`` voxels after the first (``data.random_shifted_pair``).
+    A voxel's prediction should not depend on where it sits in the window or on what the
+    window holds beyond it: that is what changes when a user crops the image (ROI) or when
+    the sliding window's tiling moves.
+    """
+    total = prob.new_zeros(())
+    for m, d in enumerate(shifts.tolist()):
+        p = prob.shape[2:]
+        a = tuple(slice(max(0, x), n + min(0, x)) for x, n in zip(d, p))
+        b = tuple(slice(max(0, -x), n - max(0, x)) for x, n in zip(d, p))
+        total = total + torch.mean((prob[2 * m][(slice(None),) + a] - prob[2 * m + 1][(slice(None),) + b]) ** 2)
+    return total / max(1, shifts.shape[0])
+
+
 def sigmoid_rampup(current: float, rampup_length: float) -> float:
     """``exp(-5 (1 - t/R)^2)`` for t in [0, R], 1 afterwards (Laine & Aila, 2017)."""
     if rampup_length <= 0:

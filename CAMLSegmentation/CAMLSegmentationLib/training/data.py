@@ -552,6 +552,27 @@ def random_roi(image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Ge
     return image, label
 
 
+def random_shifted_pair(image: np.ndarray, patch_size: Sequence[int], rng: np.random.Generator,
+                        max_shift: Sequence[int]) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int, int]]:
+    """Two ``patch_size`` crops of ``image`` offset by a random shift ``d`` (the second starts ``d`` later).
+
+    Each axis's shift is uniform in ``[-max_shift, max_shift]``; the crops overlap on
+    ``patch - |d|`` voxels, where a model should predict the same whatever else its window
+    holds (``losses.shift_consistency_loss``). Padding as ``random_crop``: an axis no longer
+    than the span of both crops is padded with zeros by ``(span - size) // 2 + 3`` voxels.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    shift = tuple(int(rng.integers(-int(m), int(m) + 1)) for m in max_shift)
+    span = [p + abs(d) for p, d in zip(patch, shift)]
+    pad = [((n - s) // 2 + 3,) * 2 if s <= n else (0, 0) for s, n in zip(image.shape, span)]
+    if any(before for before, _ in pad):
+        image = np.pad(image, pad, mode="constant", constant_values=0)
+    start = [int(rng.integers(0, s - n + 1)) for s, n in zip(image.shape, span)]
+    first = tuple(slice(b + max(0, -d), b + max(0, -d) + p) for b, d, p in zip(start, shift, patch))
+    second = tuple(slice(b + max(0, d), b + max(0, d) + p) for b, d, p in zip(start, shift, patch))
+    return np.ascontiguousarray(image[first]), np.ascontiguousarray(image[second]), shift  # type: ignore[return-value]
+
+
 def random_intensity(image: np.ndarray, rng: np.random.Generator, probability: float,
                      scale: Tuple[float, float], shift: float, gamma: Tuple[float, float],
                      noise: float) -> np.ndarray:

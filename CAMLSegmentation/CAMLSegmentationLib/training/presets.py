@@ -82,6 +82,12 @@ class TrainingPreset:
     # cut by an image border, as after a user's ROI crop.
     roi_probability: float = 0.0
     roi_min_fraction: float = 0.6
+    # shift consistency (see losses.shift_consistency_loss): the unlabeled images come as pairs
+    # of crops of one image offset by up to shift_max of the patch per axis, and
+    # shift_consistency * ramp weighs the squared difference of their predictions where they
+    # overlap; 0 = off (the official method).
+    shift_consistency: float = 0.0
+    shift_max: float = 0.25
 
     def rampup_for(self, num_labeled: int) -> float:
         """R for this many labeled cases: the preset's value, else the official table (nearest entry)."""
@@ -138,6 +144,13 @@ class TrainingPreset:
         if not 0.0 < preset.roi_min_fraction <= 1.0:
             raise PresetError(f"roi_min_fraction must be in (0, 1] (a fraction of each axis), "
                              f"got {preset.roi_min_fraction}")
+        if preset.shift_consistency < 0:
+            raise PresetError(f"shift_consistency must be >= 0, got {preset.shift_consistency}")
+        if not 0.0 <= preset.shift_max < 1.0:
+            raise PresetError(f"shift_max must be in [0, 1) (a fraction of the patch), got {preset.shift_max}")
+        if preset.shift_consistency > 0 and preset.unlabeled_batch % 2:
+            raise PresetError("shift_consistency pairs the unlabeled crops: unlabeled_batch must be even, "
+                             f"got {preset.unlabeled_batch}")
         if preset.occ_heads_on not in ("agreeing", "selected"):
             raise PresetError(f"occ_heads_on must be 'agreeing' or 'selected', not {preset.occ_heads_on!r}")
         return preset

@@ -39,7 +39,7 @@ from ..inference.metrics import dice
 from ..inference.predictor import InferenceOptions, largest_component, model_from_network, segment_volume
 from ..io.volume import Volume
 from ..model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from ..model.losses import dice_loss, mutual_consistency_loss, sigmoid_rampup
+from ..model.losses import dice_loss, mutual_consistency_loss, shift_consistency_loss, sigmoid_rampup
 from ..model.network import CAMLNet, NetworkConfig
 from ..model.occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
 from ..model.settings import InferenceSettings
@@ -137,7 +137,8 @@ class CAMLObjective(nn.Module):
         return sum(p.sum() * 0.0 for h in self._heads() for p in h.parameters())  # type: ignore[return-value]
 
     def forward(self, image: torch.Tensor, label: torch.Tensor, case_index: torch.Tensor,
-                lambda_c: float, lambda_o: float) -> Tuple[torch.Tensor, Dict[str, float]]:
+                lambda_c: float, lambda_o: float, shifts: Optional[torch.Tensor] = None,
+                lambda_t: float = 0.0) -> Tuple[torch.Tensor, Dict[str, float]]:
         p = self.preset
         nl = label.shape[0]
         use_amp = p.amp and image.is_cuda
@@ -163,6 +164,10 @@ class CAMLObjective(nn.Module):
         loss_o = self._occ_loss(prob_v[nl:], prob_a[nl:], feat_v[nl:], feat_a[nl:], memory)
 
         loss = p.lambda_s * loss_s + lambda_c * loss_c + lambda_o * loss_o
+        if shifts is not None:
+            loss_t = (shift_consistency_loss(prob_v[nl:], shifts) + shift_consistency_loss(prob_a[nl:], shifts))
+            loss = loss + lambda_t * loss_t
+            parts["loss_t"] = float(loss_t.detach())
         parts.update(loss=float(loss.detach()), loss_c=float(loss_c.detach()), loss_o=float(loss_o.detach()))
         return loss, parts
 
@@ -226,10 +231,13 @@ class CAMLObjective(nn.Module):
         return omni_correlation_loss(corr_a, corr_v)
 
 
-def loss_weights(preset: TrainingPreset, iteration: int, num_labeled: int) -> Tuple[float, float]:
-    """(lambda_c, lambda_o) at ``iteration`` (1-based, as in the official loop)."""
+def loss_weights(preset: TrainingPreset, iteration: int, num_labeled: int) -> Tuple[float, float, float]:
+    """(lambda_c, lambda_o, lambda_t) at ``iteration`` (1-based, as in the official loop).
+
+    All three unlabeled terms ramp up together; lambda_t weighs the shift consistency.
+    """
     ramp = sigmoid_rampup(iteration // preset.rampup_interval, preset.rampup_for(num_labeled))
-    return preset.lambda_c * ramp, preset.lambda_o * ramp
+    return preset.lambda_c * ramp, preset.lambda_o * ramp, preset.shift_consistency * ramp
 
 
 def learning_rate(preset: TrainingPreset, iteration: int) -> float:
@@ -264,8 +272,12 @@ class TwoStreamSampler:
 
 def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Case],
                li: Sequence[int], ui: Sequence[int], preset: TrainingPreset,
-               rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Augment and crop: returns images ``[nl+nu, 1, *patch]`` and labels ``[nl, *patch]``.
+               rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Augment and crop: returns images ``[nl+nu, 1, *patch]``, labels ``[nl, *patch]`` and shifts.
+
+    With the preset's ``shift_consistency`` each unlabeled index gives two crops offset
+    by a random shift (``data.random_shifted_pair``), the shifts being ``[len(ui), 3]``;
+    otherwise one crop each and no shifts.
 
     Geometric augmentation (rot90/flip in the (i, j) plane, random crop) as the
     official code, the crop reaching past the image by the preset's
@@ -292,14 +304,21 @@ def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Ca
         img, lab = data_mod.random_crop(img, lab, patch, rng, margin)
         images.append(intensity(img))
         labels.append(lab)
+    shifts = []
     for i in ui:
         img, _ = roi(unlabeled[i].image, None)
         img, _ = data_mod.random_rot_flip(img, None, rng)
+        if preset.shift_consistency > 0:
+            first, second, shift = data_mod.random_shifted_pair(
+                img, patch, rng, [int(round(preset.shift_max * p)) for p in patch])
+            images += [intensity(first), intensity(second)]
+            shifts.append(shift)
+            continue
         img, _ = data_mod.random_crop(img, None, patch, rng, margin)
         images.append(intensity(img))
     x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
     y = torch.from_numpy(np.stack(labels).astype(np.int64))
-    return x, y
+    return x, y, (torch.tensor(shifts, dtype=torch.int64) if shifts else None)
 
 
 # --------------------------------------------------------------------------- validation
@@ -532,6 +551,8 @@ class TrainingRun:
                                          weight_decay=preset.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=preset.amp and device.type == "cuda")
         self.n_unlabeled_batch = 0 if cfg.supervised_only else preset.unlabeled_batch
+        # Shift consistency makes two crops of each unlabeled image: half as many images per batch.
+        self.n_unlabeled_draws = self.n_unlabeled_batch // (2 if preset.shift_consistency > 0 else 1)
         self.sampler = TwoStreamSampler(len(labeled), max(len(unlabeled), 1), self.rng)
         self.start_iter = self.iteration = self.completed = 0
         self.best_dice: Optional[float] = None
@@ -590,15 +611,16 @@ class TrainingRun:
         with deferred_cancel(raise_at_end=False):
             self._snapshot = (_rng_state(self.rng, self.objective), [list(q) for q in self.sampler.queues],
                               list(self.bank.slots))
-            li, ui = self.sampler.next(preset.labeled_batch, self.n_unlabeled_batch)
-            x, y = make_batch(self.labeled, self.unlabeled, li, ui, preset, self.rng)
+            li, ui = self.sampler.next(preset.labeled_batch, self.n_unlabeled_draws)
+            x, y, shifts = make_batch(self.labeled, self.unlabeled, li, ui, preset, self.rng)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
             y = y.to(device, non_blocking=True)
             self.iteration += 1
-            lambda_c, lambda_o = loss_weights(preset, self.iteration, len(self.labeled))
+            lambda_c, lambda_o, lambda_t = loss_weights(preset, self.iteration, len(self.labeled))
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(preset, self.iteration - 1)
-            loss, parts = self.model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o)
+            loss, parts = self.model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o,
+                                     shifts, lambda_t)
             if not math.isfinite(parts["loss"]):
                 raise FloatingPointError(f"loss became {parts['loss']} at iteration {self.iteration}; "
                                          "the last good checkpoint is kept")
