@@ -62,7 +62,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), best of {args.repeats}")
     print(f"{'case':32s} {'variant':14s} {'seconds':>8s} {'aliasing':>9s}")
     for name, (shape, spacing) in CASES.items():
-        target = preprocess.shape_for_spacing(shape, spacing, TARGET_SPACING)
+        grid = preprocess.model_grid(shape, spacing, TARGET_SPACING)
         image = rng.normal(size=shape).astype(np.float32)
         board = checkerboard(shape)
         results: Dict[str, float] = {}
@@ -70,8 +70,8 @@ def main() -> None:
             saved = preprocess.ANTIALIAS_FACTOR
             preprocess.ANTIALIAS_FACTOR = factor
             try:
-                seconds = timed(lambda a=image, s=target: preprocess.resample_to_shape(a, s), args.repeats)
-                aliasing = float(np.abs(preprocess.resample_to_shape(board, target)).max())
+                seconds = timed(lambda a=image, g=grid: g.sample(a), args.repeats)
+                aliasing = float(np.abs(grid.sample(board)).max())
             finally:
                 preprocess.ANTIALIAS_FACTOR = saved
             results[variant] = seconds

@@ -13,7 +13,7 @@ from CAMLSegmentationLib.inference.predictor import (
     load_inference_model,
     segment_volume,
 )
-from CAMLSegmentationLib.inference.preprocess import body_percentiles, normalize_intensity, resample_to_shape
+from CAMLSegmentationLib.inference.preprocess import axis_starts, body_percentiles, model_grid, normalize_intensity
 from CAMLSegmentationLib.io.volume import Volume, read_volume, write_image
 from CAMLSegmentationLib.model.checkpoint import release_checkpoint, save_checkpoint
 from CAMLSegmentationLib.model.network import NetworkConfig
@@ -77,14 +77,52 @@ def test_downsampling_by_a_large_factor_smooths_instead_of_aliasing() -> None:
     # aliases into a pattern of +-1; smoothed first it comes out close to its mean, 0.
     i, j, k = np.indices((60, 60, 30))
     board = np.where((i + j + k) % 2 == 0, 1.0, -1.0).astype(np.float32)
-    small = resample_to_shape(board, (20, 20, 10))
-    assert np.abs(small).max() < 0.2
-    # A factor below 1.5 is sampled as before (no smoothing): a smooth ramp stays exact.
+    grid = model_grid(board.shape, (1.0, 1.0, 1.0), (3.0, 3.0, 3.0))
+    assert grid.shape == (20, 20, 10)
+    assert np.abs(grid.sample(board)).max() < 0.2
+    # A factor below 1.5 is not smoothed: a linear ramp is read exactly where the grid lies.
     ramp = np.broadcast_to(np.arange(40, dtype=np.float32)[:, None, None], (40, 8, 8)).copy()
-    out = resample_to_shape(ramp, (32, 8, 8))
-    expected = torch.nn.functional.interpolate(torch.from_numpy(ramp)[None, None], size=(32, 8, 8),
-                                               mode="trilinear", align_corners=False)[0, 0].numpy()
-    np.testing.assert_allclose(out, expected, atol=1e-5)
+    grid = model_grid(ramp.shape, (1.0, 1.0, 1.0), (1.25, 1.0, 1.0))
+    np.testing.assert_allclose(grid.sample(ramp)[:, 0, 0], np.clip(grid.positions(0), 0, 39), atol=1e-5)
+
+
+def test_the_model_grid_is_anchored_in_patient_space() -> None:
+    """An ROI crop (any offset, odd included) sees exactly the model voxels the whole image saw."""
+    rng = np.random.default_rng(0)
+    image = rng.random((45, 37, 22)).astype(np.float32)
+    spacing, target = (0.625, 0.7, 2.5), (1.25, 1.25, 1.25)
+    whole_volume = Volume(array=image, spacing=spacing, origin=(10.0, -3.0, 7.5))
+    whole = model_grid(image.shape, spacing, target, axis_starts(whole_volume))
+    # Grid voxels lie at whole multiples of the target spacing, inside the image's extent.
+    for a in range(3):
+        mm = axis_starts(whole_volume)[a] + whole.positions(a) * spacing[a]
+        np.testing.assert_allclose(mm / target[a], np.round(mm / target[a]), atol=1e-6)
+        assert whole.positions(a).min() >= -0.5 and whole.positions(a).max() <= image.shape[a] - 0.5
+    on_whole = whole.sample(image, "nearest")
+    for lo in ((3, 5, 1), (4, 0, 3), (7, 9, 2)):
+        box = tuple(slice(b, n - 2) for b, n in zip(lo, image.shape))
+        start = axis_starts(whole_volume, lo)
+        crop = model_grid(image[box].shape, spacing, target, start)
+        # Every model voxel of the crop is one of the whole image's, read from the same source voxel
+        # (but for the outermost ones, whose neighbour may lie outside the crop).
+        offset = [int(round((start[a] + crop.first[a] * spacing[a] - axis_starts(whole_volume)[a]
+                             - whole.first[a] * spacing[a]) / target[a])) for a in range(3)]
+        sub = on_whole[tuple(slice(o, o + n) for o, n in zip(offset, crop.shape))]
+        inner = (slice(1, -1),) * 3
+        np.testing.assert_array_equal(crop.sample(image[box], "nearest")[inner], sub[inner])
+
+
+def test_predictions_come_back_to_every_source_voxel() -> None:
+    grid = model_grid((30, 20, 9), (0.625, 0.625, 2.5), (1.25, 1.25, 1.25), (0.3, 0.0, 0.0))
+    ramp = np.broadcast_to(np.arange(30, dtype=np.float32)[:, None, None], (30, 20, 9)).copy()
+    back = grid.back(grid.sample(ramp))
+    assert back.shape == ramp.shape
+    # Linear in, linear out (inside the outermost model voxels; beyond them the nearest value).
+    # (away from the ends by the anti-aliasing kernel's reach, where edges are replicated).
+    inside = (np.arange(30) >= grid.first[0] + 2) & (np.arange(30) <= grid.positions(0)[-1] - 2)
+    np.testing.assert_allclose(back[inside, 3, 4], ramp[inside, 3, 4], atol=1e-4)
+    two = np.stack([np.ones(grid.shape, np.float32), np.zeros(grid.shape, np.float32)])
+    np.testing.assert_array_equal(grid.back(two)[0], 1.0)
 
 
 def test_test_time_flips_never_flip_the_slice_axis() -> None:

@@ -38,7 +38,7 @@ from ..model.checkpoint import CheckpointError, load_sub_model, read_checkpoint
 from ..model.network import NetworkConfig, SubModel
 from ..model.settings import OFFICIAL_WINDOW, PERCENTILE, InferenceSettings
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
-from .preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
+from .preprocess import axis_starts, model_grid, normalize_intensity
 
 PathLike = Union[str, Path]
 #: Window strides of the official CAML evaluation (``test_3d.py``: stride_xy=18, stride_z=4).
@@ -442,11 +442,11 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     box = content_box(volume.array)
     region = volume.array[box]
     image = normalize_intensity(region, settings.normalization)
-    target_shape = region.shape
-    if options.resample and model.spacing is not None:
-        target_shape = shape_for_spacing(region.shape, volume.spacing, model.spacing)
-        check_size(target_shape, "image", "resampled to the model's voxel size, a grid")
-        image = resample_to_shape(image, target_shape, mode="linear")
+    grid = model_grid(region.shape, volume.spacing, model.spacing if options.resample else None,
+                      axis_starts(volume, [b.start for b in box]))
+    target_shape = grid.shape
+    check_size(target_shape, "image", "resampled to the model's voxel size, a grid")
+    image = grid.sample(image, "linear")
     strides = options.strides or strides_for_overlap(model.window, options.overlap)
     flips = flip_combinations(settings.flip_axes) if options.tta else [()]
     threshold = settings.threshold if options.threshold is None else options.threshold
@@ -459,8 +459,7 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
                                device=model.device, amp=options.amp, progress=progress, cancel=cancel)
     del image
     probs_np = probs.numpy()
-    if tuple(probs_np.shape[1:]) != tuple(region.shape):
-        probs_np = resample_to_shape(probs_np, region.shape, mode="linear")
+    probs_np = grid.back(probs_np)
     if tuple(region.shape) != volume.shape:
         full = np.zeros((probs_np.shape[0],) + volume.shape, dtype=np.float32)
         full[(slice(None),) + box] = probs_np

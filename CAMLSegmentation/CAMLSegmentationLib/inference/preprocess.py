@@ -9,11 +9,12 @@ container never decides the intensity path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..io.volume import check_intensities
+from ..io.volume import Volume, check_intensities
 from ..model.settings import NORMALIZATIONS, PERCENTILE, ZSCORE
 
 #: Percentiles of the body's intensities mapped to 0 and 1.
@@ -21,8 +22,6 @@ BODY_PERCENTILES = (0.5, 99.5)
 #: Above this many body voxels the percentiles come from a regular subsample (same result to
 #: well under 1 %, a fraction of the time on a 576x576x88 scan).
 _MAX_SAMPLES = 2_000_000
-if TYPE_CHECKING:  # torch is imported where resampling needs it, so `caml --help` stays light
-    pass
 
 #: Downsampling by more than this factor smooths first (anti-aliasing).
 ANTIALIAS_FACTOR = 1.5
@@ -79,65 +78,132 @@ def normalize_intensity(array: np.ndarray, method: str = PERCENTILE, source: str
     raise ValueError(f"unknown intensity normalisation {method!r}; known: {', '.join(NORMALIZATIONS)}")
 
 
-def shape_for_spacing(shape: Sequence[int], spacing: Sequence[float],
-                      target_spacing: Optional[Sequence[float]]) -> Tuple[int, int, int]:
-    """Grid size that covers the same physical extent at ``target_spacing`` (rounded, at least 1)."""
+@dataclass(frozen=True)
+class ModelGrid:
+    """Where a model's voxel grid lies in an image's grid, axis by axis.
+
+    Model voxel ``m`` of axis ``a`` sits at the image's fractional voxel index
+    ``first[a] + m * step[a]``. Built by :func:`model_grid`; :meth:`sample` takes an
+    image onto the model's grid and :meth:`back` brings predictions back.
+    """
+
+    source_shape: Tuple[int, int, int]
+    first: Tuple[float, float, float]
+    step: Tuple[float, float, float]
+    shape: Tuple[int, int, int]
+
+    def positions(self, axis: int) -> np.ndarray:
+        return self.first[axis] + self.step[axis] * np.arange(self.shape[axis], dtype=np.float64)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.shape == self.source_shape and all(f == 0 for f in self.first) and all(
+            s == 1 for s in self.step)
+
+    def sample(self, array: np.ndarray, mode: str = "linear") -> np.ndarray:
+        """``array`` (3D or ``[C, i, j, k]`` on the source grid) on the model's grid.
+
+        ``linear`` smooths first along axes shrunk by more than ``ANTIALIAS_FACTOR``;
+        ``nearest`` (labels) takes the closest voxel.
+        """
+        if mode not in ("nearest", "linear"):
+            raise ValueError(f"unknown resampling mode {mode!r}")
+        if self.is_identity:
+            return array
+        lead = array.ndim - 3
+        out = _antialias(array, self.step) if mode == "linear" else array
+        for axis in range(3):
+            out = _interpolate_axis(out, self.positions(axis), lead + axis, mode)
+        return out
+
+    def back(self, array: np.ndarray) -> np.ndarray:
+        """Linear interpolation of ``array`` (on the model's grid) at every source voxel; beyond the
+        outermost model voxels the nearest one's value."""
+        if self.is_identity:
+            return array
+        lead = array.ndim - 3
+        out = array
+        for axis in range(3):
+            where = (np.arange(self.source_shape[axis], dtype=np.float64) - self.first[axis]) / self.step[axis]
+            out = _interpolate_axis(out, where, lead + axis, "linear")
+        return out
+
+
+def axis_starts(volume: Volume, start_index: Sequence[int] = (0, 0, 0)) -> Tuple[float, float, float]:
+    """Where voxel ``start_index`` lies along each of the image's own axes (mm): the position
+    projected on the axis's direction. Crops of one image agree on it up to whole voxels."""
+    direction = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3)
+    origin = np.asarray(volume.origin, dtype=np.float64)
+    return tuple(float(origin @ direction[:, a] + start_index[a] * volume.spacing[a])  # type: ignore[return-value]
+                 for a in range(3))
+
+
+def model_grid(shape: Sequence[int], spacing: Sequence[float], target_spacing: Optional[Sequence[float]],
+               start: Sequence[float] = (0.0, 0.0, 0.0)) -> ModelGrid:
+    """The model's grid for an image: a voxel at every whole multiple of ``target_spacing`` (mm,
+    along the image's own axes, ``start`` being voxel 0's position from :func:`axis_starts`)
+    inside the image's extent.
+
+    Anchoring the grid in patient space, not at the image's corner, is what makes an ROI
+    crop see exactly the voxels the whole image saw: a grid stretched to fit each image's
+    extent (the usual resize) moves every sample when the extent changes, and the model's
+    answer moves with it (measured: a central 80 % crop agreed 0.7 Dice points less).
+    ``target_spacing`` None: the image's own grid.
+    """
+    shape = tuple(int(n) for n in shape)
     if target_spacing is None:
-        return tuple(int(s) for s in shape)  # type: ignore[return-value]
-    return tuple(max(1, int(round(n * sp / ts)))  # type: ignore[return-value]
-                 for n, sp, ts in zip(shape, spacing, target_spacing))
+        return ModelGrid(shape, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), shape)  # type: ignore[arg-type]
+    first, step, size = [], [], []
+    for n, sp, ts, u0 in zip(shape, spacing, target_spacing, start):
+        sp, ts, u0 = float(sp), float(ts), float(u0)
+        if abs(sp - ts) <= 1e-6 * ts:
+            first.append(0.0), step.append(1.0), size.append(n)
+            continue
+        eps = 1e-6
+        lo, hi = u0 - 0.5 * sp, u0 + (n - 0.5) * sp  # the image's extent along the axis
+        # Half-open [lo, hi): an extent of whole target voxels holds exactly that many.
+        m0, m1 = int(np.ceil(lo / ts - eps)), int(np.ceil(hi / ts - eps)) - 1
+        if m1 < m0:  # thinner than one model voxel: one sample in the middle
+            first.append((n - 1) / 2.0), step.append(ts / sp), size.append(1)
+            continue
+        first.append((m0 * ts - u0) / sp), step.append(ts / sp), size.append(m1 - m0 + 1)
+    return ModelGrid(shape, tuple(first), tuple(step), tuple(size))  # type: ignore[arg-type]
 
 
-def _antialias(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+def _interpolate_axis(array: np.ndarray, where: np.ndarray, axis: int, mode: str) -> np.ndarray:
+    """``array`` read at fractional indices ``where`` along ``axis`` (clamped to the axis)."""
+    n = array.shape[axis]
+    where = np.clip(where, 0.0, n - 1)
+    if mode == "nearest":
+        return np.take(array, np.floor(where + 0.5).astype(np.intp), axis=axis)
+    below = np.floor(where).astype(np.intp)
+    above = np.minimum(below + 1, n - 1)
+    shape = [1] * array.ndim
+    shape[axis] = len(where)
+    w = (where - below).astype(np.float32).reshape(shape)
+    lo = np.take(array, below, axis=axis).astype(np.float32, copy=False)
+    return lo + (np.take(array, above, axis=axis) - lo) * w
+
+
+def _antialias(array: np.ndarray, factors: Sequence[float]) -> np.ndarray:
     """Gaussian-smooth ``array`` (3D or ``[C, i, j, k]``) along each axis shrunk by more than ``ANTIALIAS_FACTOR``.
 
-    Plain trilinear sampling of a 0.3-0.5 mm clinical scan onto the model's
-    1.25 mm grid reads one voxel in several and aliases noise and thin
-    structures; sigma = (factor - 1) / 2 voxels of the source grid, the usual
-    choice (e.g. scikit-image), removes what the coarser grid cannot hold.
-    The kernel reaches ceil(3 sigma) voxels, edges replicated. SciPy's
-    separable filter does this about 5x faster than a grouped conv3d on a CPU
-    (``benchmarks/bench_resampling.py``).
+    ``factors``: source voxels per model voxel, per axis. Plain sampling of a
+    0.3-0.5 mm clinical scan onto the model's 1.25 mm grid reads one voxel in
+    several and aliases noise and thin structures; sigma = (factor - 1) / 2
+    voxels of the source grid, the usual choice (e.g. scikit-image), removes
+    what the coarser grid cannot hold. The kernel reaches ceil(3 sigma)
+    voxels, edges replicated. SciPy's separable filter does this about 5x
+    faster than a grouped conv3d on a CPU (``benchmarks/bench_resampling.py``).
     """
     from scipy import ndimage
 
     lead = array.ndim - 3
     out = np.asarray(array, dtype=np.float32)
-    for axis, (n, m) in enumerate(zip(out.shape[lead:], shape)):
-        factor = n / m
+    for axis, factor in enumerate(factors):
         if factor <= ANTIALIAS_FACTOR:
             continue
         sigma = (factor - 1.0) / 2.0
         radius = max(1, int(np.ceil(3 * sigma)))
         out = ndimage.gaussian_filter1d(out, sigma, axis=lead + axis, mode="nearest", truncate=radius / sigma)
     return out
-
-
-def resample_to_shape(array: np.ndarray, shape: Sequence[int], mode: str = "linear") -> np.ndarray:
-    """Resample a 3D array (or [C, i, j, k]) to ``shape``; ``mode`` is ``linear`` or ``nearest``.
-
-    Voxel centres are mapped as for images (``align_corners=False``), so that a
-    grid and its resampled copy cover the same physical extent. ``linear``
-    smooths first along axes shrunk by more than 1.5x (anti-aliasing).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    shape = tuple(int(s) for s in shape)
-    squeeze = array.ndim == 3
-    if tuple(array.shape[-3:]) == shape:
-        return array
-    if mode not in ("nearest", "linear"):
-        raise ValueError(f"unknown resampling mode {mode!r}")
-    if mode == "linear":
-        array = _antialias(array, shape)
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    t = t[None, None] if squeeze else t[None]
-    src_dtype = t.dtype
-    if mode == "nearest":
-        out = F.interpolate(t.float(), size=shape, mode="nearest-exact")
-        out = out.to(src_dtype)
-    else:
-        out = F.interpolate(t.float(), size=shape, mode="trilinear", align_corners=False)
-    out = out[0, 0] if squeeze else out[0]
-    return out.numpy()

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import CAMLError
-from ..inference.preprocess import normalize_intensity, resample_to_shape, shape_for_spacing
+from ..inference.preprocess import axis_starts, model_grid, normalize_intensity
 from ..io.volume import ImageError, Volume, read_image, read_la_h5
 from ..model.settings import AUGMENTATION_FLIP_AXES, PERCENTILE
 from ..progress import CancelToken, ProgressCallback, ProgressEvent
@@ -176,10 +176,11 @@ class CaseSource:
             if len(target) != 3 or min(target) <= 0:
                 raise DataError(f"target spacing must be three positive numbers, got {target_spacing!r}")
             if not np.allclose(spacing, target, rtol=0, atol=1e-6):
-                shape = shape_for_spacing(image.shape, spacing, target)
-                image = resample_to_shape(image, shape, "linear").astype(np.float32, copy=False)
+                # The grid segment_volume puts the model on, anchored in patient space.
+                grid = model_grid(image.shape, spacing, target, axis_starts(volume))
+                image = grid.sample(image, "linear").astype(np.float32, copy=False)
                 if label is not None:
-                    label = resample_to_shape(label, shape, "nearest").astype(np.uint8, copy=False)
+                    label = grid.sample(label, "nearest").astype(np.uint8, copy=False)
                 spacing = target
         return Case(case_id=case_id, image=np.ascontiguousarray(image),
                     label=None if label is None else np.ascontiguousarray(label),
