@@ -145,9 +145,10 @@ def model_grid(shape: Sequence[int], spacing: Sequence[float], target_spacing: O
     inside the image's extent.
 
     Anchoring the grid in patient space, not at the image's corner, is what makes an ROI
-    crop see exactly the voxels the whole image saw: a grid stretched to fit each image's
+    crop see exactly the points the whole image saw: a grid stretched to fit each image's
     extent (the usual resize) moves every sample when the extent changes, and the model's
-    answer moves with it (measured: a central 80 % crop agreed 0.7 Dice points less).
+    answer moves with it (model v3, central 80 % crops of the 16 LA validation cases:
+    mask Dice against the whole image's 0.9416 stretched, 0.9456 anchored).
     ``target_spacing`` None: the image's own grid.
     """
     shape = tuple(int(n) for n in shape)
