@@ -350,3 +350,11 @@ def test_shift_consistency_compares_the_overlap_of_each_pair():
         assert (moved > 0) == (shift[0] != 0)
     assert len(seen) > 10 and {abs(d) for s in seen for d in s} >= {0, 1, 2}
     assert max(abs(s[0]) for s in seen) <= 3 and max(abs(s[2]) for s in seen) <= 2
+    # The crops stay inside the image: never more shift than the room around the patch, and an
+    # axis no longer than the patch is not shifted at all.
+    for _ in range(30):
+        first, second, shift = random_shifted_pair(image[:10, :8], (8, 8, 6), rng, (3, 3, 2))
+        assert abs(shift[0]) <= 2 and shift[1] == 0 and abs(shift[2]) <= 2
+        first, second, shift = random_shifted_pair(image, (8, 8, 6), rng, (30, 30, 30))
+        assert (first > 0).all() and (second > 0).all()  # no padding: the image is positive
+        assert abs(shift[0]) <= 12 and abs(shift[1]) <= 10 and abs(shift[2]) <= 8

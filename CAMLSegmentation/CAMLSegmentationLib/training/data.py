@@ -557,15 +557,20 @@ def random_shifted_pair(image: np.ndarray, patch_size: Sequence[int], rng: np.ra
                         max_shift: Sequence[int]) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int, int]]:
     """Two ``patch_size`` crops of ``image`` offset by a random shift ``d`` (the second starts ``d`` later).
 
-    Each axis's shift is uniform in ``[-max_shift, max_shift]``; the crops overlap on
-    ``patch - |d|`` voxels, where a model should predict the same whatever else its window
-    holds (``losses.shift_consistency_loss``). Padding as ``random_crop``: an axis no longer
-    than the span of both crops is padded with zeros by ``(span - size) // 2 + 3`` voxels.
+    Each axis's shift is uniform in ``[-m, m]``, ``m`` being ``max_shift`` or the room the
+    image leaves around the patch if smaller; the crops overlap on ``patch - |d|`` voxels,
+    where a model should predict the same whatever else its window holds
+    (``losses.shift_consistency_loss``). Keeping both crops inside the image matters:
+    crops reaching into padding that ``random_crop`` would not add shift BatchNorm's
+    running statistics, and a model trained so (shifts of a quarter patch on the LA
+    crops, padded) predicted empty masks at inference after 350 iterations.
+    An axis no longer than the patch is padded as ``random_crop`` pads it (shift 0).
     """
     patch = tuple(int(p) for p in patch_size)
-    shift = tuple(int(rng.integers(-int(m), int(m) + 1)) for m in max_shift)
+    room = [max(0, s - p) for s, p in zip(image.shape, patch)]
+    shift = tuple(int(rng.integers(-m, m + 1)) for m in (min(int(x), r) for x, r in zip(max_shift, room)))
     span = [p + abs(d) for p, d in zip(patch, shift)]
-    pad = [((n - s) // 2 + 3,) * 2 if s <= n else (0, 0) for s, n in zip(image.shape, span)]
+    pad = [((p - s) // 2 + 3,) * 2 if s <= p else (0, 0) for s, p in zip(image.shape, patch)]
     if any(before for before, _ in pad):
         image = np.pad(image, pad, mode="constant", constant_values=0)
     start = [int(rng.integers(0, s - n + 1)) for s, n in zip(image.shape, span)]
