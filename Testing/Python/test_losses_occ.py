@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 import pytest
 import torch
 from CAMLSegmentationLib.model.losses import dice_loss, mutual_consistency_loss, sharpen, sigmoid_rampup

@@ -165,7 +165,7 @@ def test_engine_requirements_match_the_package_metadata():
         tomllib = pytest.importorskip("tomli")
     root = Path(__file__).resolve().parents[2]
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {re.split(r"[<>=!~ ]", req, 1)[0].lower(): req.replace(" ", "") for req in declared}
+    names = {re.split(r"[<>=!~ ]", req, maxsplit=1)[0].lower(): req.replace(" ", "") for req in declared}
     names.pop("torch")
     panel = {req.split(">")[0].lower(): req for req in module.CAMLSegmentationLogic.ENGINE_REQUIREMENTS.values()}
     assert panel == names

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from CAMLSegmentationLib.inference.predictor import (
     InferenceOptions,
     flip_combinations,
