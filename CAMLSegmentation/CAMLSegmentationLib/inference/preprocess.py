@@ -150,7 +150,8 @@ def model_grid(shape: Sequence[int], spacing: Sequence[float], target_spacing: O
     crop see exactly the points the whole image saw: a grid stretched to fit each image's
     extent (the usual resize) moves every sample when the extent changes, and the model's
     answer moves with it (model v3, central 80 % crops of the 16 LA validation cases:
-    mask Dice against the whole image's 0.9416 stretched, 0.9456 anchored).
+    mask Dice against the whole image's 0.9416 stretched, 0.9449 anchored;
+    ``benchmarks/bench_roi_crop.py``).
     ``target_spacing`` None: the image's own grid.
     """
     shape = tuple(int(n) for n in shape)

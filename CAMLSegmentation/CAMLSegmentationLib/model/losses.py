@@ -54,8 +54,8 @@ def shift_consistency_loss(prob: torch.Tensor, shifts: torch.Tensor) -> torch.Te
     the sliding window's tiling moves.
     """
     total = prob.new_zeros(())
+    p = prob.shape[2:]
     for m, d in enumerate(shifts.tolist()):
-        p = prob.shape[2:]
         a = tuple(slice(max(0, x), n + min(0, x)) for x, n in zip(d, p))
         b = tuple(slice(max(0, -x), n - max(0, x)) for x, n in zip(d, p))
         total = total + torch.mean((prob[2 * m][(slice(None),) + a] - prob[2 * m + 1][(slice(None),) + b]) ** 2)

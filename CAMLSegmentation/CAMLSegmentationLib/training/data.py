@@ -175,13 +175,13 @@ class CaseSource:
             target = tuple(float(s) for s in target_spacing)
             if len(target) != 3 or min(target) <= 0:
                 raise DataError(f"target spacing must be three positive numbers, got {target_spacing!r}")
-            if not np.allclose(spacing, target, rtol=0, atol=1e-6):
-                # The grid segment_volume puts the model on, anchored in patient space.
-                grid = model_grid(image.shape, spacing, target, axis_starts(volume))
-                image = grid.sample(image, "linear").astype(np.float32, copy=False)
-                if label is not None:
-                    label = grid.sample(label, "nearest").astype(np.uint8, copy=False)
-                spacing = target
+            # The grid segment_volume puts the model on, anchored in patient space (the image's
+            # own grid, untouched, along axes already at the target spacing).
+            grid = model_grid(image.shape, spacing, target, axis_starts(volume))
+            image = grid.sample(image, "linear").astype(np.float32, copy=False)
+            if label is not None:
+                label = grid.sample(label, "nearest").astype(np.uint8, copy=False)
+            spacing = target
         return Case(case_id=case_id, image=np.ascontiguousarray(image),
                     label=None if label is None else np.ascontiguousarray(label),
                     spacing=spacing)  # type: ignore[arg-type]
@@ -483,6 +483,19 @@ def random_rot_flip(image: np.ndarray, label: Optional[np.ndarray],
     return image, label
 
 
+def _pad_short_axes(image: np.ndarray, label: Optional[np.ndarray], patch: Sequence[int],
+                    ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Pad each axis no longer than ``patch`` with zeros by ``(patch - size) // 2 + 3`` on each side,
+    as the official code does before cropping."""
+    pad = [((p - s) // 2 + 3,) * 2 if s <= p else (0, 0) for s, p in zip(image.shape, patch)]
+    if not any(before for before, _ in pad):
+        return image, label
+    image = np.pad(image, pad, mode="constant", constant_values=0)
+    if label is not None:
+        label = np.pad(label, pad, mode="constant", constant_values=0)
+    return image, label
+
+
 def random_crop(image: np.ndarray, label: Optional[np.ndarray], patch_size: Sequence[int],
                 rng: np.random.Generator, margin: Sequence[int] = (0, 0, 0),
                 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -510,11 +523,7 @@ def random_crop(image: np.ndarray, label: Optional[np.ndarray], patch_size: Sequ
         image = np.pad(image, outside, mode="constant", constant_values=0)
         if label is not None:
             label = np.pad(label, outside, mode="constant", constant_values=0)
-    pad = [((p - s) // 2 + 3,) * 2 if s <= p else (0, 0) for s, p in zip(image.shape, patch)]
-    if any(before for before, _ in pad):
-        image = np.pad(image, pad, mode="constant", constant_values=0)
-        if label is not None:
-            label = np.pad(label, pad, mode="constant", constant_values=0)
+    image, label = _pad_short_axes(image, label, patch)
     start = [int(rng.integers(0, s - p + 1)) for s, p in zip(image.shape, patch)]
     window = tuple(slice(b, b + p) for b, p in zip(start, patch))
     image = np.ascontiguousarray(image[window])
@@ -570,9 +579,7 @@ def random_shifted_pair(image: np.ndarray, patch_size: Sequence[int], rng: np.ra
     room = [max(0, s - p) for s, p in zip(image.shape, patch)]
     shift = tuple(int(rng.integers(-m, m + 1)) for m in (min(int(x), r) for x, r in zip(max_shift, room)))
     span = [p + abs(d) for p, d in zip(patch, shift)]
-    pad = [((p - s) // 2 + 3,) * 2 if s <= p else (0, 0) for s, p in zip(image.shape, patch)]
-    if any(before for before, _ in pad):
-        image = np.pad(image, pad, mode="constant", constant_values=0)
+    image, _ = _pad_short_axes(image, None, patch)
     start = [int(rng.integers(0, s - n + 1)) for s, n in zip(image.shape, span)]
     first = tuple(slice(b + max(0, -d), b + max(0, -d) + p) for b, d, p in zip(start, shift, patch))
     second = tuple(slice(b + max(0, d), b + max(0, d) + p) for b, d, p in zip(start, shift, patch))
