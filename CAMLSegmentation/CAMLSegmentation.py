@@ -154,11 +154,11 @@ def registerSampleData() -> None:
 # Parameters
 #
 
-#: Speed vs quality: sliding-window overlap and test-time augmentation (flips).
+#: Speed vs quality: the engine's inference protocol (``caml segment --protocol``) and whether
+#: it uses the test-time flips (the TTA box starts there; tests check these match the engine).
 QUALITY_PRESETS: Dict[str, Dict[str, Any]] = {
-    "fast": {"overlap": 0.25, "tta": False},
-    "balanced": {"overlap": 0.5, "tta": False},
-    "best": {"overlap": 0.5, "tta": True},
+    "standard": {"protocol": "default", "tta": True},
+    "fast": {"protocol": "fast", "tta": False},
 }
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -172,10 +172,9 @@ class CAMLSegmentationParameters:
     _NODE_ROLES = {"inputVolume": "InputVolume", "roi": "ROI",
                    "outputSegmentation": "OutputSegmentation", "uncertaintyVolume": "UncertaintyVolume"}
     # The defaults are the settings the bundled model's card was scored with (`caml segment`'s
-    # defaults: 25 % window overlap, no test-time flips, and the largest-component filter as the
-    # model's validation chose it: "model" passes neither --lcc nor --no-lcc).
-    _DEFAULTS = {"model": "", "device": "auto", "quality": "fast",
-                 "overlap": str(QUALITY_PRESETS["fast"]["overlap"]), "tta": "false",
+    # defaults: dense averaged windows with test-time flips, and the largest-component filter as
+    # the model's validation chose it: "model" passes neither --lcc nor --no-lcc).
+    _DEFAULTS = {"model": "", "device": "auto", "quality": "standard", "tta": "true",
                  "uncertainty": "false", "largestComponent": "model"}
 
     def __init__(self, node: Any) -> None:
@@ -189,12 +188,13 @@ class CAMLSegmentationParameters:
     def __getattr__(self, name: str) -> Any:
         if name in self._NODE_ROLES:
             return self.node.GetNodeReference(self._NODE_ROLES[name])
-        if name in ("overlap",):
-            return float(self.node.GetParameter(name) or self._DEFAULTS[name])
         if name in ("tta", "uncertainty"):
             return (self.node.GetParameter(name) or self._DEFAULTS[name]) == "true"
         if name == "largestComponent":  # None: the model's own choice (stored with its weights)
             return {"true": True, "false": False}.get(self.node.GetParameter(name) or self._DEFAULTS[name])
+        if name == "quality":  # a scene saved by an older version may name a retired preset
+            value = self.node.GetParameter(name)
+            return value if value in QUALITY_PRESETS else self._DEFAULTS[name]
         if name in self._DEFAULTS:
             return self.node.GetParameter(name) or self._DEFAULTS[name]
         raise AttributeError(name)
@@ -209,8 +209,6 @@ class CAMLSegmentationParameters:
             raise ValueError(f"device must be one of {DEVICES}, not {value!r}")
         if name == "quality" and value not in QUALITY_PRESETS:
             raise ValueError(f"quality must be one of {sorted(QUALITY_PRESETS)}, not {value!r}")
-        if name == "overlap" and not 0.0 <= float(value) < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), not {value!r}")
         if name == "largestComponent" and value not in (None, True, False):
             raise ValueError(f"largestComponent must be None (the model's choice), True or False, not {value!r}")
         if value is None and name == "largestComponent":
@@ -668,9 +666,8 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
 
     @staticmethod
     def applyQualityPreset(params: CAMLSegmentationParameters, quality: str) -> None:
-        """Set quality and the overlap / TTA it stands for."""
+        """Set quality and the test-time flips it starts with."""
         params.quality = quality
-        params.overlap = QUALITY_PRESETS[quality]["overlap"]
         params.tta = QUALITY_PRESETS[quality]["tta"]
 
     # -- models ------------------------------------------------------------------
@@ -810,11 +807,10 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         from CAMLSegmentationLib.slicer.jobs import caml_command
 
         args = ["segment", str(inputPath), str(outputPath), "--device", device,
-                "--overlap", f"{params.overlap:g}", "--progress", "json"]
+                "--protocol", QUALITY_PRESETS[params.quality]["protocol"], "--progress", "json"]
         if params.model:
             args += ["--model", params.model]
-        if params.tta:
-            args.append("--tta")
+        args.append("--tta" if params.tta else "--no-tta")
         if params.largestComponent is not None:
             args.append("--lcc" if params.largestComponent else "--no-lcc")
         if uncertaintyPath is not None:
@@ -1093,8 +1089,8 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
         for label, value in ((_("Auto (GPU if available)"), "auto"), (_("CPU"), "cpu"), (_("GPU (CUDA)"), "cuda")):
             self.ui.deviceSelector.addItem(label, value)
         self.ui.qualitySelector.clear()
-        for label, value in ((_("Fast (as scored in the model card)"), "fast"), (_("Balanced"), "balanced"),
-                             (_("Best (test-time flips)"), "best")):
+        for label, value in ((_("Standard (as scored in the model card)"), "standard"),
+                             (_("Fast preview (about 10x quicker, rougher)"), "fast")):
             self.ui.qualitySelector.addItem(label, value)
         self._fillModels()
 
@@ -1107,7 +1103,6 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
         for combo in (self.ui.modelSelector, self.ui.deviceSelector):
             combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.qualitySelector.connect("currentIndexChanged(int)", self.onQualityChanged)
-        self.ui.overlapSlider.connect("valueChanged(double)", self.updateParameterNodeFromGUI)
         for box in (self.ui.ttaCheckBox, self.ui.uncertaintyCheckBox):
             box.connect("toggled(bool)", self.updateParameterNodeFromGUI)
         # Three states: partly checked = the model's own choice, stored with its weights.
@@ -1181,7 +1176,6 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
             self.ui.modelSelector.setCurrentIndex(self.ui.modelSelector.findData(p.model))
             self.ui.deviceSelector.setCurrentIndex(self.ui.deviceSelector.findData(p.device))
             self.ui.qualitySelector.setCurrentIndex(self.ui.qualitySelector.findData(p.quality))
-            self.ui.overlapSlider.value = p.overlap
             self.ui.ttaCheckBox.checked = p.tta
             self.ui.uncertaintyCheckBox.checked = p.uncertainty
             self.ui.lccCheckBox.checkState = {None: qt.Qt.PartiallyChecked, True: qt.Qt.Checked,
@@ -1211,7 +1205,6 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
             if self.ui.modelSelector.currentIndex >= 0:
                 p.model = self.ui.modelSelector.currentData
             p.device = self.ui.deviceSelector.currentData or "auto"
-            p.overlap = self.ui.overlapSlider.value
             p.tta = self.ui.ttaCheckBox.checked
             p.uncertainty = self.ui.uncertaintyCheckBox.checked
             state = self.ui.lccCheckBox.checkState

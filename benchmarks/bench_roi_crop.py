@@ -1,7 +1,8 @@
 """Does an ROI crop change the mask? The check of issue #10, on every validation case.
 
     python benchmarks/bench_roi_crop.py [--weights FILE | --model ID] [--cases N] [--fraction 0.8]
-                                        [--tta] [--overlap 0.25] [--ensemble] [--lcc | --no-lcc]
+                                        [--protocol default|fast] [--overlap F[,F,F]] [--tta | --no-tta]
+                                        [--ensemble] [--lcc | --no-lcc]
 
 For each of the last N cases of the LA ``train.list`` (default 16, the model
 card's validation cases) it segments the whole image and a central box of
@@ -9,8 +10,9 @@ card's validation cases) it segments the whole image and a central box of
 Slicer ROI crop does), then prints three Dice values: the crop's mask against
 the whole image's on the voxels the box keeps (``crop~full``; the project asks
 for at least 0.97), and each mask against the label (``full~label``,
-``crop~label``, on the same voxels). Needs ``../shared/data/LA``. One torch
-thread; the options are ``caml segment``'s.
+``crop~label``, on the same voxels), and the seconds per whole image. Needs
+``../shared/data/LA``. One torch thread; the options are ``caml segment``'s
+and mean the same (default: its defaults).
 """
 
 from __future__ import annotations
@@ -38,15 +40,17 @@ def main() -> None:
     which.add_argument("--model", help="a catalog model id")
     parser.add_argument("--cases", type=int, default=16, help="the last N cases of train.list (default 16)")
     parser.add_argument("--fraction", type=float, default=0.8, help="the box's share of each axis (default 0.8)")
-    parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--protocol", choices=("default", "fast"), default="default")
+    parser.add_argument("--overlap", default=None, help="one fraction or three (default: the protocol's)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--ensemble", action="store_true")
-    parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--lcc", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args()
     if not (LA_ROOT / "train.list").is_file():
         raise SystemExit(f"needs the LA data in {LA_ROOT}")
 
     import torch
+    from CAMLSegmentationLib.cli.segment import parse_overlap
     from CAMLSegmentationLib.inference.predictor import InferenceOptions, load_inference_model, segment_volume
     from CAMLSegmentationLib.io.volume import Volume, read_la_h5, read_volume
     from CAMLSegmentationLib.model.catalog import default_model, find_model, verify
@@ -58,11 +62,16 @@ def main() -> None:
         entry = find_model(args.model) if args.model else default_model()
         weights = verify(entry)
     model = load_inference_model(weights, "cpu", with_a=args.ensemble)
-    options = InferenceOptions(tta=args.tta, ensemble=args.ensemble, overlap=args.overlap, lcc=args.lcc)
+    options = InferenceOptions.for_protocol(args.protocol).with_changes(ensemble=args.ensemble, lcc=args.lcc)
+    if args.overlap is not None:
+        options = options.with_changes(overlap=parse_overlap(args.overlap))
+    if args.tta is not None:
+        options = options.with_changes(tta=args.tta)
     ids = (LA_ROOT / "train.list").read_text().split()[-args.cases:]
-    print(f"{weights}: central {args.fraction:.0%} box, tta={args.tta} ensemble={args.ensemble} "
-          f"overlap={args.overlap} lcc={'model' if args.lcc is None else args.lcc}")
-    rows = []
+    print(f"{weights}: central {args.fraction:.0%} box, protocol {options.protocol}, overlap {options.overlap}, "
+          f"blend {options.blend}, tta={options.tta} ensemble={options.ensemble} "
+          f"lcc={'model' if args.lcc is None else args.lcc}")
+    rows, seconds = [], []
     for case in ids:
         path = LA_ROOT / "2018LA_Seg_Training Set" / case / "mri_norm2.h5"
         whole = read_volume(path)
@@ -73,7 +82,9 @@ def main() -> None:
         crop = Volume(array=np.ascontiguousarray(whole.array[box]), spacing=whole.spacing,
                       origin=tuple(np.asarray(whole.origin) + lo * np.asarray(whole.spacing)),
                       direction=whole.direction)
-        full_mask = segment_volume(whole, model, options).mask[box] > 0
+        full = segment_volume(whole, model, options)
+        seconds.append(full.info["seconds"])
+        full_mask = full.mask[box] > 0
         crop_mask = segment_volume(crop, model, options).mask > 0
         truth = label[box] > 0
         row = (dice(full_mask, crop_mask), dice(full_mask, truth), dice(crop_mask, truth))
@@ -84,6 +95,7 @@ def main() -> None:
           f"crop~label {table[:, 2].mean():.4f}")
     print(f"lowest  crop~full {table[:, 0].min():.4f}  full~label {table[:, 1].min():.4f}  "
           f"crop~label {table[:, 2].min():.4f}")
+    print(f"seconds per whole image: {np.mean(seconds):.2f}")
 
 
 if __name__ == "__main__":

@@ -232,3 +232,29 @@ def test_help_does_not_import_torch(command):
     assert run.returncode == 0, run.stderr
     assert "usage: caml" in run.stdout
     assert run.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_protocol_overlap_and_flips_options(capsys: pytest.CaptureFixture) -> None:
+    """--protocol picks a whole setting; --overlap and --tta/--no-tta change it; bad values are refused."""
+    from CAMLSegmentationLib.cli import build_parser
+    from CAMLSegmentationLib.cli.segment import options_from_args
+    from CAMLSegmentationLib.errors import UserError
+    from CAMLSegmentationLib.inference.predictor import DEFAULT_OVERLAP, InferenceOptions
+
+    def options(*flags: str) -> InferenceOptions:
+        return options_from_args(build_parser().parse_args(["segment", "in.nrrd", *flags]))
+
+    assert options() == InferenceOptions()
+    assert options().overlap == DEFAULT_OVERLAP and options().tta and options().blend == "constant"
+    fast = options("--protocol", "fast")
+    assert fast == InferenceOptions.fast() and not fast.tta and fast.overlap == 0.25
+    assert options("--protocol", "fast", "--tta").tta and not options("--no-tta").tta
+    assert options("--overlap", "0.5").overlap == 0.5
+    assert options("--overlap", "0.5,0.5,0.75").overlap == (0.5, 0.5, 0.75)
+    assert options("--protocol", "official") == InferenceOptions.official()
+    with pytest.raises(UserError, match="cannot be combined"):
+        options("--protocol", "official", "--overlap", "0.5")
+    for bad in ("0.99", "0.5,0.5", "-0.1", "half"):
+        with pytest.raises(SystemExit):
+            options("--overlap", bad)
+        assert "--overlap" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from CAMLSegmentationLib.inference.predictor import (
+    OFFICIAL_STRIDES,
     InferenceModel,
     InferenceOptions,
     choose_stitch_device,
@@ -62,6 +63,25 @@ def test_window_starts_follow_the_official_formula() -> None:
     # The official protocol on a typical LA case (175 x 132 x 88): 5 x 3 x 3 windows.
     assert count_windows((175, 132, 88), (112, 112, 80), (18, 18, 4)) == 45
     assert count_windows((175, 132, 88), (112, 112, 80), strides_for_overlap((112, 112, 80), 0.25)) == 8
+
+
+def test_overlap_may_differ_per_axis() -> None:
+    assert strides_for_overlap((64, 64, 32), 0.75) == (16, 16, 8)
+    assert strides_for_overlap((64, 64, 32), (0.75, 0.75, 0.875)) == (16, 16, 4)
+    assert strides_for_overlap((64, 64, 32), 0.999) == (1, 1, 1)  # never a zero step
+    for bad in (1.0, -0.1, (0.5, 0.5), (0.5, 0.5, 1.0)):
+        with pytest.raises(ValueError, match="overlap"):
+            strides_for_overlap((64, 64, 32), bad)
+
+
+def test_protocols_name_whole_settings() -> None:
+    assert InferenceOptions.for_protocol("default") == InferenceOptions()
+    fast, official = InferenceOptions.for_protocol("fast"), InferenceOptions.for_protocol("official")
+    assert (fast.protocol, fast.tta, fast.blend) == ("fast", False, "gaussian")
+    assert (official.protocol, official.tta, official.lcc, official.strides) == ("official", False, False,
+                                                                                 OFFICIAL_STRIDES)
+    with pytest.raises(ValueError, match="protocol"):
+        InferenceOptions.for_protocol("best")
 
 
 def test_even_layout_spreads_the_same_number_of_windows_evenly() -> None:

@@ -82,11 +82,14 @@ def test_same_voxels_same_mask_whatever_the_container(la_root: Path, tmp_path: P
             assert _shared_dice(full[a], full[b]) >= 0.97, (case, a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (issue #10): the cpu model depends on its field of view; "
-                                       "a central 80 % box gives Dice 0.941 (RSZY41) and 0.947 (Q7J0WY) against "
-                                       "the full image with model v3 (v2: 0.84 and 0.93), the target is 0.97")
 @pytest.mark.parametrize("case", CONTAINER_CASES)
 def test_an_roi_crop_keeps_the_mask(la_root: Path, tmp_path: Path, case: str) -> None:
+    """A central 80 % box of each axis gets the whole image's mask on the voxels it keeps.
+
+    The box cuts into the atrium itself (LA images are tight crops around it); the default
+    inference averages every voxel over many window positions and flips, so what the network
+    sees beyond a window's edge barely matters (0.944 with the fast preview's sparse windows).
+    """
     full, cropped, box = _container_masks(la_root, tmp_path, case)
     shared = _shared_dice(full["h5"][box], cropped)
     assert shared >= 0.97, f"{case}: Dice {shared:.4f} between the cropped and the full image's masks"

@@ -116,10 +116,10 @@ def _engine_outputs(logic, params, volume, tmp_path: Path, name: str = "direct")
 
 def test_parameter_node_is_a_scene_singleton_with_defaults(logic, scene):
     p = logic.getParameterNode()
-    # The model card's settings (caml segment's defaults): 25 % overlap, no flips, the largest
+    # The model card's settings (caml segment's defaults): dense windows with flips, the largest
     # component as the model chose (None: neither --lcc nor --no-lcc).
-    assert (p.device, p.quality, p.overlap, p.tta, p.uncertainty, p.largestComponent) == (
-        "auto", "fast", 0.25, False, False, None)
+    assert (p.device, p.quality, p.tta, p.uncertainty, p.largestComponent) == (
+        "auto", "standard", True, False, None)
     assert p.node.GetSingletonTag() == "CAMLSegmentation" and p.node.GetAttribute("ModuleName") == "CAMLSegmentation"
     assert scene.GetSingletonNode("CAMLSegmentation", "vtkMRMLScriptedModuleNode") is p.node
     p.node.RemoveAttribute("ModuleName")  # what a scene close may do
@@ -132,26 +132,31 @@ def test_parameter_node_is_a_scene_singleton_with_defaults(logic, scene):
     with pytest.raises(ValueError):
         p.device = "tpu"
     with pytest.raises(ValueError):
-        p.overlap = 1.0
+        p.quality = "best"
+    p.node.SetParameter("quality", "balanced")  # a preset of an older version, from a saved scene
+    assert p.quality == "standard"
     with pytest.raises(AttributeError):
         p.colour = "red"
 
 
 @pytest.mark.parametrize("quality", sorted(module.QUALITY_PRESETS))
-def test_quality_preset_sets_overlap_and_tta(logic, quality):
+def test_quality_preset_sets_protocol_and_tta(logic, quality):
+    """Each quality runs an engine protocol with the flips that protocol uses by itself."""
+    from CAMLSegmentationLib.inference.predictor import InferenceOptions
+
     p = logic.getParameterNode()
     logic.applyQualityPreset(p, quality)
     assert p.quality == quality
-    assert p.overlap == module.QUALITY_PRESETS[quality]["overlap"]
-    assert p.tta == module.QUALITY_PRESETS[quality]["tta"]
+    preset = module.QUALITY_PRESETS[quality]
+    assert p.tta == preset["tta"] == InferenceOptions.for_protocol(preset["protocol"]).tta
+    args = logic.segmentCommand(Path("in.nrrd"), Path("out.nrrd"), p, "cpu")
+    assert args[args.index("--protocol") + 1] == preset["protocol"]
 
 
-def test_fast_quality_is_the_engines_default_path():
-    """The panel's default ("fast") runs what `caml segment` runs with no flags: the card's settings."""
-    from CAMLSegmentationLib.inference.predictor import InferenceOptions
-
-    defaults = InferenceOptions()
-    assert module.QUALITY_PRESETS["fast"] == {"overlap": defaults.overlap, "tta": defaults.tta}
+def test_standard_quality_is_the_engines_default_path():
+    """The panel's default ("standard") runs what `caml segment` runs with no flags: the card's settings."""
+    assert module.CAMLSegmentationParameters._DEFAULTS["quality"] == "standard"
+    assert module.QUALITY_PRESETS["standard"]["protocol"] == "default"
 
 
 def test_engine_requirements_match_the_package_metadata():
@@ -275,7 +280,8 @@ def test_nothing_to_install_asks_nothing(logic, monkeypatch):
 
 
 def test_segment_command_reflects_the_parameters(logic, params, tmp_path):
-    logic.applyQualityPreset(params, "best")
+    logic.applyQualityPreset(params, "fast")
+    params.tta = True
     params.uncertainty = True
     params.largestComponent = True
     argv = logic.segmentCommand(Path("in.nrrd"), Path("out.nrrd"), params, "cpu", Path("u.nrrd"))
@@ -284,7 +290,7 @@ def test_segment_command_reflects_the_parameters(logic, params, tmp_path):
     assert args[:3] == ["segment", "in.nrrd", "out.nrrd"]
     assert args[args.index("--model") + 1] == "tiny-random"
     assert args[args.index("--device") + 1] == "cpu"
-    assert float(args[args.index("--overlap") + 1]) == 0.5
+    assert args[args.index("--protocol") + 1] == "fast"
     assert "--tta" in args and "--lcc" in args
     assert args[args.index("--uncertainty") + 1] == "u.nrrd"
     assert args[args.index("--progress") + 1] == "json"
@@ -295,6 +301,8 @@ def test_segment_command_reflects_the_parameters(logic, params, tmp_path):
     default = logic.segmentCommand(Path("in.nrrd"), Path("out.nrrd"), params, "cpu")
     assert default[1:3] == ["-m", "CAMLSegmentationLib.cli"] and "--uncertainty" not in default
     assert "--lcc" not in default and "--no-lcc" not in default
+    params.tta = False
+    assert "--no-tta" in logic.segmentCommand(Path("in.nrrd"), Path("out.nrrd"), params, "cpu")
     with pytest.raises(ValueError, match="largestComponent"):
         params.largestComponent = "sometimes"
 

@@ -25,6 +25,9 @@ NORMALIZATIONS = (PERCENTILE, ZSCORE)
 AUGMENTATION_FLIP_AXES = (0, 1)
 #: The official CAML patch / window size.
 OFFICIAL_WINDOW = (112, 112, 80)
+#: Named ways to run a model (``predictor.InferenceOptions.for_protocol``; ``caml segment
+#: --protocol``; the panel's quality): the card's setting, a quick preview, the paper's evaluation.
+PROTOCOLS = ("default", "fast", "official")
 
 
 @dataclass(frozen=True)
