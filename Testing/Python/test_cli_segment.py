@@ -239,7 +239,8 @@ def test_protocol_overlap_and_flips_options(capsys: pytest.CaptureFixture) -> No
     from CAMLSegmentationLib.cli import build_parser
     from CAMLSegmentationLib.cli.segment import options_from_args
     from CAMLSegmentationLib.errors import UserError
-    from CAMLSegmentationLib.inference.predictor import DEFAULT_OVERLAP, InferenceOptions
+    from CAMLSegmentationLib.inference.predictor import InferenceOptions
+    from CAMLSegmentationLib.model.settings import DEFAULT_OVERLAP
 
     def options(*flags: str) -> InferenceOptions:
         return options_from_args(build_parser().parse_args(["segment", "in.nrrd", *flags]))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Un
 
 from ..devices import DEVICE_CHOICES
 from ..errors import UserError
-from ..model.settings import PROTOCOLS
+from ..model.settings import DEFAULT_OVERLAP, FAST_OVERLAP, PROTOCOLS
 
 if TYPE_CHECKING:  # the CLI imports torch only once a command runs, so `caml --help` stays fast
     from ..inference.predictor import InferenceModel, InferenceOptions
@@ -42,13 +42,14 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="default",
                         help="default: dense windows, plainly averaged, with test-time flips (the model card's "
                              "setting; the mask barely changes when the image is cropped); fast: a preview "
-                             "about ten times quicker (25%% overlap, Gaussian-blended windows, no flips); "
+                             f"about ten times quicker ({FAST_OVERLAP * 100:.0f}%% overlap, Gaussian-blended "
+                             "windows, no flips); "
                              "official: the CAML paper's evaluation (strides 18/18/4, averaged softmax, argmax, "
                              "no post-processing)")
     parser.add_argument("--overlap", type=parse_overlap, default=None, metavar="F[,F,F]",
                         help="fraction shared by neighbouring windows, 0 to 0.95: one value for every axis or "
-                             "one per image axis (default: the protocol's; default protocol 0.75,0.75,0.875, "
-                             "fast 0.25)")
+                             "one per image axis (default: the protocol's; default protocol "
+                             f"{','.join(f'{v:g}' for v in DEFAULT_OVERLAP)}, fast {FAST_OVERLAP:g})")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="windows per forward pass (default 2 on CPU, 4 on CUDA)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

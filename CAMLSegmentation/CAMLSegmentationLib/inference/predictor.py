@@ -45,7 +45,14 @@ from ..devices import resolve_device
 from ..io.volume import Volume, check_size, validate_volume
 from ..model.checkpoint import CheckpointError, load_sub_model, read_checkpoint
 from ..model.network import NetworkConfig, SubModel
-from ..model.settings import OFFICIAL_WINDOW, PERCENTILE, PROTOCOLS, InferenceSettings
+from ..model.settings import (
+    DEFAULT_OVERLAP,
+    FAST_OVERLAP,
+    OFFICIAL_WINDOW,
+    PERCENTILE,
+    PROTOCOLS,
+    InferenceSettings,
+)
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
 from .preprocess import axis_starts, model_grid, normalize_intensity
 
@@ -56,14 +63,6 @@ OFFICIAL_STRIDES = (18, 18, 4)
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 #: A window overlap: one fraction for every axis, or one per image axis.
 Overlap = Union[float, Tuple[float, float, float]]
-#: The default overlap. Measured with the bundled model on the 16 validation cases
-#: (``benchmarks/bench_roi_crop.py``, flips on, plain averaging): a central 80 % crop keeps the
-#: whole image's mask at Dice 0.944 with 25 % overlap, 0.952 with 50 %, 0.969 with 75 % and
-#: 0.972 with 7/8 along the slice axis. LA scans are barely longer than a window along that
-#: axis (44 model voxels against 32), so it would get only 2-3 window positions at 75 %; the
-#: finer step there costs little because the axis is short, where 7/8 in-plane too would
-#: triple the time for no further gain.
-DEFAULT_OVERLAP = (0.75, 0.75, 0.875)
 
 
 # --------------------------------------------------------------------------- sliding window
@@ -377,7 +376,7 @@ class InferenceOptions:
         Its mask depends more on the field of view: a central 80 % crop of an LA case keeps
         the whole image's mask at Dice 0.944 on average, against 0.972 with the defaults.
         """
-        return cls(overlap=0.25, blend="gaussian", tta=False, protocol="fast")
+        return cls(overlap=FAST_OVERLAP, blend="gaussian", tta=False, protocol="fast")
 
     @classmethod
     def official(cls) -> InferenceOptions:
