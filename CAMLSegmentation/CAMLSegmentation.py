@@ -1090,7 +1090,7 @@ class CAMLSegmentationWidget(ActiveLearningWidgetMixin, ScriptedLoadableModuleWi
             self.ui.deviceSelector.addItem(label, value)
         self.ui.qualitySelector.clear()
         for label, value in ((_("Standard (as scored in the model card)"), "standard"),
-                             (_("Fast preview (about 10x quicker, rougher)"), "fast")):
+                             (_("Fast preview (quicker, rougher)"), "fast")):
             self.ui.qualitySelector.addItem(label, value)
         self._fillModels()
 

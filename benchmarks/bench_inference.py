@@ -58,9 +58,10 @@ def measure(mode: str, case: Path, weights: str, threads: int) -> dict:
         segment_volume,
         sliding_window,
     )
-    from CAMLSegmentationLib.inference.preprocess import zscore
+    from CAMLSegmentationLib.inference.preprocess import normalize_intensity
     from CAMLSegmentationLib.io.volume import Volume, read_la_h5
     from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig
+    from CAMLSegmentationLib.model.settings import ZSCORE
 
     if mode.startswith("large"):
         rng = np.random.default_rng(0)
@@ -78,7 +79,7 @@ def measure(mode: str, case: Path, weights: str, threads: int) -> dict:
         window = (112, 112, 80)
         start = time.perf_counter()
         with torch.inference_mode():
-            probs = sliding_window(torch.from_numpy(zscore(volume.array))[None], window,
+            probs = sliding_window(torch.from_numpy(normalize_intensity(volume.array, ZSCORE))[None], window,
                                    lambda x: torch.softmax(net(x)[0], 1)[:, 1:], strides=OFFICIAL_STRIDES,
                                    layout="flush", blend="constant", batch_size=1)
         seconds = time.perf_counter() - start

@@ -42,8 +42,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="default",
                         help="default: dense windows, plainly averaged, with test-time flips (the model card's "
                              "setting; the mask barely changes when the image is cropped); fast: a preview "
-                             f"about ten times quicker ({FAST_OVERLAP * 100:.0f}%% overlap, Gaussian-blended "
-                             "windows, no flips); "
+                             "6 (LA crop) to 20 (whole chest) times quicker "
+                             f"({FAST_OVERLAP * 100:.0f}%% overlap, Gaussian-blended windows, no flips); "
                              "official: the CAML paper's evaluation (strides 18/18/4, averaged softmax, argmax, "
                              "no post-processing)")
     parser.add_argument("--overlap", type=parse_overlap, default=None, metavar="F[,F,F]",
