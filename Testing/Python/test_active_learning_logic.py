@@ -138,5 +138,7 @@ def test_every_widget_the_panel_code_names_is_in_the_ui_file():
     section = source[source.index("class ActiveLearningWidgetMixin"):source.index("# CAMLSegmentationLogic")]
     used = set(re.findall(r"ui\.(al\w+)", section))
     assert used and used <= names, used - names
+    everywhere = set(re.findall(r"\bui\.(\w+)", source))  # the segmentation panel's widgets too
+    assert {"qualitySelector", "ttaCheckBox"} <= everywhere <= names, everywhere - names
     assert "activeLearningCollapsibleButton" in names
     assert ui.index("activeLearningCollapsibleButton") > ui.index("correctButton")  # below segmentation
