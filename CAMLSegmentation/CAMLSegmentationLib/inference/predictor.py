@@ -20,8 +20,7 @@ Three settings (``InferenceOptions``):
   the mask of the whole image (``benchmarks/bench_roi_crop.py``);
 * ``InferenceOptions.fast()``: the fewest windows that cover the image with a
   25 % overlap, Gaussian-blended, no flips - a preview 6 (LA crop) to 20
-  (whole chest) times faster on a CPU,
-  whose mask moves with the field of view;
+  (whole chest) times faster on a CPU, whose mask moves with the field of view;
 * ``InferenceOptions.official()`` reproduces the evaluation of the CAML paper
   (strides 18/18/4, averaged softmax, argmax, no post-processing), so scores
   compare with published numbers.
