@@ -174,7 +174,8 @@ class CAMLSegmentationParameters:
     # The defaults are the settings the bundled model's card was scored with (`caml segment`'s
     # defaults: dense averaged windows with test-time flips, and the largest-component filter as
     # the model's validation chose it: "model" passes neither --lcc nor --no-lcc).
-    _DEFAULTS = {"model": "", "device": "auto", "quality": "standard", "tta": "true",
+    _DEFAULTS = {"model": "", "device": "auto", "quality": "standard",
+                 "tta": str(QUALITY_PRESETS["standard"]["tta"]).lower(),
                  "uncertainty": "false", "largestComponent": "model"}
 
     def __init__(self, node: Any) -> None:

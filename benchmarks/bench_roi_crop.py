@@ -1,8 +1,7 @@
 """Does an ROI crop change the mask? The check of issue #10, on every validation case.
 
     python benchmarks/bench_roi_crop.py [--weights FILE | --model ID] [--cases N] [--fraction 0.8]
-                                        [--protocol default|fast] [--overlap F[,F,F]] [--tta | --no-tta]
-                                        [--ensemble] [--lcc | --no-lcc]
+                                        [caml segment's inference options: --protocol, --overlap, --tta, ...]
 
 For each of the last N cases of the LA ``train.list`` (default 16, the model
 card's validation cases) it segments the whole image and a central box of
@@ -28,49 +27,35 @@ sys.path.insert(0, str(REPO / "CAMLSegmentation"))
 LA_ROOT = REPO.parent / "shared" / "data" / "LA"
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
-
-
 def main() -> None:
+    from CAMLSegmentationLib.cli.segment import (
+        add_inference_arguments,
+        add_model_arguments,
+        load_model_from_args,
+        options_from_args,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--weights", help="a checkpoint file (default: the catalog's default model)")
-    which.add_argument("--model", help="a catalog model id")
+    add_model_arguments(parser)
     parser.add_argument("--cases", type=int, default=16, help="the last N cases of train.list (default 16)")
     parser.add_argument("--fraction", type=float, default=0.8, help="the box's share of each axis (default 0.8)")
-    parser.add_argument("--protocol", choices=("default", "fast"), default="default")
-    parser.add_argument("--overlap", default=None, help="one fraction or three (default: the protocol's)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--ensemble", action="store_true")
-    parser.add_argument("--lcc", action=argparse.BooleanOptionalAction, default=None)
+    add_inference_arguments(parser)
     args = parser.parse_args()
     if not (LA_ROOT / "train.list").is_file():
         raise SystemExit(f"needs the LA data in {LA_ROOT}")
 
     import torch
-    from CAMLSegmentationLib.cli.segment import parse_overlap
-    from CAMLSegmentationLib.inference.predictor import InferenceOptions, load_inference_model, segment_volume
+    from CAMLSegmentationLib.inference.metrics import dice
+    from CAMLSegmentationLib.inference.predictor import segment_volume
     from CAMLSegmentationLib.io.volume import Volume, read_la_h5, read_volume
-    from CAMLSegmentationLib.model.catalog import default_model, find_model, verify
 
     torch.set_num_threads(1)
-    if args.weights:
-        weights = args.weights
-    else:
-        entry = find_model(args.model) if args.model else default_model()
-        weights = verify(entry)
-    model = load_inference_model(weights, "cpu", with_a=args.ensemble)
-    options = InferenceOptions.for_protocol(args.protocol).with_changes(ensemble=args.ensemble, lcc=args.lcc)
-    if args.overlap is not None:
-        options = options.with_changes(overlap=parse_overlap(args.overlap))
-    if args.tta is not None:
-        options = options.with_changes(tta=args.tta)
+    model = load_model_from_args(args, with_a=args.ensemble)
+    options = options_from_args(args)
     ids = (LA_ROOT / "train.list").read_text().split()[-args.cases:]
-    print(f"{weights}: central {args.fraction:.0%} box, protocol {options.protocol}, overlap {options.overlap}, "
-          f"blend {options.blend}, tta={options.tta} ensemble={options.ensemble} "
-          f"lcc={'model' if args.lcc is None else args.lcc}")
+    print(f"{model.name} on {model.device}: central {args.fraction:.0%} box, protocol {options.protocol}, "
+          f"overlap {options.overlap}, blend {options.blend}, tta={options.tta} ensemble={options.ensemble} "
+          f"lcc={'model' if options.lcc is None else options.lcc}")
     rows, seconds = [], []
     for case in ids:
         path = LA_ROOT / "2018LA_Seg_Training Set" / case / "mri_norm2.h5"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from CAMLSegmentationLib.inference.metrics import dice
 from CAMLSegmentationLib.inference.predictor import InferenceOptions, random_model, segment_volume
 from CAMLSegmentationLib.io.volume import LA_SPACING, read_la_h5, read_volume
 from inference_helpers import one_thread
@@ -31,12 +32,6 @@ def test_la_case_reads_and_segments_on_its_grid(la_root: Path) -> None:
 #: Two of the 16 validation cases (never labeled for training), with the lowest and a middle
 #: blood-pool intensity of the set.
 CONTAINER_CASES = ("RSZY41MT2FGDKHWWL5L2", "Q7J0WYM695R9MA285ZW0")
-
-
-def _shared_dice(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.count_nonzero(a & b)
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    return 1.0 if total == 0 else 2.0 * inter / total
 
 
 def _container_masks(la_root: Path, tmp_path: Path, case: str):
@@ -79,7 +74,7 @@ def test_same_voxels_same_mask_whatever_the_container(la_root: Path, tmp_path: P
     names = list(full)
     for n, a in enumerate(names):
         for b in names[n + 1:]:
-            assert _shared_dice(full[a], full[b]) >= 0.97, (case, a, b)
+            assert dice(full[a], full[b]) >= 0.97, (case, a, b)
 
 
 @pytest.mark.parametrize("case", CONTAINER_CASES)
@@ -93,5 +88,5 @@ def test_an_roi_crop_keeps_the_mask(la_root: Path, tmp_path: Path, case: str) ->
     full, cropped, box = _container_masks(la_root, tmp_path, case)
     assert cropped.any(), f"{case}: empty mask for the crop"
     for name, mask in full.items():  # .h5, NRRD and padded NRRD, each on the voxels the box keeps
-        shared = _shared_dice(mask[box], cropped)
+        shared = dice(mask[box], cropped)
         assert shared >= 0.97, f"{case}: Dice {shared:.4f} between the cropped and the {name} image's masks"

@@ -116,8 +116,8 @@ def test_predictions_come_back_to_every_source_voxel() -> None:
     ramp = np.broadcast_to(np.arange(30, dtype=np.float32)[:, None, None], (30, 20, 9)).copy()
     back = grid.back(grid.sample(ramp))
     assert back.shape == ramp.shape
-    # Linear in, linear out (inside the outermost model voxels; beyond them the nearest value).
-    # (away from the ends by the anti-aliasing kernel's reach and a voxel, where edges are replicated).
+    # Linear in, linear out, away from the ends by the anti-aliasing kernel's reach and a voxel
+    # (edges are replicated there, and beyond the outermost model voxels comes the nearest value).
     inside = (np.arange(30) >= grid.first[0] + 4) & (np.arange(30) <= grid.positions(0)[-1] - 4)
     np.testing.assert_allclose(back[inside, 3, 4], ramp[inside, 3, 4], atol=1e-4)
     two = np.stack([np.ones(grid.shape, np.float32), np.zeros(grid.shape, np.float32)])

@@ -157,21 +157,22 @@ def model_grid(shape: Sequence[int], spacing: Sequence[float], target_spacing: O
     shape = tuple(int(n) for n in shape)
     if target_spacing is None:
         return ModelGrid(shape, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), shape)  # type: ignore[arg-type]
-    first, step, size = [], [], []
+    eps = 1e-6
+    axes = []  # (first, step, size) per axis
     for n, sp, ts, u0 in zip(shape, spacing, target_spacing, start):
         sp, ts, u0 = float(sp), float(ts), float(u0)
-        if abs(sp - ts) <= 1e-6 * ts:
-            first.append(0.0), step.append(1.0), size.append(n)
+        if abs(sp - ts) <= eps * ts:
+            axes.append((0.0, 1.0, n))
             continue
-        eps = 1e-6
         lo, hi = u0 - 0.5 * sp, u0 + (n - 0.5) * sp  # the image's extent along the axis
         # Half-open [lo, hi): an extent of whole target voxels holds exactly that many.
         m0, m1 = int(np.ceil(lo / ts - eps)), int(np.ceil(hi / ts - eps)) - 1
         if m1 < m0:  # thinner than one model voxel: one sample in the middle
-            first.append((n - 1) / 2.0), step.append(ts / sp), size.append(1)
-            continue
-        first.append((m0 * ts - u0) / sp), step.append(ts / sp), size.append(m1 - m0 + 1)
-    return ModelGrid(shape, tuple(first), tuple(step), tuple(size))  # type: ignore[arg-type]
+            axes.append(((n - 1) / 2.0, ts / sp, 1))
+        else:
+            axes.append(((m0 * ts - u0) / sp, ts / sp, m1 - m0 + 1))
+    first, step, size = zip(*axes)
+    return ModelGrid(shape, first, step, size)  # type: ignore[arg-type]
 
 
 def _interpolate_axis(array: np.ndarray, where: np.ndarray, axis: int, mode: str) -> np.ndarray:

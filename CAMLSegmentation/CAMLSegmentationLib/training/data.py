@@ -541,7 +541,9 @@ def random_roi(image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Ge
     of it, at a uniform offset. The LA crops are tight around the atrium, so without this
     the atrium never touches an image border in training and the model learns that
     "near the border" means background; a user's ROI, or a crop by 80 % of each axis,
-    then cuts the atrium and the model drops what lies next to the cut. The crop is a
+    then cuts the atrium. Measured, it did not make ROI crops agree better (README,
+    "Resampling and augmentation"): the crop problem came from sliding-window placement and is
+    solved by the default inference protocol; off in the shipped presets. The crop is a
     real crop (not masking), so ``random_crop`` then pads it exactly as inference pads
     a small image. Seven values are drawn from ``rng`` whether or not the crop happens,
     so later draws do not depend on the probability.
