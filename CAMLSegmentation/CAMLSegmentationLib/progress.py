@@ -212,6 +212,20 @@ def deferred_cancel(raise_at_end: bool = True) -> Iterator[None]:
         raise Cancelled("terminated by a signal")
 
 
+def raise_if_signalled() -> None:
+    """Raise ``Cancelled`` again if a cancel signal already raised it and the work still goes on.
+
+    Python drops an exception raised where it cannot propagate - a ``__del__``, a weakref or
+    garbage-collector callback, an import lock's clean-up ("Exception ignored in ...") - so a
+    signal landing there would be lost and the job would run to its end. Called between units
+    of work, this makes the cancel take effect there instead. Not inside ``deferred_cancel``,
+    and not once the outcome is told or the outputs are in place.
+    """
+    state = _STATE
+    if state.raised and not (state.deferring or state.finished or state.committed):
+        raise Cancelled("terminated by a signal")
+
+
 def raise_pending_cancel() -> None:
     """Raise ``Cancelled`` now if a signal was held back by ``deferred_cancel(raise_at_end=False)``."""
     state = _STATE

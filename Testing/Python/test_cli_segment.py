@@ -259,3 +259,29 @@ def test_protocol_overlap_and_flips_options(capsys: pytest.CaptureFixture) -> No
         with pytest.raises(SystemExit):
             options("--overlap", bad)
         assert "--overlap" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception
+def test_a_cancel_signal_lost_in_a_finaliser_still_stops_the_job() -> None:
+    """Python drops an exception raised inside ``__del__``; the signal's cancel must not be lost with it."""
+    import gc
+
+    from CAMLSegmentationLib.cli.segment import progress_callback
+    from CAMLSegmentationLib.progress import Cancelled, ProgressEvent, install_cancel_handler, restore_handlers
+
+    class SignalsWhenCollected:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # bytecode for the handler to run in, here where it cannot propagate
+                pass
+
+    previous = install_cancel_handler(None)
+    try:
+        report = progress_callback("none")
+        report(ProgressEvent("inference", 0, 2, "windows"))  # no signal yet: nothing happens
+        SignalsWhenCollected()
+        gc.collect()
+        with pytest.raises(Cancelled):
+            report(ProgressEvent("inference", 1, 2, "windows"))
+    finally:
+        restore_handlers(previous)

@@ -139,9 +139,17 @@ def load_model_from_args(args: argparse.Namespace, with_a: bool = False) -> Infe
 
 
 def progress_callback(mode: str) -> ProgressCallback:
-    from ..progress import json_lines, no_progress, text_bar
+    """Progress as ``--progress`` asks; each event is also a point where a cancel takes effect."""
+    from ..progress import json_lines, no_progress, raise_if_signalled, text_bar
 
-    return {"json": json_lines(sys.stdout), "bar": text_bar(sys.stderr)}.get(mode, no_progress)
+    emit = {"json": json_lines(sys.stdout), "bar": text_bar(sys.stderr)}.get(mode, no_progress)
+
+    def report(event: Any) -> None:
+        emit(event)
+        # A signal whose Cancelled Python dropped (raised inside a finaliser) still stops the job.
+        raise_if_signalled()
+
+    return report
 
 
 @contextlib.contextmanager
