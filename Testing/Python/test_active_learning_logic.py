@@ -21,14 +21,12 @@ if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
 import torch  # noqa: E402
-from CAMLSegmentationLib.activelearning import mrml as al_mrml  # noqa: E402
 from CAMLSegmentationLib.activelearning.cohort import ACCEPTED_TRAIN, Cohort  # noqa: E402
 from CAMLSegmentationLib.io.volume import Volume, read_image, write_image, write_mask  # noqa: E402
-from CAMLSegmentationLib.slicer import mrml_bridge  # noqa: E402
+from CAMLSegmentationLib.slicer import al_mrml, mrml_bridge  # noqa: E402
+from CAMLSegmentationLib.slicer import logic as slicer_logic  # noqa: E402
 from synthetic import blob_case  # noqa: E402
 from test_active_learning import SHAPE, save_model  # noqa: E402
-
-import CAMLSegmentation as module  # noqa: E402
 
 torch.set_num_threads(1)
 ENGINE = [sys.executable, "-m", "CAMLSegmentationLib.cli"]
@@ -54,7 +52,7 @@ def logic_and_cohort(tmp_path):
     root = _oblique_cohort(tmp_path / "cohort")
     weights = save_model(tmp_path / "start.pt", seed=2, fg_bias=0.3)
     scene = slicer.vtkMRMLScene()
-    logic = module.CAMLSegmentationLogic(scene)
+    logic = slicer_logic.CAMLSegmentationLogic(scene)
     logic.engineCommand = ENGINE
     status = logic.alOpenCohort(str(root), str(weights))
     assert status["current_version"] == 1 and status["cases"] == 4

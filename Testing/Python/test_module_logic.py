@@ -25,7 +25,8 @@ MODULE_DIR = Path(__file__).resolve().parents[2] / "CAMLSegmentation"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-from CAMLSegmentationLib.slicer import mrml_bridge  # noqa: E402
+from CAMLSegmentationLib.slicer import logic as slicer_logic  # noqa: E402
+from CAMLSegmentationLib.slicer import mrml_bridge, parameters, runs  # noqa: E402
 
 import CAMLSegmentation as module  # noqa: E402
 
@@ -67,7 +68,7 @@ def caml_home(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("caml_home")
     catalog = home / "models" / "models.json"
-    reference = mrml_bridge.volume_from_node(module.makeTestVolume(slicer.vtkMRMLScene(), shape=(24, 20, 16)))
+    reference = mrml_bridge.volume_from_node(slicer_logic.makeTestVolume(slicer.vtkMRMLScene(), shape=(24, 20, 16)))
     register_model(_save_random_model(home / "tiny.pt", 4, (16, 16, 16), seed=2, calibrate=reference.array),
                    "tiny-random", catalog_path=catalog)
     register_model(_save_random_model(home / "full.pt", 16, (112, 112, 80), seed=0), "slow",
@@ -87,7 +88,7 @@ def scene():
 @pytest.fixture()
 def logic(scene, caml_home, monkeypatch):
     monkeypatch.setenv("CAML_HOME", str(caml_home))
-    lg = module.CAMLSegmentationLogic(scene)
+    lg = slicer_logic.CAMLSegmentationLogic(scene)
     lg.engineCommand = list(ENGINE)
     return lg
 
@@ -95,7 +96,7 @@ def logic(scene, caml_home, monkeypatch):
 @pytest.fixture()
 def params(logic, scene):
     p = logic.getParameterNode()
-    p.inputVolume = module.makeTestVolume(scene, shape=(24, 20, 16))
+    p.inputVolume = slicer_logic.makeTestVolume(scene, shape=(24, 20, 16))
     p.model = "tiny-random"
     return p
 
@@ -106,7 +107,7 @@ def _engine_outputs(logic, params, volume, tmp_path: Path, name: str = "direct")
     from CAMLSegmentationLib.io.volume import read_image
 
     inp, out, unc = (tmp_path / f"{name}_{k}.nrrd" for k in ("in", "out", "unc"))
-    module.writeVolume(volume, inp)
+    slicer_logic.writeVolume(volume, inp)
     argv = logic.segmentCommand(inp, out, params, "cpu", unc if params.uncertainty else None)[len(ENGINE):]
     argv[argv.index("--progress") + 1] = "none"
     assert caml_main(argv) == 0
@@ -139,7 +140,7 @@ def test_parameter_node_is_a_scene_singleton_with_defaults(logic, scene):
         p.colour = "red"
 
 
-@pytest.mark.parametrize("quality", sorted(module.QUALITY_PRESETS))
+@pytest.mark.parametrize("quality", sorted(parameters.QUALITY_PRESETS))
 def test_quality_preset_sets_protocol_and_tta(logic, quality):
     """Each quality runs an engine protocol with the flips that protocol uses by itself."""
     from CAMLSegmentationLib.inference.predictor import InferenceOptions
@@ -147,7 +148,7 @@ def test_quality_preset_sets_protocol_and_tta(logic, quality):
     p = logic.getParameterNode()
     logic.applyQualityPreset(p, quality)
     assert p.quality == quality
-    preset = module.QUALITY_PRESETS[quality]
+    preset = parameters.QUALITY_PRESETS[quality]
     assert p.tta == preset["tta"] == InferenceOptions.for_protocol(preset["protocol"]).tta
     args = logic.segmentCommand(Path("in.nrrd"), Path("out.nrrd"), p, "cpu")
     assert args[args.index("--protocol") + 1] == preset["protocol"]
@@ -155,8 +156,8 @@ def test_quality_preset_sets_protocol_and_tta(logic, quality):
 
 def test_standard_quality_is_the_engines_default_path():
     """The panel's default ("standard") runs what `caml segment` runs with no flags: the card's settings."""
-    assert module.CAMLSegmentationParameters._DEFAULTS["quality"] == "standard"
-    assert module.QUALITY_PRESETS["standard"]["protocol"] == "default"
+    assert parameters.CAMLSegmentationParameters._DEFAULTS["quality"] == "standard"
+    assert parameters.QUALITY_PRESETS["standard"]["protocol"] == "default"
 
 
 def test_engine_requirements_match_the_package_metadata():
@@ -172,7 +173,7 @@ def test_engine_requirements_match_the_package_metadata():
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.split(r"[<>=!~ ]", req, maxsplit=1)[0].lower(): req.replace(" ", "") for req in declared}
     names.pop("torch")
-    panel = {req.split(">")[0].lower(): req for req in module.CAMLSegmentationLogic.ENGINE_REQUIREMENTS.values()}
+    panel = {req.split(">")[0].lower(): req for req in slicer_logic.CAMLSegmentationLogic.ENGINE_REQUIREMENTS.values()}
     assert panel == names
 
 
@@ -374,7 +375,7 @@ def test_failure_reports_the_engine_error_and_adds_nothing(logic, params, scene)
 
 def test_cancel_stops_the_job_and_cleans_up(logic, params, scene):
     params.model = "slow"  # full-size network, 112x112x80 windows: seconds per window on a CPU
-    params.inputVolume = module.makeTestVolume(scene, shape=(200, 180, 120))
+    params.inputVolume = slicer_logic.makeTestVolume(scene, shape=(200, 180, 120))
     run = logic.startSegmentation(params)
     deadline = time.time() + 120
     while run.fraction == 0 and time.time() < deadline:
@@ -397,11 +398,11 @@ def test_timer_tick_shows_progress_and_reports_the_end_once(logic, params):
     stopped = []
     timer = SimpleNamespace(stop=lambda: stopped.append(True))
     bar, label = SimpleNamespace(value=-1), SimpleNamespace(text="")
-    assert module.runEndedAtTick(None, timer, bar, label) is False and stopped == [True]
+    assert runs.runEndedAtTick(None, timer, bar, label) is False and stopped == [True]
     stopped.clear()
     run = logic.startSegmentation(params)
     deadline = time.time() + 120
-    while not module.runEndedAtTick(run, timer, bar, label):
+    while not runs.runEndedAtTick(run, timer, bar, label):
         assert not stopped and time.time() < deadline
         time.sleep(0.02)
     assert stopped == [True] and not run.running
@@ -434,7 +435,7 @@ def test_correct_sets_up_the_segment_editor(logic, params, scene):
     ({"event": "log", "message": "x"}, None, ""),
 ])
 def test_describe_event(event, fraction, text):
-    assert module.describeEvent(event) == (fraction, text)
+    assert runs.describeEvent(event) == (fraction, text)
 
 
 def test_widget_holds_no_computation():
@@ -448,7 +449,7 @@ def test_widget_holds_no_computation():
 
 def test_closing_the_scene_cancels_the_run_and_leaves_the_new_scene_empty(logic, params, scene):
     params.model = "slow"  # seconds per window: still running when the scene closes
-    params.inputVolume = module.makeTestVolume(scene, shape=(200, 180, 120))
+    params.inputVolume = slicer_logic.makeTestVolume(scene, shape=(200, 180, 120))
     run = logic.startSegmentation(params)
     deadline = time.time() + 60
     while not run.poll() and time.time() < deadline:  # the child is up and talking
@@ -477,10 +478,10 @@ def test_a_run_whose_input_left_the_scene_is_not_finished(logic, params, scene):
 def test_sample_phantom_loads(logic, scene):
     """The Sample Data entry: a generated phantom (no patient data) on the 0.625 mm grid of the LA data."""
     node = logic.loadSamplePhantom()
-    assert node.GetName() == module.SAMPLE_NAME and node.GetAttribute("CAMLSegmentation.Synthetic")
+    assert node.GetName() == slicer_logic.SAMPLE_NAME and node.GetAttribute("CAMLSegmentation.Synthetic")
     volume = mrml_bridge.volume_from_node(node)
     assert volume.shape == (144, 128, 80) and np.allclose(volume.spacing, 0.625)
-    assert callable(module.registerSampleData)
+    assert callable(slicer_logic.registerSampleData)
 
 
 def test_pip_install_prefers_slicer_packaging_pip_ensure(monkeypatch):
@@ -492,11 +493,11 @@ def test_pip_install_prefers_slicer_packaging_pip_ensure(monkeypatch):
     monkeypatch.setattr(slicer.util, "pip_install", lambda reqs: calls.append(("pip_install", reqs)),
                         raising=False)
     monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # an older Slicer: no slicer.packaging
-    module.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
+    slicer_logic.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
     assert calls == [("pip_install", ["scipy>=1.7"])]
 
     packaging = types.ModuleType("slicer.packaging")
     packaging.pip_ensure = lambda reqs, **kw: calls.append(("pip_ensure", reqs, kw))
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
-    module.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
+    slicer_logic.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
     assert calls[-1] == ("pip_ensure", ["scipy>=1.7"], {"prompt_install": False, "requester": "CAMLSegmentation"})

@@ -3,8 +3,9 @@
 - ``cohort``: the cohort folder and its SQLite state (cases, labels, versions, scores, jobs);
 - ``strategies``: which case next (disagreement, entropy, random, first) and the score cache;
 - ``retrain``: warm-started CAML fine-tuning, validation comparison, promotion, rollback;
-- ``al_cli``: the ``caml al`` command;
-- ``mrml``: what the Slicer module needs on top (load a case, accept a segment, the Dice plot).
+
+The ``caml al`` command is ``cli.al``; what the Slicer module needs on top (load a case,
+accept a segment, the Dice plot) is ``slicer.al_mrml``.
 
 Imports point down only: this package uses training, inference and io, never the reverse.
 """

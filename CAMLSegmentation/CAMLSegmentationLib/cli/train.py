@@ -24,6 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--labeled", type=int, metavar="N", help="label the first N cases of the data order")
     group.add_argument("--labeled-list", type=Path, metavar="FILE", help="file of labeled case ids, one per line")
+    p.add_argument("--unlabeled-list", type=Path, metavar="FILE",
+                   help="file of case ids whose images form the unlabeled stream (default: every case that "
+                        "is not labeled, validation cases included); may name labeled cases, which is how "
+                        "CAML keeps an unlabeled stream when every training case is labeled; validation "
+                        "cases may not be in it")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-list", type=Path, metavar="FILE",
                      help="validation case ids (their labels are used only to pick best.pt); default: none")
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                       labeled_list=args.labeled_list, val_list=args.val_list, val_last=args.val_last,
                       device=args.device,
                       seed=args.seed, resume=args.resume, supervised_only=args.supervised_only,
-                      init_weights=args.init_weights)
+                      init_weights=args.init_weights, unlabeled_list=args.unlabeled_list)
     # A cancel (SIGTERM from a parent, Ctrl-C) stops at an iteration boundary and writes a
     # resumable last.pt first; `caml` installed the handler before any work.
     result = train(cfg, progress=progress)

@@ -367,7 +367,8 @@ def open_source(root: PathLike) -> CaseSource:
 
 def make_split(source: CaseSource, labeled: Optional[int] = None,
                labeled_list: Optional[PathLike] = None, val_list: Optional[PathLike] = None,
-               min_labeled: int = 1, val_last: Optional[int] = None) -> Split:
+               min_labeled: int = 1, val_last: Optional[int] = None,
+               unlabeled_list: Optional[PathLike] = None) -> Split:
     """Labeled / unlabeled / validation case ids.
 
     Exactly one of ``labeled`` (the first N cases, in ``case_ids()`` order, that have a label; on LA
@@ -375,6 +376,9 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
     ``val_list`` (a file of ids) or ``val_last`` (the last N labeled cases of the order), or is empty.
     Unlabeled is every case that is not labeled, validation cases included: training uses only
     their images, their labels serve model selection alone. ``min_labeled`` is the labeled batch size.
+    ``unlabeled_list`` (a file of ids) replaces that default: its images, and only they, feed the
+    unlabeled stream; labeled ids may appear in it (with every training case labeled, their images
+    are the only unlabeled data that leaves the validation images unseen), validation ids may not.
     """
     ids = source.case_ids()
     if (labeled is None) == (labeled_list is None):
@@ -418,7 +422,19 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
                         "a model must not be selected on cases it was trained on")
 
     labeled_set = set(labeled_ids)
-    unlabeled = [i for i in ids if i not in labeled_set]
+    if unlabeled_list is not None:
+        unlabeled = read_id_list(unlabeled_list)
+        known = set(ids)
+        unknown = [i for i in unlabeled if i not in known]
+        if unknown:
+            raise DataError(f"{unlabeled_list}: unknown case id(s) {', '.join(repr(i) for i in unknown[:5])} "
+                            f"(not in {source.root})")
+        seen = [i for i in unlabeled if i in set(validation)]
+        if seen:
+            raise DataError(f"{unlabeled_list}: validation case(s) in the unlabeled list: {', '.join(seen[:5])}; "
+                            "leave them out or validate on other cases")
+    else:
+        unlabeled = [i for i in ids if i not in labeled_set]
     return Split(labeled=labeled_ids, unlabeled=unlabeled, validation=validation)
 
 

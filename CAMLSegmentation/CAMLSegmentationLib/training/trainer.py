@@ -76,6 +76,7 @@ class TrainConfig:
     supervised_only: bool = False  # baseline: labeled data and Dice only, no unlabeled stream
     log_every: int = 10
     init_weights: Optional[Path] = None  # warm start: model weights to begin from (not a resume)
+    unlabeled_list: Optional[Path] = None  # images of the unlabeled stream (default: every unlabeled case)
 
 
 @dataclass
@@ -488,7 +489,7 @@ def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
     source = data_mod.open_source(cfg.data_root)
     split = data_mod.make_split(source, labeled=cfg.labeled, labeled_list=cfg.labeled_list,
                                 val_list=cfg.val_list, val_last=cfg.val_last,
-                                min_labeled=preset.labeled_batch)
+                                min_labeled=preset.labeled_batch, unlabeled_list=cfg.unlabeled_list)
     if not cfg.supervised_only and preset.unlabeled_batch > 0 and not split.unlabeled:
         raise data_mod.DataError(f"{cfg.data_root}: no unlabeled cases left for the unlabeled stream "
                                  "(every case is labeled); use --supervised-only or fewer labeled cases")
@@ -693,9 +694,10 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
 
     split, labeled, unlabeled, validation = prepare_data(cfg, progress)
     saved_split = resume_state.get("split") if resume_state is not None else None
-    if resume_state is not None and (not isinstance(saved_split, dict) or saved_split.get("labeled") != split.labeled):
+    if resume_state is not None and (not isinstance(saved_split, dict) or saved_split.get("labeled") != split.labeled
+                                     or saved_split.get("unlabeled", split.unlabeled) != split.unlabeled):
         raise CheckpointError(f"{out_dir / 'last.pt'}: incompatible checkpoint: it was trained with other "
-                              "labeled cases than this command selects")
+                              "labeled or unlabeled cases than this command selects")
 
     run = TrainingRun(cfg, split, labeled, unlabeled, validation, device, rank, world, progress)
     if resume_state is not None:

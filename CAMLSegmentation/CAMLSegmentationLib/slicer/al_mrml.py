@@ -13,9 +13,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..activelearning.cohort import Cohort
 from ..io.volume import Volume, read_image
-from ..slicer import mrml_bridge
-from .cohort import Cohort
+from . import mrml_bridge
 
 PathLike = Union[str, Path]
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
-from .strategies import STRATEGIES
+from ..activelearning.strategies import STRATEGIES
 
 
 def add_parser(subparsers: Any) -> None:
@@ -111,7 +111,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _progress(args: argparse.Namespace) -> Any:
-    from ..cli.segment import progress_callback
+    from .segment import progress_callback
 
     return progress_callback(getattr(args, "progress", "none"))
 
@@ -135,7 +135,7 @@ def _json_errors(args: argparse.Namespace, func: Any) -> int:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    from .cohort import Cohort, CohortError
+    from ..activelearning.cohort import Cohort, CohortError
 
     model = None
     if args.model:
@@ -173,7 +173,7 @@ def format_status(status: Dict[str, Any]) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from .cohort import Cohort
+    from ..activelearning.cohort import Cohort
 
     with Cohort.open(args.cohort) as cohort:
         status = cohort.status()
@@ -181,8 +181,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_next(args: argparse.Namespace) -> int:
-    from .cohort import Cohort
-    from .strategies import next_case
+    from ..activelearning.cohort import Cohort
+    from ..activelearning.strategies import next_case
 
     def work() -> int:
         with Cohort.open(args.cohort) as cohort:
@@ -195,8 +195,8 @@ def run_next(args: argparse.Namespace) -> int:
 
 
 def run_accept(args: argparse.Namespace) -> int:
+    from ..activelearning.cohort import Cohort, CohortError
     from ..io.volume import read_image
-    from .cohort import Cohort, CohortError
 
     def work() -> int:
         if not args.label.exists():
@@ -207,7 +207,7 @@ def run_accept(args: argparse.Namespace) -> int:
         text = f"accepted {result['case']} as {result['status']}; label {result['label']}"
         if result["retrain_due"]:
             if args.retrain_when_due:
-                from .retrain import retrain
+                from ..activelearning.retrain import retrain
 
                 result["retrain"] = retrain(args.cohort, device=args.device, progress=_progress(args))
                 text += f"\nretrained: {result['retrain']['reason']}"
@@ -219,8 +219,8 @@ def run_accept(args: argparse.Namespace) -> int:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
+    from ..activelearning.retrain import cancel_running, retrain
     from ..progress import terminate_as_cancel
-    from .retrain import cancel_running, retrain
 
     if args.cancel:
         result = cancel_running(args.cohort)
@@ -251,7 +251,7 @@ def format_versions(versions: Any, current_scores: Dict[int, Any]) -> str:
 
 def version_table(cohort: Any, rescore: bool = False, device: str = "auto", progress: Any = None) -> Any:
     """Versions with ``val_dice`` (when made) and ``current_val_dice`` (on today's validation set)."""
-    from .retrain import mean, rescore_versions
+    from ..activelearning.retrain import mean, rescore_versions
 
     val = cohort.validation_ids()
     if rescore:
@@ -268,7 +268,7 @@ def version_table(cohort: Any, rescore: bool = False, device: str = "auto", prog
 
 
 def run_versions(args: argparse.Namespace) -> int:
-    from .cohort import Cohort
+    from ..activelearning.cohort import Cohort
 
     def work() -> int:
         with Cohort.open(args.cohort) as cohort:
@@ -279,7 +279,7 @@ def run_versions(args: argparse.Namespace) -> int:
 
 
 def run_use(args: argparse.Namespace) -> int:
-    from .cohort import Cohort
+    from ..activelearning.cohort import Cohort
 
     with Cohort.open(args.cohort) as cohort:
         version = cohort.use(args.version)
@@ -287,6 +287,6 @@ def run_use(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
+    from . import main
 
     sys.exit(main(["al", *sys.argv[1:]]))

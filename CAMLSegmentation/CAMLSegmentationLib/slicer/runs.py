@@ -1,0 +1,127 @@
+"""Background runs the panel follows: one ``caml segment`` or ``caml al`` child process each,
+and what their progress events mean for the panel (progress fraction, status line, log)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .framework import _
+
+
+def runEndedAtTick(run: Any, timer: Any, progressBar: Any, statusLabel: Any) -> bool:
+    """One timer tick of a child run (segmentation or active learning): poll it and show its
+    progress. True, with the timer stopped, once the run has ended and its outcome needs handling."""
+    if run is None:
+        timer.stop()
+        return False
+    run.poll()
+    progressBar.value = int(round(100 * run.fraction))
+    statusLabel.text = run.status
+    if run.running:
+        return False
+    timer.stop()
+    return True
+
+
+class SegmentationRun:
+    """State of one ``caml segment`` job started by ``CAMLSegmentationLogic.startSegmentation``."""
+
+    def __init__(self, job: Any, workDir: Path, inputNode: Any, outputNode: Any,
+                 engineInput: Any, cropStart: Tuple[int, int, int], fullShape: Tuple[int, int, int],
+                 outputPath: Path, uncertaintyPath: Optional[Path], requestedDevice: str = "auto") -> None:
+        self.job = job
+        #: The Volume the engine was given (cropped to the ROI); its output must be on this grid.
+        self.engineInput = engineInput
+        self.workDir = workDir
+        self.inputNode = inputNode
+        self.outputNode = outputNode
+        self.cropStart = cropStart
+        self.fullShape = fullShape
+        self.outputPath = outputPath
+        self.uncertaintyPath = uncertaintyPath
+        self.requestedDevice = requestedDevice
+        #: The device the engine reports it ran on ("cpu", "cuda", ...), known once the job is done.
+        self.device = ""
+        #: Why the Logic ended the run on its own (the scene was closed), or "".
+        self.abandoned = ""
+        self.fraction = 0.0
+        self.status = _("Starting (device: {device})...").format(device=requestedDevice)
+        self.log: List[str] = []
+
+    @property
+    def deviceMessage(self) -> str:
+        """For the status line: where the engine ran, as it reported it."""
+        return _("Ran on {device}.").format(device=self.device) if self.device else ""
+
+    @property
+    def running(self) -> bool:
+        return self.job.running
+
+    def poll(self) -> List[Dict[str, Any]]:
+        """New events from the child; updates ``fraction``, ``status`` and ``log``."""
+        events = self.job.poll()
+        for event in events:
+            fraction, status = describeEvent(event)
+            if fraction is not None:
+                self.fraction = fraction
+            if status:
+                self.status = status
+            if event.get("event") == "log":
+                self.log.append(str(event.get("message", "")))
+            if event.get("event") == "done":
+                self.device = str((event.get("info") or {}).get("device", "")) or self.device
+        return events
+
+
+def describeEvent(event: Dict[str, Any]) -> Tuple[Optional[float], str]:
+    """What a progress-protocol event means for the panel: (progress fraction or None, status line)."""
+    kind = event.get("event")
+    if kind == "progress":
+        total = event.get("total") or 0
+        done = event.get("done") or 0
+        fraction = min(max(done / total, 0.0), 1.0) if total else None
+        stage = str(event.get("stage", "")).replace("_", " ")
+        message = str(event.get("message", "") or "")
+        text = f"{stage.capitalize()}: {done}/{total}" if total else stage.capitalize()
+        return fraction, f"{text} {message}".strip()
+    if kind == "done":
+        return 1.0, "Segmentation computed, loading it..."
+    if kind == "error":
+        return None, f"Error: {event.get('message', '')}"
+    if kind == "finished":
+        state = event.get("state")
+        return (1.0 if state == "done" else None), {"done": "Done.", "cancelled": "Cancelled."}.get(
+            state, f"Failed: {event.get('message', '')}")
+    return None, ""
+
+
+
+class ActiveLearningRun:
+    """One ``caml al next`` or ``caml al retrain`` child process followed by the panel."""
+
+    def __init__(self, job: Any, kind: str, cohort: str) -> None:
+        self.job = job
+        self.kind = kind
+        self.cohort = cohort
+        self.fraction = 0.0
+        self.status = f"Starting {kind}..."
+        self.log: List[str] = []
+
+    @property
+    def running(self) -> bool:
+        return self.job.running
+
+    def poll(self) -> List[Dict[str, Any]]:
+        events = self.job.poll()
+        for event in events:
+            fraction, status = describeEvent(event)
+            if fraction is not None and event.get("stage") in (None, "train", "score", "retrain", "validate"):
+                self.fraction = fraction
+            if event.get("event") == "done":
+                status = "Done."
+            if status:
+                self.status = status
+            if event.get("event") == "log":
+                self.log.append(str(event.get("message", "")))
+        return events
