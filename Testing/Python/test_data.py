@@ -342,6 +342,19 @@ def test_split_validation_cases_stay_in_the_unlabeled_pool(tmp_path):
     assert data.make_split(source, labeled=2, val_last=2).to_dict() == split.to_dict()
 
 
+def test_split_unlabeled_list_may_reuse_labeled_images_but_never_validation(tmp_path):
+    """With every training case labeled, the labeled images are the unlabeled stream: the
+    validation images stay unseen, so their scores are not transductive."""
+    source, ids = la_source(tmp_path)
+    unl = write_list(tmp_path / "unl.list", ids[:8])
+    split = data.make_split(source, labeled=8, val_last=2, unlabeled_list=unl)
+    assert split.labeled == ids[:8] and split.unlabeled == ids[:8] and split.validation == ids[8:]
+    with pytest.raises(data.DataError, match="validation case.*c09"):
+        data.make_split(source, labeled=8, val_last=2, unlabeled_list=write_list(tmp_path / "u2.list", ids[7:]))
+    with pytest.raises(data.DataError, match="unknown case id.*'nope'"):
+        data.make_split(source, labeled=8, unlabeled_list=write_list(tmp_path / "u3.list", ["nope"]))
+
+
 def test_split_from_labeled_list(tmp_path):
     source, ids = la_source(tmp_path)
     lab = write_list(tmp_path / "lab.list", [ids[5], ids[1]])
