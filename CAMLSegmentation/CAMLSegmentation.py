@@ -54,7 +54,7 @@ class CAMLSegmentation(ScriptedLoadableModule):
         self.parent.title = _("CAML Segmentation")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["CAMLSegmentation contributors"]
+        self.parent.contributors = ["CAMLSegmentation maintainers (see CONTRIBUTING.md)"]
         self.parent.helpText = _(
             "Segments the left atrium in an MRI with CAML (Correlation-Aware Mutual Learning). "
             "Pick a volume, press Segment, then Correct the result in the Segment Editor. "

@@ -25,6 +25,7 @@ from CAMLSegmentationLib.activelearning.cohort import ACCEPTED_TRAIN, Cohort  # 
 from CAMLSegmentationLib.io.volume import Volume, read_image, write_image, write_mask  # noqa: E402
 from CAMLSegmentationLib.slicer import al_mrml, mrml_bridge  # noqa: E402
 from CAMLSegmentationLib.slicer import logic as slicer_logic  # noqa: E402
+from CAMLSegmentationLib.slicer.framework import moduleResourcePath  # noqa: E402
 from synthetic import blob_case  # noqa: E402
 from test_active_learning import SHAPE, save_model  # noqa: E402
 
@@ -130,7 +131,7 @@ def test_version_plot_holds_one_point_per_version(logic_and_cohort, tmp_path):
 
 
 def test_every_widget_the_panel_code_names_is_in_the_ui_file():
-    ui = (MODULE_DIR.parent / "Resources" / "UI" / "CAMLSegmentation.ui").read_text()
+    ui = moduleResourcePath("UI/CAMLSegmentation.ui").read_text()
     names = set(re.findall(r'<widget class="[^"]+" name="([^"]+)"', ui))
     source = (MODULE_DIR / "CAMLSegmentation.py").read_text()
     used = set(re.findall(r"\bui\.(al\w+)", source))

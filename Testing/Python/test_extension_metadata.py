@@ -9,6 +9,7 @@ metadata must point at files committed here, since the index downloads them.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -120,3 +121,41 @@ def test_screenshot_shows_a_segmentation() -> None:
         panel = picture[:, n * (PANEL_SIZE + GAP):n * (PANEL_SIZE + GAP) + PANEL_SIZE].astype(int)
         coloured = (panel[..., 0] != panel[..., 1]) | (panel[..., 1] != panel[..., 2])
         assert 0.02 < coloured.mean() < 0.5, n
+
+
+def _module_contributors() -> list:
+    """``self.parent.contributors`` of the Module class, read from the module file's syntax tree."""
+    tree = ast.parse((ROOT / "CAMLSegmentation" / "CAMLSegmentation.py").read_text(encoding="utf-8"))
+    module_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CAMLSegmentation")
+    for node in ast.walk(module_class):
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "self.parent.contributors":
+            return ast.literal_eval(node.value)
+    raise AssertionError("the Module class sets no self.parent.contributors")
+
+
+def _s4ext() -> dict:
+    entries = {}
+    for line in (ROOT / "CAMLSegmentation.s4ext").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            entries[key] = value.strip()
+    return entries
+
+
+#: What the contributor lines read before they named anyone: a placeholder, not a name.
+PLACEHOLDERS = {"CAMLSegmentation contributors", "John Doe (AnyWare Corp.)", ""}
+
+
+def test_contributors_name_the_maintainers_or_point_at_contributing() -> None:
+    module = _module_contributors()
+    cmake = _cmake_metadata()["EXTENSION_CONTRIBUTORS"]
+    assert module and all(isinstance(name, str) for name in module)
+    # The module's About box, the Extensions Manager (CMake) and the index (.s4ext) say the same.
+    assert ", ".join(module) == cmake == _s4ext()["contributors"]
+    for name in module:
+        assert name.strip() not in PLACEHOLDERS, name
+        # A person with an affiliation ("Jane Doe (Institution)"), or the pointer to CONTRIBUTING.md.
+        assert re.fullmatch(r"[^()]+ \([^()]+\)", name), name
+        if "CONTRIBUTING" in name:
+            assert (ROOT / "CONTRIBUTING.md").is_file()
+            assert "## Maintainers" in (ROOT / "CONTRIBUTING.md").read_text()

@@ -180,6 +180,25 @@ def test_inside_slicer_pythonslicer_is_found_on_path_first(tmp_path, monkeypatch
     assert jobs.python_executable() == str(slicer_bin / "PythonSlicer")
 
 
+def test_inside_slicer_sys_executable_is_pythonslicer_and_is_used_as_is(tmp_path, monkeypatch):
+    """Slicer sets sys.executable to the PythonSlicer launcher: the engine runs with it, nothing else is searched."""
+    launcher = tmp_path / "Slicer-5.8" / "bin" / "PythonSlicer"
+    monkeypatch.setattr(sys, "executable", str(launcher))
+    monkeypatch.setattr(jobs.shutil, "which", lambda name: str(tmp_path / "elsewhere" / name))
+    assert jobs.python_executable() == str(launcher)
+    assert jobs.caml_command("segment")[0] == str(launcher)
+
+
+@pytest.mark.parametrize("empty", ["", None])
+def test_an_empty_sys_executable_is_refused_in_one_line(monkeypatch, empty):
+    """Slicer sets sys.executable to "" when no PythonSlicer is on PATH; Python may leave it empty or None."""
+    monkeypatch.setattr(sys, "executable", empty)
+    with pytest.raises(RuntimeError) as caught:
+        jobs.caml_command("segment", "in.nrrd", "out.nrrd")
+    message = str(caught.value)
+    assert "\n" not in message and "sys.executable is empty" in message and "PythonSlicer" in message
+
+
 def test_child_output_is_utf8_whatever_the_locale(tmp_path):
     env = jobs.engine_environment({"PATH": os.environ.get("PATH", ""), "LC_ALL": "C", "LANG": "C"})
     assert env["PYTHONIOENCODING"] == "utf-8" and env["PYTHONUTF8"] == "1"

@@ -6,6 +6,14 @@ installs what they are given where Slicer would (scripts and RESOURCES at their
 path as written under ``lib/Slicer-X.Y/qt-scripted-modules``). The tests then
 check the installed tree against the source and against the places the
 module's own code looks for its files.
+
+Resources: Slicer's ``resourcePath('UI/x.ui')`` is ``Resources/UI/x.ui`` next to
+the module file, in a source checkout ("Edit UI", "Reload") as much as installed.
+So the module's UI and icons live in ``CAMLSegmentation/Resources/``; the bundled
+models stay in the top-level ``Resources/Models/`` and are installed next to the
+module by the CMake. Every resource the module file or the Logic modules under
+``CAMLSegmentationLib/`` open by name must be where Slicer looks in the source
+tree (models excepted) and must be installed next to the module.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -51,9 +59,47 @@ def _shipped_engine_files(source_module_dir: Path) -> List[str]:
                   if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
-def _resource_literals(module_file: Path) -> List[str]:
-    """Every resource the module opens by name: ``moduleResourcePath("...")`` literals."""
-    return sorted(set(re.findall(r'moduleResourcePath\(\s*"([^"]+)"\s*\)', module_file.read_text())))
+#: ``moduleResourcePath("UI/x.ui")`` (this project) and ``self.resourcePath('UI/x.ui')`` (Slicer's).
+RESOURCE_CALL = re.compile(r"""\b(?:moduleResourcePath|resourcePath)\(\s*(["'])([^"']+)\1\s*\)""")
+
+
+def _python_sources(source: Path) -> List[Path]:
+    """The module file and every Python file of its engine package (the Logic modules included)."""
+    lib = source / MODULE / f"{MODULE}Lib"
+    return [source / MODULE / f"{MODULE}.py"] + sorted(
+        p for p in lib.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _resource_literals(source: Path = ROOT) -> Dict[str, List[str]]:
+    """Each resource the module or its Logic opens by name, with the files (relative to the module dir) naming it."""
+    found: Dict[str, List[str]] = {}
+    for path in _python_sources(source):
+        for _, name in RESOURCE_CALL.findall(path.read_text(encoding="utf-8")):
+            found.setdefault(name, []).append(str(path.relative_to(source / MODULE)))
+    return dict(sorted(found.items()))
+
+
+def _module_resource_files(source: Path) -> List[str]:
+    """The files of the module's own ``Resources/`` folder, relative to it."""
+    folder = source / MODULE / "Resources"
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def source_tree_problems(source: Path) -> List[str]:
+    """Resources that a Slicer running the module from this source tree would not find."""
+    problems = []
+    for name, users in _resource_literals(source).items():
+        beside_module = source / MODULE / "Resources" / name
+        top_level = source / "Resources" / name
+        if name.startswith("Models/"):
+            if not (beside_module.is_file() or top_level.is_file()):
+                problems.append(f"resource {name} (named in {users[0]}) is in neither "
+                                f"{MODULE}/Resources/ nor Resources/")
+        elif not beside_module.is_file():
+            problems.append(f"resource {name} (named in {users[0]}) is not in {MODULE}/Resources/, "
+                            f"where Slicer's resourcePath() looks")
+    return problems
 
 
 def installed_tree_problems(source: Path, installed_module_dir: Path) -> List[str]:
@@ -65,9 +111,7 @@ def installed_tree_problems(source: Path, installed_module_dir: Path) -> List[st
     for rel in _shipped_engine_files(src_module_dir):
         if not (installed_module_dir / rel).is_file():
             problems.append(f"engine file {rel} is not installed (add it to {MODULE}/CMakeLists.txt)")
-    for rel in _resource_literals(src_module_dir / f"{MODULE}.py"):
-        if not (source / "Resources" / rel).is_file():
-            continue  # optional (e.g. the model catalog before models are bundled): the module copes
+    for rel in sorted(set(_resource_literals(source)) | set(_module_resource_files(source))):
         if not (installed_module_dir / "Resources" / rel).is_file():
             problems.append(f"resource {rel} is not installed in Resources/ next to the module")
     models = source / "Resources" / "Models"
@@ -101,16 +145,19 @@ def installed(tmp_path_factory) -> Path:
 def test_installed_tree_holds_module_engine_ui_icons_and_models(installed):
     module_dir = installed / "install" / SCRIPTED_DIR
     assert installed_tree_problems(ROOT, module_dir) == []
-    # The resources the module names were found by reading it, and the panel's exist: not vacuous.
-    for required in ("UI/CAMLSegmentation.ui", "Icons/CAMLSegmentation.png"):
-        assert required in _resource_literals(ROOT / MODULE / f"{MODULE}.py")
-        assert (ROOT / "Resources" / required).is_file()
+    # The resources were found by reading the module file and the Logic modules: not vacuous.
+    literals = _resource_literals(ROOT)
+    assert f"{MODULE}.py" in literals["UI/CAMLSegmentation.ui"]
+    assert f"{MODULE}Lib/slicer/logic.py" in literals["Icons/CAMLSegmentation.png"]  # the Sample Data thumbnail
+    for rel in ("UI/CAMLSegmentation.ui", "Icons/CAMLSegmentation.png", "Models/models.json"):
+        assert (module_dir / "Resources" / rel).is_file(), rel
     # Installed files are the source files.
     for rel in _shipped_engine_files(ROOT / MODULE):
         assert (module_dir / rel).read_bytes() == (ROOT / MODULE / rel).read_bytes(), rel
     # The build tree is laid out the same way (Slicer can run the extension from it).
     build_module_dir = installed / "build" / SCRIPTED_DIR
-    assert (build_module_dir / "Resources" / "UI" / "CAMLSegmentation.ui").is_file()
+    for rel in ("UI/CAMLSegmentation.ui", "Icons/CAMLSegmentation.png", "Models/models.json"):
+        assert (build_module_dir / "Resources" / rel).is_file(), rel
     assert (build_module_dir / f"{MODULE}Lib" / "slicer" / "jobs.py").is_file()
 
 
@@ -126,23 +173,44 @@ def test_engine_modules_in_cmake_match_the_source_folder(installed):
     assert installed_py == source_py
 
 
+def _where_resources_resolve(module_dir: Path, names: List[str], cwd: Path) -> Dict[str, Any]:
+    """Import the module and its Logic from ``module_dir`` alone and ask where each resource is."""
+    probe = (
+        "import json, CAMLSegmentation as m, CAMLSegmentationLib as lib\n"
+        "from CAMLSegmentationLib.slicer import framework\n"
+        f"names = {names!r}\n"
+        "print(json.dumps({'module': m.__file__, 'engine': lib.__file__,\n"
+        "  'resources': {n: str(framework.moduleResourcePath(n)) for n in names}}))\n"
+    )
+    return _probe_installed(module_dir, probe, cwd=cwd)
+
+
 def test_installed_module_finds_its_files_where_it_looks(installed):
     """Import the installed module (not the source) and ask it where its resources are."""
     module_dir = (installed / "install" / SCRIPTED_DIR).resolve()
-    names = [n for n in _resource_literals(ROOT / MODULE / f"{MODULE}.py")
-             if (ROOT / "Resources" / n).is_file()]
-    probe = (
-        "import json, sys, CAMLSegmentation as m, CAMLSegmentationLib as lib\n"
-        f"names = {names!r}\n"
-        "print(json.dumps({'module': m.__file__, 'engine': lib.__file__,\n"
-        "  'resources': {n: str(m.moduleResourcePath(n)) for n in names}}))\n"
-    )
-    found = _probe_installed(module_dir, probe, cwd=installed)
+    names = sorted(set(_resource_literals(ROOT)) | {"Models/models.json"})
+    found = _where_resources_resolve(module_dir, names, cwd=installed)
     assert Path(found["module"]).resolve().parent == module_dir
     assert Path(found["engine"]).resolve().parent == module_dir / f"{MODULE}Lib"
     for name, path in found["resources"].items():
         path = Path(path).resolve()
         assert path == module_dir / "Resources" / name and path.is_file(), name
+
+
+def test_source_checkout_has_each_resource_where_slicer_looks(tmp_path):
+    """Run from the source tree (Additional module paths, "Edit UI", "Reload"): Slicer's
+    ``resourcePath()`` is ``<module dir>/Resources/...``; the models come from the top-level folder."""
+    assert source_tree_problems(ROOT) == []
+    module_dir = (ROOT / MODULE).resolve()
+    names = sorted(set(_resource_literals(ROOT)) | {"Models/models.json"})
+    found = _where_resources_resolve(module_dir, names, cwd=tmp_path)
+    assert Path(found["module"]).resolve().parent == module_dir
+    for name, path in found["resources"].items():
+        path = Path(path).resolve()
+        expected = (ROOT / "Resources" if name.startswith("Models/") else module_dir / "Resources") / name
+        assert path == expected.resolve() and path.is_file(), name
+    # The top-level Resources/ keeps the models and pictures only: no second, stale copy of the panel.
+    assert not (ROOT / "Resources" / "UI").exists() and not (ROOT / "Resources" / "Icons").exists()
 
 
 def test_installed_engine_verifies_the_bundled_default_model(installed, tmp_path):
@@ -177,8 +245,8 @@ def test_extension_metadata_agrees_with_the_index_files(installed):
     assert index["build_subdirectory"] == s4ext["build_subdirectory"] == "."
     for key in ("description", "iconurl", "screenshoturls", "contributors"):
         assert recorded[key] == s4ext[key], key
-    assert recorded["iconurl"].endswith("/Resources/Icons/CAMLSegmentation.png")
-    assert (ROOT / "Resources" / "Icons" / "CAMLSegmentation.png").is_file()
+    assert recorded["iconurl"].endswith(f"/main/{MODULE}/Resources/Icons/CAMLSegmentation.png")
+    assert (ROOT / MODULE / "Resources" / "Icons" / "CAMLSegmentation.png").is_file()
 
 
 def test_module_is_built_with_generic_tests(installed):
@@ -208,19 +276,64 @@ def _copy_sources(dest: Path) -> Path:
     return dest
 
 
-def test_a_resource_listed_as_dotdot_resources_is_lost_and_caught(tmp_path):
+def _model_files(source: Path) -> List[str]:
+    return sorted(p.name for p in (source / "Resources" / "Models").iterdir()
+                  if p.is_file() and not p.name.startswith("."))
+
+
+def test_models_listed_as_dotdot_resources_are_lost_and_caught(tmp_path):
     source = _copy_sources(tmp_path / "src")
     cmake = source / MODULE / "CMakeLists.txt"
     text = cmake.read_text()
-    # The tempting mistake: hand the top-level UI file to the macro as "../Resources/UI/...".
-    text = text.replace("  UI/${MODULE_NAME}.ui\n", "")
-    text = text.replace("RESOURCES ${MODULE_ENGINE_DATA}",
-                        "RESOURCES ${MODULE_ENGINE_DATA} ../Resources/UI/${MODULE_NAME}.ui")
+    # The tempting mistake: drop the explicit install of the top-level models and hand them
+    # to the macro as "../Resources/Models/..." instead.
+    text, dropped = re.subn(r"foreach\(model_file IN LISTS MODULE_MODEL_FILES\).*?endforeach\(\)\n", "", text,
+                            flags=re.S)
+    assert dropped == 1
+    models = _model_files(source)
+    dotdot = " ".join(f"../Resources/Models/{name}" for name in models)
+    text = text.replace("RESOURCES ${MODULE_PYTHON_RESOURCES}", f"RESOURCES ${{MODULE_PYTHON_RESOURCES}} {dotdot}")
     cmake.write_text(text)
     done = _build_and_install(source, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     problems = installed_tree_problems(source, tmp_path / "install" / SCRIPTED_DIR)
-    assert problems == ["resource UI/CAMLSegmentation.ui is not installed in Resources/ next to the module"]
+    assert models and problems == [f"bundled model file Models/{name} is not installed" for name in models]
+    # They were installed, "at their path as written": one folder above the module's.
+    assert (tmp_path / "install" / SCRIPTED_DIR.parent / "Resources" / "Models" / "models.json").is_file()
+
+
+def test_a_panel_moved_back_to_the_top_level_resources_is_caught(tmp_path):
+    source = _copy_sources(tmp_path / "src")
+    # The other tempting mistake: keep the .ui in the top-level Resources/ and list it as "../Resources/UI/...".
+    ui = Path("UI") / f"{MODULE}.ui"
+    (source / "Resources" / "UI").mkdir()
+    (source / MODULE / "Resources" / ui).rename(source / "Resources" / ui)
+    cmake = source / MODULE / "CMakeLists.txt"
+    text = cmake.read_text()
+    assert "  Resources/UI/${MODULE_NAME}.ui\n" in text
+    cmake.write_text(text.replace("  Resources/UI/${MODULE_NAME}.ui\n", "  ../Resources/UI/${MODULE_NAME}.ui\n"))
+    done = _build_and_install(source, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert source_tree_problems(source) == [
+        f"resource UI/{MODULE}.ui (named in {MODULE}.py) is not in {MODULE}/Resources/, "
+        f"where Slicer's resourcePath() looks"]
+    problems = installed_tree_problems(source, tmp_path / "install" / SCRIPTED_DIR)
+    assert problems == [f"resource UI/{MODULE}.ui is not installed in Resources/ next to the module"]
+
+
+def test_a_module_resource_left_out_of_the_macro_is_caught(tmp_path):
+    source = _copy_sources(tmp_path / "src")
+    cmake = source / MODULE / "CMakeLists.txt"
+    text = cmake.read_text()
+    assert "  Resources/Icons/${MODULE_NAME}.png\n" in text
+    cmake.write_text(text.replace("  Resources/Icons/${MODULE_NAME}.png\n", ""))
+    # An extra file in the module's Resources/ that nothing names yet must still ship.
+    (source / MODULE / "Resources" / "Icons" / "Extra.png").write_bytes(b"png")
+    done = _build_and_install(source, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    problems = installed_tree_problems(source, tmp_path / "install" / SCRIPTED_DIR)
+    assert problems == [f"resource Icons/{MODULE}.png is not installed in Resources/ next to the module",
+                        "resource Icons/Extra.png is not installed in Resources/ next to the module"]
 
 
 def test_an_engine_module_missing_from_cmake_is_caught(tmp_path):
@@ -234,7 +347,7 @@ def test_an_engine_module_missing_from_cmake_is_caught(tmp_path):
 
 def test_a_missing_resource_file_fails_the_build(tmp_path):
     source = _copy_sources(tmp_path / "src")
-    (source / "Resources" / "Icons" / "CAMLSegmentation.png").unlink()
+    (source / MODULE / "Resources" / "Icons" / "CAMLSegmentation.png").unlink()
     done = _build_and_install(source, tmp_path)
     assert done.returncode != 0
     assert "CAMLSegmentation.png" in done.stdout + done.stderr

@@ -70,15 +70,19 @@ TORCH_REQUIREMENT = ">=2.0"
 def moduleResourcePath(relative: str) -> Path:
     """Where a resource (``UI/x.ui``, ``Icons/x.png``, ``Models/models.json``) lives.
 
-    Installed by the extension it sits in ``Resources/`` next to this file, which
-    is where Slicer's ``resourcePath()`` looks; in a source checkout (module path
-    added by hand) the top-level ``Resources/`` one folder up is used.
+    First ``Resources/`` next to the module file, which is where Slicer's
+    ``resourcePath()`` looks: the module's UI and icons are kept there in the
+    source tree too, and an installed extension has every resource there, the
+    bundled models included. In a source checkout the models stay in the
+    top-level ``Resources/`` one folder up, which is tried next. A resource in
+    neither place is named at the first (so an error message shows where
+    Slicer would look).
     """
-    installed = MODULE_DIR / "Resources" / relative
-    if installed.exists():
-        return installed
-    source = MODULE_DIR.parent / "Resources" / relative
-    return source if source.exists() else installed
+    beside_module = MODULE_DIR / "Resources" / relative
+    if beside_module.exists():
+        return beside_module
+    top_level = MODULE_DIR.parent / "Resources" / relative
+    return top_level if top_level.exists() else beside_module
 
 
 __all__ = ["qt", "ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",

@@ -40,14 +40,25 @@ PACKAGE_PARENT = MODULE_DIR
 
 
 def python_executable() -> str:
-    """The Python interpreter to run the engine with.
+    """The Python interpreter to run the engine with: ``sys.executable``, as Slicer sets it.
 
-    Inside Slicer ``sys.executable`` is the Slicer application itself; the
-    Python launcher (``PythonSlicer``) runs plain scripts with Slicer's Python
-    environment. Slicer's launcher puts it on ``PATH``, where it is looked up
-    first (as Slicer's own AI extensions do), then beside the executable.
-    Elsewhere it is ``sys.executable``.
+    Inside the Slicer application ``sys.executable`` is not the application: at
+    start-up Slicer sets it to the ``PythonSlicer`` launcher it finds on ``PATH``
+    (``QStandardPaths::findExecutable("PythonSlicer")`` in
+    ``qSlicerCoreApplication::handleCommandLineArguments``; its launcher puts
+    ``<Slicer home>/bin`` there), which runs ``python-real`` with Slicer's
+    environment, so it is used as it is. Under ``PythonSlicer`` itself and
+    outside Slicer it is the running interpreter. When it still names the
+    application (a Slicer that did not set it), ``PythonSlicer`` is looked up
+    on ``PATH``, then beside the executable.
+
+    An empty ``sys.executable`` (Slicer found no ``PythonSlicer`` on ``PATH``, or
+    Python could not tell its own path) is refused with a one-line
+    ``RuntimeError``: there is nothing to start the engine with.
     """
+    if not sys.executable:
+        raise RuntimeError("sys.executable is empty (Slicer found no PythonSlicer on PATH): cannot start the "
+                           "engine; start Slicer with its own launcher, or set PATH to include <Slicer>/bin")
     exe = Path(sys.executable)
     if "slicer" in exe.name.lower() and "python" not in exe.name.lower():
         found = shutil.which("PythonSlicer")
