@@ -87,6 +87,25 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
         assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
+def test_a_diverged_run_keeps_its_last_good_checkpoint(dataset, tmp_path):
+    """A non-finite loss writes nothing: last.pt stays the last good iteration, finite, and resumable."""
+    train(TrainConfig(dataset, tmp_path / "run", TINY.with_overrides(iterations=2), labeled=2, seed=5))
+    good = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert good["iteration"] == 2
+    # An absurd learning rate: the weights explode within an iteration or two and the loss turns NaN.
+    exploding = TINY.with_overrides(iterations=50, lr=1e30, checkpoint_interval=1000)
+    with pytest.raises(FloatingPointError, match="last good checkpoint is kept"):
+        train(TrainConfig(dataset, tmp_path / "run", exploding, labeled=2, seed=5, resume=True))
+    kept = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert kept["iteration"] == 2
+    assert all(bool(torch.isfinite(v).all()) for v in kept["model"].values() if v.is_floating_point())
+    for key, value in good["model"].items():
+        assert torch.equal(value, kept["model"][key]), key
+    resumed = train(TrainConfig(dataset, tmp_path / "run", TINY.with_overrides(iterations=3), labeled=2,
+                                seed=5, resume=True))
+    assert resumed.iterations == 3
+
+
 def test_selected_heads_preset_trains_with_the_occ_term(dataset, tmp_path):
     """The shipped cpu preset puts only the picked voxels through the OCC heads; that path trains too."""
     from CAMLSegmentationLib.training.presets import load_preset
