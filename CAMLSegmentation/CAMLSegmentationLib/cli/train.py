@@ -16,8 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "OUT/best.pt (best validation Dice), OUT/train.log and OUT/config.json. Run several GPUs with "
                     "'torchrun --nproc_per_node N -m CAMLSegmentationLib.cli train ...'.")
     p.add_argument("--preset", default="cpu",
-                   help="'paper' (official setting, GPU), 'cpu' (2-core CPU in < 2 h) or a preset .json "
-                        "(default: cpu)")
+                   help="'official' (trains as the official CAML code: stored intensities, fp32; GPU), "
+                        "'full' (the official network and schedule with this project's intensity "
+                        "normalisation and augmentation; GPU; formerly 'paper'), 'cpu' (2-core CPU in < 2 h) "
+                        "or a preset .json (default: cpu)")
     p.add_argument("--data", required=True, type=Path, metavar="ROOT",
                    help="data folder: the LA layout (train.list + '2018LA_Seg_Training Set/<id>/"
                         "mri_norm2.h5') or a folder of images/ and labels/ files")
