@@ -136,11 +136,16 @@ def test_la_layout_missing_case_file_is_named(tmp_path):
         data.open_source(root)
 
 
-def test_la_layout_without_train_list(tmp_path):
-    root = write_la(tmp_path / "LA", ["c1"])
+def test_la_layout_without_train_list_is_recognised_by_its_case_folder(tmp_path):
+    root = write_la(tmp_path / "LA", ["c10", "c2", "c1"])
     (root / "train.list").unlink()
-    with pytest.raises(DataError, match="train.list: case list not found"):
-        data.open_source(root)
+    (root / "2018LA_Seg_Training Set" / "notes").mkdir()  # a folder without the file is no case
+    source = data.open_source(root)
+    assert source.layout == "LA" and source.case_ids() == ["c1", "c2", "c10"]
+    empty = tmp_path / "empty"
+    (empty / "2018LA_Seg_Training Set" / "x").mkdir(parents=True)
+    with pytest.raises(DataError, match="no case folder holds mri_norm2.h5"):
+        data.open_source(empty)
 
 
 # --------------------------------------------------------------------------- generic layout

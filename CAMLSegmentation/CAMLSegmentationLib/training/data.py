@@ -202,13 +202,22 @@ def _check_label(label: np.ndarray, image_shape: Tuple[int, ...], where: str) ->
 
 
 class LASource(CaseSource):
-    """The preprocessed LA release: ``train.list`` + ``2018LA_Seg_Training Set/<id>/mri_norm2.h5``."""
+    """The preprocessed LA release: ``2018LA_Seg_Training Set/<id>/mri_norm2.h5``, recognised by
+    that case folder. ``train.list`` fixes the case set and order when present; without it (a
+    folder holding only ``test.list``, say) the cases are the sub-folders holding the file,
+    in natural order."""
 
     layout = "LA"
 
     def __init__(self, root: PathLike) -> None:
         super().__init__(root)
-        ids = read_id_list(self.root / ORDER_FILE)
+        if (self.root / ORDER_FILE).is_file():
+            ids = read_id_list(self.root / ORDER_FILE)
+        else:
+            cases = self.root / LA_CASES_FOLDER
+            ids = sorted((d.name for d in cases.iterdir() if (d / LA_FILE_NAME).is_file()), key=_natural_key)
+            if not ids:
+                raise DataError(f"{cases}: no case folder holds {LA_FILE_NAME}")
         missing = [i for i in ids if not self._path(i).is_file()]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -346,7 +355,7 @@ def _read_volume(path: Path) -> Volume:
 def open_source(root: PathLike) -> CaseSource:
     """Recognise the layout of a data folder and list its cases (no image is read yet).
 
-    LA layout when ``root`` holds ``train.list`` and ``2018LA_Seg_Training Set/``; otherwise the
+    LA layout when ``root`` holds ``2018LA_Seg_Training Set/`` (with any case list); otherwise the
     generic layout, ``images/`` (+ ``labels/``) or nnU-Net's ``imagesTr/`` (+ ``labelsTr/``).
     """
     root = Path(root)
@@ -358,7 +367,7 @@ def open_source(root: PathLike) -> CaseSource:
         if (root / images_dir).is_dir():
             return FolderSource(root, images_dir, labels_dir, suffix)
     raise DataError(f"{root}: no recognisable cases: expected '{LA_CASES_FOLDER}/<id>/{LA_FILE_NAME}' "
-                    f"with {ORDER_FILE} (LA layout), 'images/<id>.nrrd|.nii.gz|...' with optional "
+                    f"(LA layout), 'images/<id>.nrrd|.nii.gz|...' with optional "
                     "'labels/<id>.<ext>', or nnU-Net 'imagesTr/<id>_0000.<ext>' + 'labelsTr/<id>.<ext>'")
 
 
