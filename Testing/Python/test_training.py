@@ -106,6 +106,30 @@ def test_a_diverged_run_keeps_its_last_good_checkpoint(dataset, tmp_path):
     assert resumed.iterations == 3
 
 
+def test_held_out_cases_take_no_part_and_evaluate_reports_them(dataset, tmp_path, capsys):
+    """--holdout-list: in no stream, never validated on; `caml evaluate` without --list scores them."""
+    (tmp_path / "holdout.list").write_text("case001\ncase005\n")
+    (tmp_path / "val.list").write_text("case004\n")
+    preset = write_preset(tmp_path / "p.json", TINY.with_overrides(iterations=2, val_start=2, val_interval=2))
+    assert run_cli(["--data", dataset, "--labeled", "2", "--val-list", tmp_path / "val.list", "--holdout-list",
+                    tmp_path / "holdout.list", "--out", tmp_path / "run", "--preset", preset], capsys)[0] == 0
+    split = json.loads((tmp_path / "run" / "config.json").read_text())["split"]
+    # "The first 2 labeled" skips the held-out case001; the default unlabeled stream leaves both out.
+    assert split == {"labeled": ["case000", "case002"], "unlabeled": ["case003", "case004"],
+                     "validation": ["case004"], "holdout": ["case001", "case005"]}
+    code = caml(["evaluate", "--data", str(dataset), "--weights", str(tmp_path / "run" / "best.pt"),
+                 "--out", str(tmp_path / "eval"), "--progress", "none", "--protocol", "fast"])
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert [c["case"] for c in report["cases"]] == ["case001", "case005"]
+    # A held-out case may not be put in any other role.
+    (tmp_path / "val2.list").write_text("case005\n")
+    code, err = run_cli(["--data", dataset, "--labeled", "2", "--val-list", tmp_path / "val2.list",
+                         "--holdout-list", tmp_path / "holdout.list", "--out", tmp_path / "r2",
+                         "--preset", preset], capsys)
+    assert code == 2 and "held-out case(s) in this list: case005" in err
+
+
 def test_selected_heads_preset_trains_with_the_occ_term(dataset, tmp_path):
     """The shipped cpu preset puts only the picked voxels through the OCC heads; that path trains too."""
     from CAMLSegmentationLib.training.presets import load_preset

@@ -31,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "is not labeled, validation cases included); may name labeled cases, which is how "
                         "CAML keeps an unlabeled stream when every training case is labeled; validation "
                         "cases may not be in it")
+    p.add_argument("--holdout-list", type=Path, metavar="FILE",
+                   help="labeled case ids kept out of everything: no stream sees them and they choose "
+                        "neither the checkpoint nor the post-processing; `caml evaluate --weights "
+                        "OUT/best.pt` without --list scores them")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-list", type=Path, metavar="FILE",
                      help="validation case ids (their labels are used only to pick best.pt); default: none")
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                       labeled_list=args.labeled_list, val_list=args.val_list, val_last=args.val_last,
                       device=args.device,
                       seed=args.seed, resume=args.resume, supervised_only=args.supervised_only,
-                      init_weights=args.init_weights, unlabeled_list=args.unlabeled_list)
+                      init_weights=args.init_weights, unlabeled_list=args.unlabeled_list,
+                      holdout_list=args.holdout_list)
     # A cancel (SIGTERM from a parent, Ctrl-C) stops at an iteration boundary and writes a
     # resumable last.pt first; `caml` installed the handler before any work.
     result = train(cfg, progress=progress)

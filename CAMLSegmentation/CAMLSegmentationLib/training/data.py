@@ -67,15 +67,18 @@ class Case:
 
 @dataclass
 class Split:
-    """Case ids per role. Validation cases stay in ``unlabeled`` too: training sees only their images."""
+    """Case ids per role. Validation cases stay in ``unlabeled`` too: training sees only their images.
+    ``holdout`` cases are in no role at all: training never sees them and they choose nothing
+    (neither the checkpoint nor the post-processing), so ``caml evaluate`` on them is a test score."""
 
     labeled: List[str]
     unlabeled: List[str]
     validation: List[str] = field(default_factory=list)
+    holdout: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, List[str]]:
         return {"labeled": list(self.labeled), "unlabeled": list(self.unlabeled),
-                "validation": list(self.validation)}
+                "validation": list(self.validation), "holdout": list(self.holdout)}
 
 
 # --------------------------------------------------------------------------- id lists
@@ -377,7 +380,7 @@ def open_source(root: PathLike) -> CaseSource:
 def make_split(source: CaseSource, labeled: Optional[int] = None,
                labeled_list: Optional[PathLike] = None, val_list: Optional[PathLike] = None,
                min_labeled: int = 1, val_last: Optional[int] = None,
-               unlabeled_list: Optional[PathLike] = None) -> Split:
+               unlabeled_list: Optional[PathLike] = None, holdout_list: Optional[PathLike] = None) -> Split:
     """Labeled / unlabeled / validation case ids.
 
     Exactly one of ``labeled`` (the first N cases, in ``case_ids()`` order, that have a label; on LA
@@ -388,8 +391,13 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
     ``unlabeled_list`` (a file of ids) replaces that default: its images, and only they, feed the
     unlabeled stream; labeled ids may appear in it (with every training case labeled, their images
     are the only unlabeled data that leaves the validation images unseen), validation ids may not.
+    ``holdout_list`` (a file of labeled ids) takes cases out of everything: they are skipped by
+    ``labeled``/``val_last`` counts, left out of the default unlabeled stream, and refused in any
+    other list.
     """
-    ids = source.case_ids()
+    holdout = _checked_list(source, holdout_list, "held-out") if holdout_list is not None else []
+    held = set(holdout)
+    ids = [i for i in source.case_ids() if i not in held]
     if (labeled is None) == (labeled_list is None):
         raise DataError("give exactly one of: a number of labeled cases, or a labeled case list")
     if val_list is not None and val_last is not None:
@@ -430,6 +438,8 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
         raise DataError(f"validation case(s) also labeled for training{where}: {', '.join(both[:5])}; "
                         "a model must not be selected on cases it was trained on")
 
+    for name, role in ((labeled_list, labeled_ids), (val_list, validation)):
+        _refuse_holdout(name, role, held)
     labeled_set = set(labeled_ids)
     if unlabeled_list is not None:
         unlabeled = read_id_list(unlabeled_list)
@@ -442,9 +452,17 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
         if seen:
             raise DataError(f"{unlabeled_list}: validation case(s) in the unlabeled list: {', '.join(seen[:5])}; "
                             "leave them out or validate on other cases")
+        _refuse_holdout(unlabeled_list, unlabeled, held)
     else:
         unlabeled = [i for i in ids if i not in labeled_set]
-    return Split(labeled=labeled_ids, unlabeled=unlabeled, validation=validation)
+    return Split(labeled=labeled_ids, unlabeled=unlabeled, validation=validation, holdout=holdout)
+
+
+def _refuse_holdout(path: Optional[PathLike], ids: Sequence[str], held: set) -> None:
+    both = [i for i in ids if i in held]
+    if path is not None and both:
+        raise DataError(f"{path}: held-out case(s) in this list: {', '.join(both[:5])}; a held-out case "
+                        "takes no part in training or model selection")
 
 
 def _checked_list(source: CaseSource, path: PathLike, role: str) -> List[str]:

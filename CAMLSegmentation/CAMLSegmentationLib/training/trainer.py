@@ -77,6 +77,7 @@ class TrainConfig:
     log_every: int = 10
     init_weights: Optional[Path] = None  # warm start: model weights to begin from (not a resume)
     unlabeled_list: Optional[Path] = None  # images of the unlabeled stream (default: every unlabeled case)
+    holdout_list: Optional[Path] = None  # cases kept out of every stream and of model selection
 
 
 @dataclass
@@ -508,7 +509,8 @@ def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
     source = data_mod.open_source(cfg.data_root)
     split = data_mod.make_split(source, labeled=cfg.labeled, labeled_list=cfg.labeled_list,
                                 val_list=cfg.val_list, val_last=cfg.val_last,
-                                min_labeled=preset.labeled_batch, unlabeled_list=cfg.unlabeled_list)
+                                min_labeled=preset.labeled_batch, unlabeled_list=cfg.unlabeled_list,
+                                holdout_list=cfg.holdout_list)
     if not cfg.supervised_only and preset.unlabeled_batch > 0 and not split.unlabeled:
         raise data_mod.DataError(f"{cfg.data_root}: no unlabeled cases left for the unlabeled stream "
                                  "(every case is labeled); use --supervised-only or fewer labeled cases")
@@ -582,8 +584,7 @@ class TrainingRun:
         # Effective values, not rules: the ramp-up length actually used goes with the resolved preset.
         self.meta = {"network": net_cfg.to_dict(), "preset": preset.to_dict(),
                      "inference": self.settings.to_dict(), "rampup_length": preset.rampup_for(len(labeled)),
-                     "split": {"labeled": split.labeled, "unlabeled": split.unlabeled,
-                               "validation": split.validation},
+                     "split": split.to_dict(),
                      "data_root": str(cfg.data_root), "seed": cfg.seed,
                      "supervised_only": cfg.supervised_only, "world_size": world}
         self.model: nn.Module = self.objective
@@ -731,9 +732,10 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
     split, labeled, unlabeled, validation = prepare_data(cfg, progress)
     saved_split = resume_state.get("split") if resume_state is not None else None
     if resume_state is not None and (not isinstance(saved_split, dict) or saved_split.get("labeled") != split.labeled
-                                     or saved_split.get("unlabeled", split.unlabeled) != split.unlabeled):
+                                     or saved_split.get("unlabeled", split.unlabeled) != split.unlabeled
+                                     or saved_split.get("holdout", []) != split.holdout):
         raise CheckpointError(f"{out_dir / 'last.pt'}: incompatible checkpoint: it was trained with other "
-                              "labeled or unlabeled cases than this command selects")
+                              "labeled, unlabeled or held-out cases than this command selects")
 
     run = TrainingRun(cfg, split, labeled, unlabeled, validation, device, rank, world, progress)
     if resume_state is not None:
