@@ -376,6 +376,36 @@ def test_sigterm_stops_with_a_resumable_checkpoint(dataset, tmp_path):
     assert not list((tmp_path / "run").glob(".*"))  # no temporary file left behind
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception
+def test_a_cancel_lost_in_a_finaliser_still_stops_training(dataset, tmp_path):
+    """A signal whose Cancelled Python dropped (it landed in a __del__) stops the run at the next
+    iteration boundary, with a resumable last.pt, instead of training on to the end."""
+    import gc
+    import signal
+
+    from CAMLSegmentationLib.progress import Cancelled, install_cancel_handler, restore_handlers
+
+    class SignalsWhenCollected:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # bytecode for the handler to run in, here where it cannot propagate
+                pass
+
+    def progress(event):
+        if event.stage == "train" and event.done == 2:
+            SignalsWhenCollected()
+            gc.collect()
+
+    previous = install_cancel_handler(None)
+    try:
+        with pytest.raises(Cancelled):
+            train(TrainConfig(dataset, tmp_path / "run", TINY.with_overrides(iterations=40), labeled=2, seed=1),
+                  progress=progress)
+    finally:
+        restore_handlers(previous)
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2
+
+
 def test_validation_is_the_predictor_caml_evaluate_runs_on_any_layout(dataset, tmp_path, capsys):
     """One predictor: the Dice that picks best.pt is the Dice `caml evaluate` reports, and evaluate
     reads the generic layout `caml train` reads as well as LA .h5 (here: the same cases as NRRD)."""

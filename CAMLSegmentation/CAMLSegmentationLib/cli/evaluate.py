@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import MissingFileError
-from .segment import add_inference_arguments, add_model_arguments, json_outcome
+from .common import add_inference_arguments, add_model_arguments, json_outcome
 
 COLUMNS = [("dice", "Dice(%)", 100.0), ("jaccard", "Jaccard(%)", 100.0), ("hd95_voxels", "95HD(vox)", 1.0),
            ("asd_voxels", "ASD(vox)", 1.0), ("hd95_mm", "95HD(mm)", 1.0), ("asd_mm", "ASD(mm)", 1.0)]
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.volume import check_output_paths, validate_volume
     from ..progress import ProgressEvent
     from ..training.data import DataError, open_source, read_id_list
-    from .segment import load_model_from_args, options_from_args, progress_callback
+    from .common import load_model_from_args, options_from_args, progress_callback
 
     json_mode = args.progress == "json"
     with json_outcome(json_mode) as final:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import add_progress_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -50,16 +52,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337, as the official code)")
     p.add_argument("--supervised-only", action="store_true",
                    help="baseline: train on the labeled cases alone with the Dice loss (no unlabeled data)")
-    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
-                   help="progress as a text bar on stderr, JSON lines on stdout, or nothing")
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..progress import commit_job, emit_final, json_lines, no_progress, text_bar
+    from ..progress import commit_job, emit_final
     from ..training.presets import load_preset
     from ..training.trainer import TrainConfig, train
+    from .common import progress_callback
 
     preset = load_preset(args.preset)
     if args.iterations is not None:
@@ -68,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         preset = preset.with_overrides(iterations=args.iterations)
     if args.labeled is not None and args.labeled < 1:
         raise UserError("--labeled must be at least 1")
-    progress = {"bar": text_bar(), "json": json_lines(), "none": no_progress}[args.progress]
+    # Each progress event is also where a cancel that Python dropped in a finaliser takes effect.
+    progress = progress_callback(args.progress)
     cfg = TrainConfig(data_root=args.data, out_dir=args.out, preset=preset, labeled=args.labeled,
                       labeled_list=args.labeled_list, val_list=args.val_list, val_last=args.val_last,
                       device=args.device,

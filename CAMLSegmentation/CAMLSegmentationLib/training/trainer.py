@@ -51,6 +51,7 @@ from ..progress import (
     cancel_requested,
     deferred_cancel,
     no_progress,
+    raise_if_signalled,
     raise_pending_cancel,
 )
 from . import data as data_mod
@@ -492,6 +493,7 @@ def _stop_if_cancelled(world: int, device: torch.device) -> None:
             raise Cancelled("terminated by a signal")
         return
     raise_pending_cancel()
+    raise_if_signalled()  # a cancel Python dropped (raised inside a finaliser) still stops the run here
 
 
 def _setup_logging(out_dir: Path) -> logging.Handler:
