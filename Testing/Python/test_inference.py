@@ -142,40 +142,6 @@ def test_official_protocol_keeps_the_flush_layout(monkeypatch) -> None:
         assert info["windows"] == 6 * 3 * 2
 
 
-def _stitch_on_the_cpu_as_before(image, window, predictor, strides, blend):
-    """The accumulation sliding_window did before it could stitch on the device: per window, on the CPU."""
-    starts = [(a, b, c) for a in window_starts(image.shape[1], window[0], strides[0])
-              for b in window_starts(image.shape[2], window[1], strides[1])
-              for c in window_starts(image.shape[3], window[2], strides[2])]
-    importance = gaussian_importance(window) if blend == "gaussian" else torch.ones(window)
-    total, weight = None, torch.zeros(image.shape[1:])
-    for first in range(0, len(starts), 2):
-        batch_starts = starts[first:first + 2]
-        out = predictor(torch.stack([image[:, a:a + window[0], b:b + window[1], c:c + window[2]]
-                                     for a, b, c in batch_starts])).float().cpu()
-        if total is None:
-            total = torch.zeros((out.shape[1],) + tuple(image.shape[1:]))
-        for n, (a, b, c) in enumerate(batch_starts):
-            region = (slice(None), slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
-            total[region] += out[n] * importance
-            weight[region[1:]] += importance
-    return total / weight
-
-
-@pytest.mark.parametrize("blend", ["gaussian", "constant"])
-def test_cpu_stitching_is_unchanged(blend: str) -> None:
-    fast = optimize_for_inference(sub_models()["v"])
-    predictor = make_predictor([fast])
-    image = torch.randn(1, 37, 29, 21)
-    with torch.inference_mode():
-        expected = _stitch_on_the_cpu_as_before(image, (16, 16, 16), predictor, (7, 9, 6), blend)
-        for stitch_device in (None, "cpu"):
-            got = sliding_window(image, (16, 16, 16), predictor, strides=(7, 9, 6), blend=blend,
-                                 stitch_device=stitch_device)
-            assert got.device.type == "cpu" and got.dtype == torch.float32
-            assert torch.equal(got, expected)
-
-
 def test_stitching_goes_to_the_gpu_only_when_it_fits() -> None:
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert choose_stitch_device(cpu, 10) == cpu  # never asks CUDA about memory

@@ -34,12 +34,6 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
-def test_torch_runs_on_one_thread():
-    """conftest.py gives every test one torch thread: tiny networks run several times faster so."""
-    assert torch.get_num_threads() == 1
-    assert os.environ.get("OMP_NUM_THREADS") == "1"
-
-
 def test_short_run_lowers_loss_and_beats_chance(dataset, tmp_path):
     (tmp_path / "val.list").write_text("case004\ncase005\n")
     preset = TINY.with_overrides(iterations=60, val_start=60, val_interval=60)

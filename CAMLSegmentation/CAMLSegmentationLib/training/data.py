@@ -528,9 +528,12 @@ def random_rot_flip(image: np.ndarray, label: Optional[np.ndarray],
 
 def _pad_short_axes(image: np.ndarray, label: Optional[np.ndarray], patch: Sequence[int],
                     ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Pad each axis no longer than ``patch`` with zeros by ``(patch - size) // 2 + 3`` on each side,
-    as the official code does before cropping."""
-    pad = [((p - s) // 2 + 3,) * 2 if s <= p else (0, 0) for s, p in zip(image.shape, patch)]
+    """The official code's padding before a crop: once any axis is no longer than ``patch``, every
+    axis gets ``max((patch - size) // 2 + 3, 0)`` zeros on each side - so an axis 1-4 voxels
+    longer than the patch is padded too (by 2, 2, 1, 1; floor division of a negative number)."""
+    if all(s > p for s, p in zip(image.shape, patch)):
+        return image, label
+    pad = [(max((p - s) // 2 + 3, 0),) * 2 for s, p in zip(image.shape, patch)]
     if not any(before for before, _ in pad):
         return image, label
     image = np.pad(image, pad, mode="constant", constant_values=0)
@@ -544,8 +547,8 @@ def random_crop(image: np.ndarray, label: Optional[np.ndarray], patch_size: Sequ
                 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """A uniformly random ``patch_size`` crop of ``image`` and ``label`` (which may be None).
 
-    An axis no longer than the patch is first padded with zeros by ``(patch - size) // 2 + 3``
-    voxels on each side, as the official code does (zero is the mean of a z-scored image).
+    When an axis is no longer than the patch, the image is first padded with zeros as the
+    official code pads it (``_pad_short_axes``; zero is the mean of a z-scored image).
     Unlike the official code, the crop may also start at the last possible offset.
 
     ``margin`` (voxels per axis, default none) lets the crop reach that far past the
