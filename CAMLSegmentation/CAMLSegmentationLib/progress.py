@@ -186,8 +186,12 @@ def commit_job() -> None:
 
 
 def cancel_requested() -> bool:
-    """True when a signal arrived inside ``deferred_cancel`` and waits to take effect."""
-    return _STATE.pending
+    """True when a signal arrived inside ``deferred_cancel`` and waits to take effect, or when its
+    ``Cancelled`` was raised but dropped (see :func:`raise_if_signalled`) and the work goes on."""
+    state = _STATE
+    if state.finished or state.committed:
+        return False
+    return state.pending or (state.raised and not state.deferring)
 
 
 @contextlib.contextmanager

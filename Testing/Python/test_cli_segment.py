@@ -183,6 +183,19 @@ def test_evaluate_prints_the_table_and_writes_csv_and_json(tmp_path: Path, weigh
     assert [r.split(",")[0] for r in rows[1:]] == [*ids, "mean", "std"]
 
 
+def test_evaluate_recognises_the_la_layout_by_its_case_folder_with_any_list(
+        tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    """An LA folder holding the case folder and test.list but no train.list is still the LA layout."""
+    root = tmp_path / "LA"
+    ids = write_la_layout(root, 3, shape=(20, 18, 16))
+    (root / "train.list").unlink()
+    (root / "test.list").write_text("\n".join(ids[1:]) + "\n")
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "--data", str(root), "--list", str(root / "test.list"),
+                     "--weights", str(weights), "--out", str(out), "--progress", "none"]) == 0
+    assert [c["case"] for c in json.loads((out / "metrics.json").read_text())["cases"]] == ids[1:]
+
+
 def test_evaluate_names_a_missing_case(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "LA"
     write_la_layout(root, 1, shape=(16, 16, 16))

@@ -136,11 +136,16 @@ def test_la_layout_missing_case_file_is_named(tmp_path):
         data.open_source(root)
 
 
-def test_la_layout_without_train_list(tmp_path):
-    root = write_la(tmp_path / "LA", ["c1"])
+def test_la_layout_without_train_list_is_recognised_by_its_case_folder(tmp_path):
+    root = write_la(tmp_path / "LA", ["c10", "c2", "c1"])
     (root / "train.list").unlink()
-    with pytest.raises(DataError, match="train.list: case list not found"):
-        data.open_source(root)
+    (root / "2018LA_Seg_Training Set" / "notes").mkdir()  # a folder without the file is no case
+    source = data.open_source(root)
+    assert source.layout == "LA" and source.case_ids() == ["c1", "c2", "c10"]
+    empty = tmp_path / "empty"
+    (empty / "2018LA_Seg_Training Set" / "x").mkdir(parents=True)
+    with pytest.raises(DataError, match="no case folder holds mri_norm2.h5"):
+        data.open_source(empty)
 
 
 # --------------------------------------------------------------------------- generic layout
@@ -479,25 +484,31 @@ def test_crop_reaches_every_offset():
     assert starts == {float(i * 4 + j * 2 + k) for i in range(3) for j in range(2) for k in range(2)}
 
 
-def test_crop_pads_small_axes_like_the_official_code():
-    shape = (5, 30, 10)
+@pytest.mark.parametrize("shape, pad", [
+    # axis 0: 5 < 8 -> (8 - 5) // 2 + 3 = 4; axis 1: one voxel longer than the patch -> (-1) // 2 + 3 = 2
+    # (the official code pads it too); axis 2: 10 == 10 -> 3
+    ((5, 13, 10), [(4, 4), (2, 2), (3, 3)]),
+    # axis 1 three voxels longer -> (-3) // 2 + 3 = 1; axis 0 five longer -> (-5) // 2 + 3 = 0
+    ((13, 15, 10), [(0, 0), (1, 1), (3, 3)]),
+    # no axis as short as the patch: nothing padded, even axes only a voxel longer
+    ((9, 13, 11), [(0, 0), (0, 0), (0, 0)]),
+])
+def test_crop_pads_like_the_official_code(shape, pad):
+    """The official RandomCrop: once any axis is no longer than the patch, every axis gets
+    max((patch - size) // 2 + 3, 0) zeros on each side (axes 1-4 voxels longer than the patch included)."""
     image = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(shape)  # no zero inside
     label = (image % 2).astype(np.uint8)
-    # axis 0: 5 < 8 -> (8 - 5) // 2 + 3 = 4 voxels each side; axis 1: 30 > 12, untouched;
-    # axis 2: 10 == 10 -> 3 each side (the official code pads an axis that merely fits, too)
-    pad = [(4, 4), (0, 0), (3, 3)]
     padded_image, padded_label = np.pad(image, pad), np.pad(label, pad)
-    assert padded_image.shape == (13, 30, 16)
+    patch = (8, 12, 10)
     rng = np.random.default_rng(3)
     for _ in range(20):
         state = rng.bit_generator.state
-        img, lab = data.random_crop(image, label, (8, 12, 10), rng)
+        img, lab = data.random_crop(image, label, patch, rng)
         replay = np.random.default_rng()
         replay.bit_generator.state = state
-        i0, j0, k0 = (int(replay.integers(0, n - p + 1)) for n, p in zip((13, 30, 16), (8, 12, 10)))
+        i0, j0, k0 = (int(replay.integers(0, n - p + 1)) for n, p in zip(padded_image.shape, patch))
         np.testing.assert_array_equal(img, padded_image[i0:i0 + 8, j0:j0 + 12, k0:k0 + 10])
         np.testing.assert_array_equal(lab, padded_label[i0:i0 + 8, j0:j0 + 12, k0:k0 + 10])
-        assert (img == 0).any()  # axis 0 is always partly padding
 
 
 def test_crop_margin_reaches_past_the_border_with_background():

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from CAMLSegmentationLib.inference.predictor import (
-    OFFICIAL_STRIDES,
     InferenceModel,
     InferenceOptions,
     choose_stitch_device,
@@ -74,12 +74,8 @@ def test_overlap_may_differ_per_axis() -> None:
             strides_for_overlap((64, 64, 32), bad)
 
 
-def test_protocols_name_whole_settings() -> None:
+def test_protocol_names_are_checked() -> None:
     assert InferenceOptions.for_protocol("default") == InferenceOptions()
-    fast, official = InferenceOptions.for_protocol("fast"), InferenceOptions.for_protocol("official")
-    assert (fast.protocol, fast.tta, fast.blend) == ("fast", False, "gaussian")
-    assert (official.protocol, official.tta, official.lcc, official.strides) == ("official", False, False,
-                                                                                 OFFICIAL_STRIDES)
     with pytest.raises(ValueError, match="protocol"):
         InferenceOptions.for_protocol("best")
 
@@ -144,40 +140,6 @@ def test_official_protocol_keeps_the_flush_layout(monkeypatch) -> None:
         # (count_windows asks for the default layout; the count is the same in both.)
         assert options.window_layout in layouts and ("flush" in layouts) == (options.protocol == "official")
         assert info["windows"] == 6 * 3 * 2
-
-
-def _stitch_on_the_cpu_as_before(image, window, predictor, strides, blend):
-    """The accumulation sliding_window did before it could stitch on the device: per window, on the CPU."""
-    starts = [(a, b, c) for a in window_starts(image.shape[1], window[0], strides[0])
-              for b in window_starts(image.shape[2], window[1], strides[1])
-              for c in window_starts(image.shape[3], window[2], strides[2])]
-    importance = gaussian_importance(window) if blend == "gaussian" else torch.ones(window)
-    total, weight = None, torch.zeros(image.shape[1:])
-    for first in range(0, len(starts), 2):
-        batch_starts = starts[first:first + 2]
-        out = predictor(torch.stack([image[:, a:a + window[0], b:b + window[1], c:c + window[2]]
-                                     for a, b, c in batch_starts])).float().cpu()
-        if total is None:
-            total = torch.zeros((out.shape[1],) + tuple(image.shape[1:]))
-        for n, (a, b, c) in enumerate(batch_starts):
-            region = (slice(None), slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
-            total[region] += out[n] * importance
-            weight[region[1:]] += importance
-    return total / weight
-
-
-@pytest.mark.parametrize("blend", ["gaussian", "constant"])
-def test_cpu_stitching_is_unchanged(blend: str) -> None:
-    fast = optimize_for_inference(sub_models()["v"])
-    predictor = make_predictor([fast])
-    image = torch.randn(1, 37, 29, 21)
-    with torch.inference_mode():
-        expected = _stitch_on_the_cpu_as_before(image, (16, 16, 16), predictor, (7, 9, 6), blend)
-        for stitch_device in (None, "cpu"):
-            got = sliding_window(image, (16, 16, 16), predictor, strides=(7, 9, 6), blend=blend,
-                                 stitch_device=stitch_device)
-            assert got.device.type == "cpu" and got.dtype == torch.float32
-            assert torch.equal(got, expected)
 
 
 def test_stitching_goes_to_the_gpu_only_when_it_fits() -> None:
@@ -250,11 +212,58 @@ def test_tta_is_exactly_invariant_to_the_flips_training_used() -> None:
     assert not torch.allclose(a, slice_flipped, atol=1e-4)
 
 
-def test_official_protocol_is_plain_averaging_with_strides_18_18_4() -> None:
-    opts = InferenceOptions.official()
-    assert opts.strides == (18, 18, 4) and opts.blend == "constant"
-    assert not (opts.tta or opts.ensemble or opts.uncertainty) and opts.lcc is False
-    assert opts.threshold is None  # the model's own, stored with its weights (0.5: argmax of two classes)
+def _official_test_single_case(net, image: np.ndarray, stride_xy: int, stride_z: int, patch) -> np.ndarray:
+    """A port of the official CAML evaluation of one case (``utils/test_patch.py``,
+    ``test_single_case_first_output``, as ``test_3d.py`` calls it): the stored image, zero-padded
+    symmetrically to the patch where shorter, windows every stride with the last flush with the
+    end, softmax summed and divided by the count, cropped back. Returns the averaged softmax."""
+    size = image.shape
+    pads = [max(0, p - n) for p, n in zip(patch, size)]
+    before = [p // 2 for p in pads]
+    padded = np.pad(image, [(b, p - b) for b, p in zip(before, pads)], mode="constant", constant_values=0)
+    steps = (stride_xy, stride_xy, stride_z)
+    counts = [math.ceil((n - p) / s) + 1 for n, p, s in zip(padded.shape, patch, steps)]
+    score = np.zeros((2,) + padded.shape, dtype=np.float32)
+    hits = np.zeros(padded.shape, dtype=np.float32)
+    for x in range(counts[0]):
+        xs = min(steps[0] * x, padded.shape[0] - patch[0])
+        for y in range(counts[1]):
+            ys = min(steps[1] * y, padded.shape[1] - patch[1])
+            for z in range(counts[2]):
+                zs = min(steps[2] * z, padded.shape[2] - patch[2])
+                crop = padded[xs:xs + patch[0], ys:ys + patch[1], zs:zs + patch[2]]
+                with torch.no_grad():
+                    out = torch.softmax(net(torch.from_numpy(np.ascontiguousarray(crop))[None, None]), dim=1)
+                score[:, xs:xs + patch[0], ys:ys + patch[1], zs:zs + patch[2]] += out[0].numpy()
+                hits[xs:xs + patch[0], ys:ys + patch[1], zs:zs + patch[2]] += 1
+    score /= hits[None]
+    return score[:, before[0]:before[0] + size[0], before[1]:before[1] + size[1], before[2]:before[2] + size[2]]
+
+
+def test_official_protocol_reproduces_the_official_evaluation_on_official_weights(tmp_path) -> None:
+    """`--protocol official` on a plain state_dict (what the official code saves) gives the
+    foreground probabilities of the official evaluation code on the same weights: the stored
+    intensities (no normalisation), whole-image windows at strides 18/18/4, plain averaging."""
+    from CAMLSegmentationLib.inference.predictor import load_inference_model
+
+    weights = tiny_checkpoint(tmp_path / "iter_15000.pth", official=True, seed=3)
+    raw = SubModel(tiny_network(seed=3).config, "v")
+    raw.load_state_dict({k: v for k, v in tiny_network(seed=3).state_dict().items() if k in raw.state_dict()})
+    raw.eval()
+    # An LA-like crop: z-scored before cropping (so neither zero mean nor unit variance here), one
+    # axis shorter than the window, and a slab at the image's minimum the default protocol would cut off.
+    blob = blob_volume((121, 113, 78), seed=4)
+    stored = (blob.array - 120.0) / 25.0
+    stored[:3] = stored.min()
+    volume = Volume(array=stored.astype(np.float32), spacing=(0.625,) * 3, origin=(0.0, 0.0, 0.0),
+                    direction=np.eye(3))
+    model = load_inference_model(weights, "cpu")
+    ours = segment_volume(volume, model, InferenceOptions.for_protocol("official"))
+    official = _official_test_single_case(raw, volume.array, 18, 4, (112, 112, 80))
+    assert ours.info["windows"] == 2 * 2 * 1
+    np.testing.assert_allclose(ours.probability, official[1], atol=1e-3)
+    sure = np.abs(official[1] - 0.5) > 1e-3
+    assert np.array_equal(ours.mask[sure], official.argmax(0)[sure].astype(np.uint8))
 
 
 @pytest.mark.parametrize("geometry", ["axis_aligned", "oblique"])

@@ -195,12 +195,18 @@ def test_memory_bank_stores_only_voxels_both_models_get_right():
 
 
 def test_bundled_presets_are_valid_data(tmp_path):
-    paper = load_preset("paper")
-    assert (paper.patch_size, paper.base_filters, paper.iterations, paper.labeled_batch,
-            paper.unlabeled_batch, paper.lr, paper.lr_schedule) == ((112, 112, 80), 16, 15000, 2, 2, 0.01, "constant")
-    assert (paper.memory_per_class, paper.num_filtered, paper.occ_temperature) == (256, 12800, 0.1)
-    assert (paper.lambda_s, paper.lambda_c, paper.lambda_o, paper.sharpen_temperature) == (0.5, 1.0, 0.05, 0.1)
-    assert paper.spacing == (0.625, 0.625, 0.625)
+    official = load_preset("official")
+    for paper in (official, load_preset("full")):
+        assert (paper.patch_size, paper.base_filters, paper.iterations, paper.labeled_batch,
+                paper.unlabeled_batch, paper.lr, paper.lr_schedule) == ((112, 112, 80), 16, 15000, 2, 2, 0.01,
+                                                                        "constant")
+        assert (paper.memory_per_class, paper.num_filtered, paper.occ_temperature) == (256, 12800, 0.1)
+        assert (paper.lambda_s, paper.lambda_c, paper.lambda_o, paper.sharpen_temperature) == (0.5, 1.0, 0.05, 0.1)
+        assert paper.spacing == (0.625, 0.625, 0.625)
+    # The official code trains on the stored intensities, unaugmented, in float32.
+    assert (official.normalization, official.intensity_probability, official.amp) == ("none", 0.0, False)
+    assert load_preset("full").normalization == "percentile"
+    assert load_preset("paper") == load_preset("full")  # the old name of "full" still loads it
     cpu = load_preset("cpu")
     assert cpu.spacing == (1.25, 1.25, 1.25) and all(s % 16 == 0 for s in cpu.patch_size)
     bad = tmp_path / "bad.json"

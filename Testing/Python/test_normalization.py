@@ -158,9 +158,33 @@ def test_legacy_checkpoints_keep_the_normalisation_they_were_trained_with() -> N
     # v1 checkpoints: a preset without a normalisation field was trained on z-scored images.
     legacy = InferenceSettings.from_checkpoint({"preset": {"patch_size": [64, 64, 32], "spacing": [1.25] * 3}})
     assert legacy.normalization == "zscore" and legacy.window == (64, 64, 32) and legacy.spacing == (1.25,) * 3
-    # The official iter_15000.pth (a plain state_dict): the paper's window at the image's own voxel size.
+    # The official iter_15000.pth (a plain state_dict): the paper's window at the image's own voxel
+    # size, on the intensities as stored (what the official code trained and evaluated on).
     official = InferenceSettings.from_checkpoint({"model": {}})
-    assert official == InferenceSettings(window=(112, 112, 80), spacing=None, normalization="zscore")
+    assert official == InferenceSettings(window=(112, 112, 80), spacing=None, normalization="none")
+
+
+@pytest.mark.parametrize("method", ["zscore", "percentile", "none"])
+def test_training_and_inference_feed_the_network_the_same_intensities(tmp_path: Path, method: str) -> None:
+    """A case as the trainer loads it (normalised with the preset's method) is what the predictor
+    makes of the stored image: segmenting the trainer's array with a model that takes it as is
+    gives the same probabilities as segmenting the stored image with the same weights and method.
+    The image has a zero-filled border (the predictor's content box leaves it out)."""
+    from CAMLSegmentationLib.inference.predictor import random_model
+    from CAMLSegmentationLib.training.data import open_source
+
+    image = np.pad(mri_like((40, 36, 24), scale=0.01, offset=-1.2), ((6, 2), (0, 5), (3, 0)),
+                   constant_values=-1.2)
+    volume = Volume(array=image, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    (tmp_path / "images").mkdir()
+    write_image(image, volume, tmp_path / "images" / "case1.nrrd")
+    case = open_source(tmp_path).load("case1", None, with_label=False, normalization=method)
+    as_trained = Volume(array=case.image, spacing=volume.spacing, origin=volume.origin, direction=volume.direction)
+    stored = segment_volume(volume, random_model(4, (16, 16, 16), normalization=method, seed=2),
+                            InferenceOptions.fast()).probability
+    trained = segment_volume(as_trained, random_model(4, (16, 16, 16), normalization="none", seed=2),
+                             InferenceOptions.fast()).probability
+    np.testing.assert_allclose(stored, trained, atol=1e-5)
 
 
 def test_h5_and_nrrd_of_the_same_voxels_give_the_same_mask(tmp_path: Path) -> None:

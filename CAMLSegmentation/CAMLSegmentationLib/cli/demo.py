@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .. import MODULE_DIR
+from ..io.phantom import PHANTOM_SEED
 
 OUT_DIR = Path("demo-output")
 #: Where ``make demo`` looks for the LA data: beside the repository, as DESIGN.md lays it out.
 DEFAULT_LA_ROOT = MODULE_DIR.parent.parent / "shared" / "data" / "LA"
-#: Seed of the phantom the demo and the README picture use.
-PHANTOM_SEED = 1
 
 
 def synthetic_image(path: Path, shape: Sequence[int] = (144, 128, 80), seed: int = PHANTOM_SEED,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import MissingFileError
-from .segment import add_inference_arguments, add_model_arguments, json_outcome
+from .common import add_inference_arguments, add_model_arguments, json_outcome
 
 COLUMNS = [("dice", "Dice(%)", 100.0), ("jaccard", "Jaccard(%)", 100.0), ("hd95_voxels", "95HD(vox)", 1.0),
            ("asd_voxels", "ASD(vox)", 1.0), ("hd95_mm", "95HD(mm)", 1.0), ("asd_mm", "ASD(mm)", 1.0)]
@@ -30,8 +30,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--data", required=True, metavar="ROOT",
                    help="data folder in any layout `caml train` reads: LA (train.list + '2018LA_Seg_Training "
                         "Set/<id>/mri_norm2.h5'), images/ + labels/, or nnU-Net imagesTr/ + labelsTr/")
-    p.add_argument("--list", required=True, metavar="FILE",
-                   help="ids of the cases to score, one per line (each needs a label)")
+    p.add_argument("--list", metavar="FILE",
+                   help="ids of the cases to score, one per line (each needs a label); default: the "
+                        "held-out cases the weights' training recorded (`caml train --holdout-list`)")
     p.add_argument("--out", default="caml-evaluation", metavar="DIR",
                    help="folder for metrics.csv and metrics.json (default ./caml-evaluation)")
     add_model_arguments(p)
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.volume import check_output_paths, validate_volume
     from ..progress import ProgressEvent
     from ..training.data import DataError, open_source, read_id_list
-    from .segment import load_model_from_args, options_from_args, progress_callback
+    from .common import load_model_from_args, options_from_args, progress_callback
 
     json_mode = args.progress == "json"
     with json_outcome(json_mode) as final:
@@ -89,14 +90,15 @@ def run(args: argparse.Namespace) -> int:
         if not root.is_dir():
             raise MissingFileError(f"{root}: no such data folder")
         source = open_source(root)  # the layouts `caml train` reads, found the same way
-        ids = read_id_list(Path(args.list))
+        ids = read_id_list(Path(args.list)) if args.list else recorded_holdout(args)
+        list_name = args.list or "the held-out cases recorded in the weights"
         known = set(source.case_ids())
         unknown = [cid for cid in ids if cid not in known]
         if unknown:  # every case found before any work
-            raise DataError(f"{args.list}: case id(s) not in {root}: {', '.join(unknown[:5])}")
+            raise DataError(f"{list_name}: case id(s) not in {root}: {', '.join(unknown[:5])}")
         unlabeled = [cid for cid in ids if not source.has_label(cid)]
         if unlabeled:
-            raise DataError(f"{args.list}: case(s) without a label, cannot evaluate: {', '.join(unlabeled[:5])}")
+            raise DataError(f"{list_name}: case(s) without a label, cannot evaluate: {', '.join(unlabeled[:5])}")
         out_dir = Path(args.out)
         check_output_paths([("metrics", "table", out_dir / "metrics.json"),
                             ("table", "table", out_dir / "metrics.csv")])
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append(dict({"case": cid, "seconds": round(seconds, 3)}, **metrics.to_dict()))
             progress(ProgressEvent("cases", n + 1, len(ids), cid, {"dice": metrics.dice}))
         summary = summarize(results)
-        report = {"model": model.name, "protocol": options.protocol, "data": str(root), "list": args.list,
+        report = {"model": model.name, "protocol": options.protocol, "data": str(root), "list": list_name,
                   "window": list(model.window), "device": str(model.device),
                   "cases": rows, "summary": summary}
         with atomic_outputs([out_dir / "metrics.json", out_dir / "metrics.csv"],
@@ -131,6 +133,28 @@ def run(args: argparse.Namespace) -> int:
             print(format_table(rows, summary))
             print(f"\nwritten: {out_dir / 'metrics.csv'}, {out_dir / 'metrics.json'}")
     return 0
+
+
+def recorded_holdout(args: argparse.Namespace) -> List[str]:
+    """The held-out case ids the training of ``--weights`` (or the ``--model``) recorded; UserError if none."""
+    from ..errors import UserError
+    from ..model.catalog import default_model, find_model, verify
+    from ..model.checkpoint import read_checkpoint
+
+    if args.weights:
+        path = Path(args.weights)
+    else:
+        entry = find_model(args.model) if args.model else default_model()
+        if entry is None:
+            raise UserError("no --list given and no model to read held-out cases from: pass --list FILE")
+        path = verify(entry)
+    ckpt = read_checkpoint(path)
+    split = ckpt.get("split") or (ckpt.get("trained") or {}).get("split") or {}
+    holdout = split.get("holdout") if isinstance(split, dict) else None
+    if not holdout:
+        raise UserError(f"{path}: its training recorded no held-out cases (`caml train --holdout-list`); "
+                        "pass --list FILE")
+    return [str(i) for i in holdout]
 
 
 def _csv(value: Optional[float]) -> str:

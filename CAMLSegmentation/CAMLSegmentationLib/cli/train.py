@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import add_progress_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,8 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "OUT/best.pt (best validation Dice), OUT/train.log and OUT/config.json. Run several GPUs with "
                     "'torchrun --nproc_per_node N -m CAMLSegmentationLib.cli train ...'.")
     p.add_argument("--preset", default="cpu",
-                   help="'paper' (official setting, GPU), 'cpu' (2-core CPU in < 2 h) or a preset .json "
-                        "(default: cpu)")
+                   help="'official' (trains as the official CAML code: stored intensities, fp32; GPU), "
+                        "'full' (the official network and schedule with this project's intensity "
+                        "normalisation and augmentation; GPU; formerly 'paper'), 'cpu' (2-core CPU in < 2 h) "
+                        "or a preset .json (default: cpu)")
     p.add_argument("--data", required=True, type=Path, metavar="ROOT",
                    help="data folder: the LA layout (train.list + '2018LA_Seg_Training Set/<id>/"
                         "mri_norm2.h5') or a folder of images/ and labels/ files")
@@ -29,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "is not labeled, validation cases included); may name labeled cases, which is how "
                         "CAML keeps an unlabeled stream when every training case is labeled; validation "
                         "cases may not be in it")
+    p.add_argument("--holdout-list", type=Path, metavar="FILE",
+                   help="labeled case ids kept out of everything: no stream sees them and they choose "
+                        "neither the checkpoint nor the post-processing; `caml evaluate --weights "
+                        "OUT/best.pt` without --list scores them")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-list", type=Path, metavar="FILE",
                      help="validation case ids (their labels are used only to pick best.pt); default: none")
@@ -44,16 +52,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337, as the official code)")
     p.add_argument("--supervised-only", action="store_true",
                    help="baseline: train on the labeled cases alone with the Dice loss (no unlabeled data)")
-    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
-                   help="progress as a text bar on stderr, JSON lines on stdout, or nothing")
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..progress import commit_job, emit_final, json_lines, no_progress, text_bar
+    from ..progress import commit_job, emit_final
     from ..training.presets import load_preset
     from ..training.trainer import TrainConfig, train
+    from .common import progress_callback
 
     preset = load_preset(args.preset)
     if args.iterations is not None:
@@ -62,12 +70,14 @@ def run(args: argparse.Namespace) -> int:
         preset = preset.with_overrides(iterations=args.iterations)
     if args.labeled is not None and args.labeled < 1:
         raise UserError("--labeled must be at least 1")
-    progress = {"bar": text_bar(), "json": json_lines(), "none": no_progress}[args.progress]
+    # Each progress event is also where a cancel that Python dropped in a finaliser takes effect.
+    progress = progress_callback(args.progress)
     cfg = TrainConfig(data_root=args.data, out_dir=args.out, preset=preset, labeled=args.labeled,
                       labeled_list=args.labeled_list, val_list=args.val_list, val_last=args.val_last,
                       device=args.device,
                       seed=args.seed, resume=args.resume, supervised_only=args.supervised_only,
-                      init_weights=args.init_weights, unlabeled_list=args.unlabeled_list)
+                      init_weights=args.init_weights, unlabeled_list=args.unlabeled_list,
+                      holdout_list=args.holdout_list)
     # A cancel (SIGTERM from a parent, Ctrl-C) stops at an iteration boundary and writes a
     # resumable last.pt first; `caml` installed the handler before any work.
     result = train(cfg, progress=progress)

@@ -54,7 +54,7 @@ from ..model.settings import (
     InferenceSettings,
 )
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
-from .preprocess import axis_starts, model_grid, normalize_intensity
+from .preprocess import axis_starts, model_grid, normalized_content
 
 PathLike = Union[str, Path]
 #: Window strides of the official CAML evaluation (``test_3d.py``: stride_xy=18, stride_z=4).
@@ -367,6 +367,7 @@ class InferenceOptions:
     uncertainty: bool = False  # |p_V - p_A| per voxel (runs model A as well)
     lcc: Optional[bool] = None  # keep only the largest connected component; None = the model's choice
     threshold: Optional[float] = None  # None = the model's own (stored with its weights)
+    content_box: bool = True  # segment only the box around voxels brighter than the image's minimum
     protocol: str = "default"
 
     @classmethod
@@ -383,11 +384,12 @@ class InferenceOptions:
         """The CAML paper's evaluation: model V, strides 18/18/4, averaged softmax, argmax, nothing else.
 
         With two classes, argmax of the averaged softmax is "foreground probability > 0.5".
+        The windows run over the whole image (no content box), as the official code's do.
         Resampling stays on: it is a no-op for models trained at the LA voxel size (the
         paper's), and a model trained at another voxel size must see that size.
         """
         return cls(strides=OFFICIAL_STRIDES, window_layout="flush", blend="constant", tta=False, lcc=False,
-                   protocol="official")
+                   content_box=False, protocol="official")
 
     @classmethod
     def for_protocol(cls, protocol: str) -> InferenceOptions:
@@ -452,17 +454,6 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return (labels == int(sizes.argmax())).astype(mask.dtype)
 
 
-def content_box(array: np.ndarray) -> Tuple[slice, slice, slice]:
-    """The smallest box holding every voxel brighter than the image's minimum (the whole grid if none)."""
-    body = array > array.min()
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(body.any(axis=other))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, array.shape[axis]))
-    return tuple(box)  # type: ignore[return-value]
-
-
 def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOptions = InferenceOptions(),
                    progress: Optional[ProgressCallback] = None,
                    cancel: Optional[CancelToken] = None) -> SegmentationResult:
@@ -479,15 +470,12 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
         raise ValueError("ensemble and uncertainty need model A: load the model with with_a=True")
     order = ["v", "a"] if need_a else ["v"]
 
-    # One intensity path for every input, the one the model was trained with (its settings).
+    # One intensity path for every input, the one the model was trained with (its settings),
+    # then only the box around everything brighter than the background (``normalized_content``).
     settings = model.settings
-    # Constant background at the image's minimum around the body (padding a resampler or a crop
-    # tool added, zero-filled air) holds nothing to segment and is not image content: the model
-    # sees only the box around everything brighter, so padding an image cannot move its windows.
-    box = content_box(volume.array)
-    region = volume.array[box]
-    image = normalize_intensity(region, settings.normalization)
-    grid = model_grid(region.shape, volume.spacing, model.spacing if options.resample else None,
+    box, image = normalized_content(volume.array, settings.normalization, crop=options.content_box)
+    region_shape = image.shape
+    grid = model_grid(region_shape, volume.spacing, model.spacing if options.resample else None,
                       axis_starts(volume, [b.start for b in box]))
     target_shape = grid.shape
     check_size(target_shape, "image", "resampled to the model's voxel size, a grid")
@@ -505,7 +493,7 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     del image
     probs_np = probs.numpy()
     probs_np = grid.back(probs_np)
-    if tuple(region.shape) != volume.shape:
+    if tuple(region_shape) != volume.shape:
         full = np.zeros((probs_np.shape[0],) + volume.shape, dtype=np.float32)
         full[(slice(None),) + box] = probs_np
         probs_np = full

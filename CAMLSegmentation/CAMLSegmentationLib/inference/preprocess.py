@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..io.volume import Volume, check_intensities
-from ..model.settings import NORMALIZATIONS, PERCENTILE, ZSCORE
+from ..model.settings import NONE, NORMALIZATIONS, PERCENTILE, ZSCORE
 
 #: Percentiles of the body's intensities mapped to 0 and 1.
 BODY_PERCENTILES = (0.5, 99.5)
@@ -66,10 +66,18 @@ def normalize_intensity(array: np.ndarray, method: str = PERCENTILE, source: str
     this project's v1 model on NRRD input. Percentiles of the body are a
     property of the tissue instead, and air (0 after mapping) is also what
     zero-padding of patches and windows adds. ``zscore``: the whole image to
-    zero mean and unit variance, for the official CAML weights and v1 models.
+    zero mean and unit variance, for this project's v1 models. ``none``: the
+    intensities as stored, for the official CAML weights (trained and evaluated
+    on the LA ``.h5`` crops as they are).
     An image that cannot be normalised raises ``ImageError`` naming ``source``.
+
+    Always the whole image: training (``data.CaseSource.load``) and inference
+    (:func:`normalized_content`) call this on the same array, so a model sees in
+    ``caml segment`` the intensities it was trained on.
     """
     a = check_intensities(array, source)
+    if method == NONE:
+        return a.copy() if a is array else a
     if method == PERCENTILE:
         lo, hi = _body_percentiles(a)
         return ((a - lo) * (1.0 / (hi - lo))).astype(np.float32)
@@ -78,6 +86,31 @@ def normalize_intensity(array: np.ndarray, method: str = PERCENTILE, source: str
         std = float(a.std(dtype=np.float64))
         return ((a - mean) / std).astype(np.float32)
     raise ValueError(f"unknown intensity normalisation {method!r}; known: {', '.join(NORMALIZATIONS)}")
+
+
+def content_box(array: np.ndarray) -> Tuple[slice, slice, slice]:
+    """The smallest box holding every voxel brighter than the image's minimum (the whole grid if none)."""
+    body = array > array.min()
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(body.any(axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, array.shape[axis]))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def normalized_content(array: np.ndarray, method: str, crop: bool = True,
+                       source: str = "image") -> Tuple[Tuple[slice, slice, slice], np.ndarray]:
+    """(box, normalised image inside it): what the predictor feeds the network.
+
+    The whole image is normalised (the definition training uses), then cut to
+    its :func:`content_box` when ``crop``: constant background at the image's
+    minimum (padding a resampler or a crop tool added, zero-filled air) holds
+    nothing to segment, and leaving it out means padding cannot move the windows.
+    """
+    image = normalize_intensity(array, method, source)
+    box = content_box(array) if crop else tuple(slice(0, n) for n in array.shape)
+    return box, image[box]  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,10 @@ def _tube(points: np.ndarray, start: np.ndarray, end: np.ndarray, radius: float)
     return np.linalg.norm(points - nearest, axis=-1) <= radius
 
 
+#: Seed of the phantom the demo, the README picture and the Slicer module's sample data use.
+PHANTOM_SEED = 1
+
+
 def mri_phantom(shape: Sequence[int] = (144, 128, 80), spacing: float = 0.625,
                 seed: int = 0) -> Tuple[Volume, np.ndarray]:
     """(image Volume in LPS, uint8 left-atrium mask on its grid); deterministic for a given seed.

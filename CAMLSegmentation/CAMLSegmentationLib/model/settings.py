@@ -17,9 +17,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 #: The normalisation this project trains with (``preprocess.normalize_intensity``).
 PERCENTILE = "percentile"
-#: Z-score over the whole image: what the official CAML code and this project's v1 models saw.
+#: Z-score over the whole image: what this project's v1 models saw.
 ZSCORE = "zscore"
-NORMALIZATIONS = (PERCENTILE, ZSCORE)
+#: Intensities as stored: what the official CAML code trains and evaluates on (the LA ``.h5``
+#: crops, each scan z-scored before it was cropped); official state_dicts are run so.
+NONE = "none"
+NORMALIZATIONS = (PERCENTILE, ZSCORE, NONE)
 #: Axes of ``[i, j, k]`` that the training augmentation (``data.random_rot_flip``) reflects:
 #: rot90 and flips in the (i, j) plane only; the slice axis k is never flipped.
 AUGMENTATION_FLIP_AXES = (0, 1)
@@ -42,14 +45,17 @@ FAST_OVERLAP = 0.25
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """How to run a model: ``window`` (voxels), ``spacing`` (mm, None = each image's own),
+    """How a model must be run, stored with its weights (``predictor.InferenceOptions`` is what
+    one run chooses on top: protocol, overlap, flips, device batch).
+
+    ``window`` (voxels), ``spacing`` (mm, None = each image's own),
     ``normalization``, ``flip_axes`` usable for test-time augmentation, ``threshold``, and
     ``largest_component``: keep only the largest connected component (on when it raised the
     validation Dice of the checkpoint)."""
 
     window: Tuple[int, int, int] = OFFICIAL_WINDOW
     spacing: Optional[Tuple[float, float, float]] = None
-    normalization: str = ZSCORE
+    normalization: str = PERCENTILE
     flip_axes: Tuple[int, ...] = AUGMENTATION_FLIP_AXES
     threshold: float = 0.5
     largest_component: bool = False
@@ -98,7 +104,8 @@ class InferenceSettings:
         Files written before settings were stored: a project checkpoint's
         ``preset`` gives window and spacing and, having no ``normalization``
         field, means the z-score it was trained with; a plain state_dict (the
-        official ``iter_15000.pth``) means the official setting.
+        official ``iter_15000.pth``) means the official setting: the paper's
+        window at the image's own voxel size, on the intensities as stored.
         """
         stored = ckpt.get("inference")
         if isinstance(stored, Mapping):
@@ -109,4 +116,4 @@ class InferenceSettings:
             return cls(window=tuple(int(w) for w in preset.get("patch_size") or OFFICIAL_WINDOW),  # type: ignore[arg-type]
                        spacing=None if not spacing else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
                        normalization=str(preset.get("normalization", ZSCORE)))
-        return cls()
+        return cls(window=OFFICIAL_WINDOW, spacing=None, normalization=NONE)

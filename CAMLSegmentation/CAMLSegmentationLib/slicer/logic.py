@@ -422,8 +422,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
     # -- sample data ---------------------------------------------------------------
     def loadSamplePhantom(self, name: str = SAMPLE_NAME) -> Any:
         """Add the synthetic MRI-like phantom (the README picture's image) to the scene as a volume node."""
-        from CAMLSegmentationLib.cli.demo import PHANTOM_SEED
-        from CAMLSegmentationLib.io.phantom import mri_phantom
+        from CAMLSegmentationLib.io.phantom import PHANTOM_SEED, mri_phantom
         from CAMLSegmentationLib.slicer import mrml_bridge
 
         volume, _label = mri_phantom(seed=PHANTOM_SEED)

@@ -67,15 +67,18 @@ class Case:
 
 @dataclass
 class Split:
-    """Case ids per role. Validation cases stay in ``unlabeled`` too: training sees only their images."""
+    """Case ids per role. Validation cases stay in ``unlabeled`` too: training sees only their images.
+    ``holdout`` cases are in no role at all: training never sees them and they choose nothing
+    (neither the checkpoint nor the post-processing), so ``caml evaluate`` on them is a test score."""
 
     labeled: List[str]
     unlabeled: List[str]
     validation: List[str] = field(default_factory=list)
+    holdout: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, List[str]]:
         return {"labeled": list(self.labeled), "unlabeled": list(self.unlabeled),
-                "validation": list(self.validation)}
+                "validation": list(self.validation), "holdout": list(self.holdout)}
 
 
 # --------------------------------------------------------------------------- id lists
@@ -202,13 +205,22 @@ def _check_label(label: np.ndarray, image_shape: Tuple[int, ...], where: str) ->
 
 
 class LASource(CaseSource):
-    """The preprocessed LA release: ``train.list`` + ``2018LA_Seg_Training Set/<id>/mri_norm2.h5``."""
+    """The preprocessed LA release: ``2018LA_Seg_Training Set/<id>/mri_norm2.h5``, recognised by
+    that case folder. ``train.list`` fixes the case set and order when present; without it (a
+    folder holding only ``test.list``, say) the cases are the sub-folders holding the file,
+    in natural order."""
 
     layout = "LA"
 
     def __init__(self, root: PathLike) -> None:
         super().__init__(root)
-        ids = read_id_list(self.root / ORDER_FILE)
+        if (self.root / ORDER_FILE).is_file():
+            ids = read_id_list(self.root / ORDER_FILE)
+        else:
+            cases = self.root / LA_CASES_FOLDER
+            ids = sorted((d.name for d in cases.iterdir() if (d / LA_FILE_NAME).is_file()), key=_natural_key)
+            if not ids:
+                raise DataError(f"{cases}: no case folder holds {LA_FILE_NAME}")
         missing = [i for i in ids if not self._path(i).is_file()]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -346,7 +358,7 @@ def _read_volume(path: Path) -> Volume:
 def open_source(root: PathLike) -> CaseSource:
     """Recognise the layout of a data folder and list its cases (no image is read yet).
 
-    LA layout when ``root`` holds ``train.list`` and ``2018LA_Seg_Training Set/``; otherwise the
+    LA layout when ``root`` holds ``2018LA_Seg_Training Set/`` (with any case list); otherwise the
     generic layout, ``images/`` (+ ``labels/``) or nnU-Net's ``imagesTr/`` (+ ``labelsTr/``).
     """
     root = Path(root)
@@ -358,7 +370,7 @@ def open_source(root: PathLike) -> CaseSource:
         if (root / images_dir).is_dir():
             return FolderSource(root, images_dir, labels_dir, suffix)
     raise DataError(f"{root}: no recognisable cases: expected '{LA_CASES_FOLDER}/<id>/{LA_FILE_NAME}' "
-                    f"with {ORDER_FILE} (LA layout), 'images/<id>.nrrd|.nii.gz|...' with optional "
+                    f"(LA layout), 'images/<id>.nrrd|.nii.gz|...' with optional "
                     "'labels/<id>.<ext>', or nnU-Net 'imagesTr/<id>_0000.<ext>' + 'labelsTr/<id>.<ext>'")
 
 
@@ -368,7 +380,7 @@ def open_source(root: PathLike) -> CaseSource:
 def make_split(source: CaseSource, labeled: Optional[int] = None,
                labeled_list: Optional[PathLike] = None, val_list: Optional[PathLike] = None,
                min_labeled: int = 1, val_last: Optional[int] = None,
-               unlabeled_list: Optional[PathLike] = None) -> Split:
+               unlabeled_list: Optional[PathLike] = None, holdout_list: Optional[PathLike] = None) -> Split:
     """Labeled / unlabeled / validation case ids.
 
     Exactly one of ``labeled`` (the first N cases, in ``case_ids()`` order, that have a label; on LA
@@ -379,8 +391,13 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
     ``unlabeled_list`` (a file of ids) replaces that default: its images, and only they, feed the
     unlabeled stream; labeled ids may appear in it (with every training case labeled, their images
     are the only unlabeled data that leaves the validation images unseen), validation ids may not.
+    ``holdout_list`` (a file of labeled ids) takes cases out of everything: they are skipped by
+    ``labeled``/``val_last`` counts, left out of the default unlabeled stream, and refused in any
+    other list.
     """
-    ids = source.case_ids()
+    holdout = _checked_list(source, holdout_list, "held-out") if holdout_list is not None else []
+    held = set(holdout)
+    ids = [i for i in source.case_ids() if i not in held]
     if (labeled is None) == (labeled_list is None):
         raise DataError("give exactly one of: a number of labeled cases, or a labeled case list")
     if val_list is not None and val_last is not None:
@@ -421,6 +438,8 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
         raise DataError(f"validation case(s) also labeled for training{where}: {', '.join(both[:5])}; "
                         "a model must not be selected on cases it was trained on")
 
+    for name, role in ((labeled_list, labeled_ids), (val_list, validation)):
+        _refuse_holdout(name, role, held)
     labeled_set = set(labeled_ids)
     if unlabeled_list is not None:
         unlabeled = read_id_list(unlabeled_list)
@@ -433,9 +452,17 @@ def make_split(source: CaseSource, labeled: Optional[int] = None,
         if seen:
             raise DataError(f"{unlabeled_list}: validation case(s) in the unlabeled list: {', '.join(seen[:5])}; "
                             "leave them out or validate on other cases")
+        _refuse_holdout(unlabeled_list, unlabeled, held)
     else:
         unlabeled = [i for i in ids if i not in labeled_set]
-    return Split(labeled=labeled_ids, unlabeled=unlabeled, validation=validation)
+    return Split(labeled=labeled_ids, unlabeled=unlabeled, validation=validation, holdout=holdout)
+
+
+def _refuse_holdout(path: Optional[PathLike], ids: Sequence[str], held: set) -> None:
+    both = [i for i in ids if i in held]
+    if path is not None and both:
+        raise DataError(f"{path}: held-out case(s) in this list: {', '.join(both[:5])}; a held-out case "
+                        "takes no part in training or model selection")
 
 
 def _checked_list(source: CaseSource, path: PathLike, role: str) -> List[str]:
@@ -501,9 +528,12 @@ def random_rot_flip(image: np.ndarray, label: Optional[np.ndarray],
 
 def _pad_short_axes(image: np.ndarray, label: Optional[np.ndarray], patch: Sequence[int],
                     ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Pad each axis no longer than ``patch`` with zeros by ``(patch - size) // 2 + 3`` on each side,
-    as the official code does before cropping."""
-    pad = [((p - s) // 2 + 3,) * 2 if s <= p else (0, 0) for s, p in zip(image.shape, patch)]
+    """The official code's padding before a crop: once any axis is no longer than ``patch``, every
+    axis gets ``max((patch - size) // 2 + 3, 0)`` zeros on each side - so an axis 1-4 voxels
+    longer than the patch is padded too (by 2, 2, 1, 1; floor division of a negative number)."""
+    if all(s > p for s, p in zip(image.shape, patch)):
+        return image, label
+    pad = [(max((p - s) // 2 + 3, 0),) * 2 for s, p in zip(image.shape, patch)]
     if not any(before for before, _ in pad):
         return image, label
     image = np.pad(image, pad, mode="constant", constant_values=0)
@@ -517,8 +547,8 @@ def random_crop(image: np.ndarray, label: Optional[np.ndarray], patch_size: Sequ
                 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """A uniformly random ``patch_size`` crop of ``image`` and ``label`` (which may be None).
 
-    An axis no longer than the patch is first padded with zeros by ``(patch - size) // 2 + 3``
-    voxels on each side, as the official code does (zero is the mean of a z-scored image).
+    When an axis is no longer than the patch, the image is first padded with zeros as the
+    official code pads it (``_pad_short_axes``; zero is the mean of a z-scored image).
     Unlike the official code, the crop may also start at the last possible offset.
 
     ``margin`` (voxels per axis, default none) lets the crop reach that far past the

@@ -206,15 +206,22 @@ def _checked_types(d: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+#: Bundled presets that were renamed: the old name (a cohort's settings or a script may hold it)
+#: loads the same preset under its new name. ``paper`` was never the paper's setting (it
+#: normalises and augments intensities as this project does); ``official`` is.
+RENAMED_PRESETS = {"paper": "full"}
+
+
 def available_presets() -> List[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
 def load_preset(name_or_path: Union[str, Path]) -> TrainingPreset:
-    """A bundled preset by name (``paper``, ``cpu``) or a JSON file of the same form."""
+    """A bundled preset by name (``official``, ``full``, ``cpu``, ``al-finetune``) or a JSON file of the same form."""
     path = Path(name_or_path)
     if not path.suffix == ".json":
-        path = PRESET_DIR / f"{name_or_path}.json"
+        name = RENAMED_PRESETS.get(str(name_or_path), str(name_or_path))
+        path = PRESET_DIR / f"{name}.json"
         if not path.is_file():
             raise PresetError(f"unknown preset {name_or_path!r}; available: {', '.join(available_presets())} "
                              "or a path to a .json preset")

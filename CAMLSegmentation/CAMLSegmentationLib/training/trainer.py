@@ -51,6 +51,7 @@ from ..progress import (
     cancel_requested,
     deferred_cancel,
     no_progress,
+    raise_if_signalled,
     raise_pending_cancel,
 )
 from . import data as data_mod
@@ -77,6 +78,7 @@ class TrainConfig:
     log_every: int = 10
     init_weights: Optional[Path] = None  # warm start: model weights to begin from (not a resume)
     unlabeled_list: Optional[Path] = None  # images of the unlabeled stream (default: every unlabeled case)
+    holdout_list: Optional[Path] = None  # cases kept out of every stream and of model selection
 
 
 @dataclass
@@ -458,6 +460,25 @@ def restore_scaler(scaler: torch.amp.GradScaler, state: Optional[Dict[str, Any]]
         scaler.load_state_dict(state)
 
 
+def _all_ranks_finite(finite: bool, world: int, device: torch.device) -> bool:
+    """``finite`` on every rank (a collective under DDP: all ranks call it at the same step)."""
+    if world > 1:
+        flag = torch.tensor([1.0 if finite else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return float(flag) > 0
+    return finite
+
+
+def finite_state(net: nn.Module, iteration: int) -> Dict[str, torch.Tensor]:
+    """``net``'s state_dict, or ``FloatingPointError`` naming the first parameter or buffer
+    (BatchNorm running statistics included) that holds a NaN or an infinity."""
+    state = net.state_dict()
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FloatingPointError(f"{key} is not finite at iteration {iteration}")
+    return state
+
+
 def _stop_if_cancelled(world: int, device: torch.device) -> None:
     """At an iteration boundary: raise ``Cancelled`` if a signal arrived during the step.
 
@@ -472,6 +493,7 @@ def _stop_if_cancelled(world: int, device: torch.device) -> None:
             raise Cancelled("terminated by a signal")
         return
     raise_pending_cancel()
+    raise_if_signalled()  # a cancel Python dropped (raised inside a finaliser) still stops the run here
 
 
 def _setup_logging(out_dir: Path) -> logging.Handler:
@@ -489,7 +511,8 @@ def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
     source = data_mod.open_source(cfg.data_root)
     split = data_mod.make_split(source, labeled=cfg.labeled, labeled_list=cfg.labeled_list,
                                 val_list=cfg.val_list, val_last=cfg.val_last,
-                                min_labeled=preset.labeled_batch, unlabeled_list=cfg.unlabeled_list)
+                                min_labeled=preset.labeled_batch, unlabeled_list=cfg.unlabeled_list,
+                                holdout_list=cfg.holdout_list)
     if not cfg.supervised_only and preset.unlabeled_batch > 0 and not split.unlabeled:
         raise data_mod.DataError(f"{cfg.data_root}: no unlabeled cases left for the unlabeled stream "
                                  "(every case is labeled); use --supervised-only or fewer labeled cases")
@@ -563,13 +586,14 @@ class TrainingRun:
         # Effective values, not rules: the ramp-up length actually used goes with the resolved preset.
         self.meta = {"network": net_cfg.to_dict(), "preset": preset.to_dict(),
                      "inference": self.settings.to_dict(), "rampup_length": preset.rampup_for(len(labeled)),
-                     "split": {"labeled": split.labeled, "unlabeled": split.unlabeled,
-                               "validation": split.validation},
+                     "split": split.to_dict(),
                      "data_root": str(cfg.data_root), "seed": cfg.seed,
                      "supervised_only": cfg.supervised_only, "world_size": world}
         self.model: nn.Module = self.objective
         # What a step cut by an error must roll back so the checkpoint stays exact.
         self._snapshot: Optional[Tuple[Any, ...]] = None
+        # Set when a step produced a non-finite loss: the live weights are no recovery point.
+        self.diverged = False
 
     # -- restore ---------------------------------------------------------------------------
     def restore(self, state: Dict[str, Any]) -> None:
@@ -596,8 +620,9 @@ class TrainingRun:
                 find_unused_parameters=self.cfg.supervised_only)
 
     def checkpoint(self, iteration: int, rank_states: Optional[List[Dict[str, Any]]]) -> Dict[str, Any]:
-        """The resumable state at ``iteration`` (``last.pt``)."""
-        return dict(self.meta, model=self.net.state_dict(), optimizer=self.optimizer.state_dict(),
+        """The resumable state at ``iteration`` (``last.pt``); ``FloatingPointError`` if a weight or
+        BatchNorm buffer is not finite (such a file could only fail again on ``--resume``)."""
+        return dict(self.meta, model=finite_state(self.net, iteration), optimizer=self.optimizer.state_dict(),
                     scaler=self.scaler.state_dict(), memory_bank=self.bank.state_dict(),
                     rank_states=rank_states, iteration=iteration, best_dice=self.best_dice,
                     best_iteration=self.best_iter, history=self.history)
@@ -622,9 +647,14 @@ class TrainingRun:
                 group["lr"] = learning_rate(preset, self.iteration - 1)
             loss, parts = self.model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o,
                                      shifts, lambda_t)
-            if not math.isfinite(parts["loss"]):
-                raise FloatingPointError(f"loss became {parts['loss']} at iteration {self.iteration}; "
-                                         "the last good checkpoint is kept")
+            # Every rank decides together, before the backward pass's gradient all-reduce: a rank
+            # that stopped alone would leave the others waiting there forever.
+            if not _all_ranks_finite(math.isfinite(parts["loss"]), self.world, device):
+                # This forward pass already put non-finite statistics into BatchNorm's running
+                # buffers: nothing of the live network may be saved any more.
+                self.diverged = True
+                raise FloatingPointError(f"loss became {parts['loss']} at iteration {self.iteration} "
+                                         "(on this or another rank); the last good checkpoint is kept")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -646,7 +676,7 @@ class TrainingRun:
                     self.best_dice, self.best_iter = val["dice"], iteration
                     chosen = replace(self.settings, largest_component=val["largest_component"])
                     save_checkpoint(self.out_dir / "best.pt", dict(self.meta, inference=chosen.to_dict(),
-                                                                   model=self.net.state_dict(),
+                                                                   model=finite_state(self.net, iteration),
                                                                    iteration=iteration, val=val))
                 LOG.info("iteration %d validation Dice %.4f%s (best %.4f at %d)", iteration, val["dice"],
                          " with the largest component kept" if val["largest_component"] else "",
@@ -672,9 +702,18 @@ class TrainingRun:
             self.bank.slots = self._snapshot[2]
         # Under DDP the other ranks' states cannot be gathered from here (they may be
         # anywhere in their step), so the last periodic checkpoint stands.
+        if self.diverged:
+            if self.rank == 0:
+                LOG.info("diverged after iteration %d; the last good checkpoint (last.pt) is kept",
+                         self.completed)
+            return
         if self.rank == 0 and self.world == 1 and self.completed > self.start_iter and self.out_dir.exists():
-            save_checkpoint(self.last_path, self.checkpoint(
-                self.completed, [_rank_state(self.rng, self.objective, self.sampler)]))
+            try:
+                payload = self.checkpoint(self.completed, [_rank_state(self.rng, self.objective, self.sampler)])
+            except FloatingPointError as exc:
+                LOG.info("not saving iteration %d: %s; the last good checkpoint is kept", self.completed, exc)
+                return
+            save_checkpoint(self.last_path, payload)
             LOG.info("stopped at iteration %d; resumable checkpoint written", self.completed)
         elif self.rank == 0 and self.world > 1:
             LOG.info("stopped at iteration %d; the last periodic checkpoint (last.pt) is kept", self.completed)
@@ -695,9 +734,10 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
     split, labeled, unlabeled, validation = prepare_data(cfg, progress)
     saved_split = resume_state.get("split") if resume_state is not None else None
     if resume_state is not None and (not isinstance(saved_split, dict) or saved_split.get("labeled") != split.labeled
-                                     or saved_split.get("unlabeled", split.unlabeled) != split.unlabeled):
+                                     or saved_split.get("unlabeled", split.unlabeled) != split.unlabeled
+                                     or saved_split.get("holdout", []) != split.holdout):
         raise CheckpointError(f"{out_dir / 'last.pt'}: incompatible checkpoint: it was trained with other "
-                              "labeled or unlabeled cases than this command selects")
+                              "labeled, unlabeled or held-out cases than this command selects")
 
     run = TrainingRun(cfg, split, labeled, unlabeled, validation, device, rank, world, progress)
     if resume_state is not None:
