@@ -25,7 +25,6 @@ from PyQt5.QtCore import pyqtProperty, pyqtSignal, pyqtSlot
 from . import scripted, widgets
 from .pythonqt import SLOT_ERRORS, HarnessError, PythonQtClass, find_signal, python_slot, record_error, unwrap, wrap
 
-
 # -- the .ui loader -------------------------------------------------------------------------------
 
 class QUiLoader(QtCore.QObject):
@@ -117,6 +116,7 @@ class qSlicerLayoutManager(QtCore.QObject):
         import vtk
 
         self._logics = vtk.vtkCollection()
+        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)  # as Slicer's application logic does
         for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
             logic = slicer.vtkMRMLSliceLogic()
             logic.SetMRMLScene(scene)
@@ -149,7 +149,7 @@ class qSlicerApplication(QtCore.QObject):
     startupCompleted = pyqtSignal()
     CPP_SIGNALS = ("startupCompleted()",)
 
-    def __init__(self, harness: "Harness") -> None:
+    def __init__(self, harness: Harness) -> None:
         super().__init__()
         self._harness = harness
         self._temp = tempfile.mkdtemp(prefix="SlicerHarness-")
@@ -200,7 +200,7 @@ class qSlicerModuleManager(QtCore.QObject):
 class qSlicerModuleSelectorToolBar(QtWidgets.QToolBar):
     """The main window's module selector: ``selectModule(QString)`` enters a module's widget, exits the previous one."""
 
-    def __init__(self, harness: "Harness") -> None:
+    def __init__(self, harness: Harness) -> None:
         super().__init__()
         self._harness = harness
         self._selected = ""
@@ -214,7 +214,7 @@ class qSlicerModuleSelectorToolBar(QtWidgets.QToolBar):
 
 
 class qSlicerMainWindow(QtWidgets.QMainWindow):
-    def __init__(self, harness: "Harness") -> None:
+    def __init__(self, harness: Harness) -> None:
         super().__init__()
         self.setObjectName("qSlicerMainWindow")
         self._selector = qSlicerModuleSelectorToolBar(harness)
@@ -258,7 +258,7 @@ class SegmentEditorModuleWidget:
 class ModuleEntry:
     """``slicer.modules.<name>``: ``name``, ``widgetRepresentation()`` (built once), ``logic()``."""
 
-    def __init__(self, harness: "Harness", name: str, makeWidget: Callable[[Any], Any],
+    def __init__(self, harness: Harness, name: str, makeWidget: Callable[[Any], Any],
                  logic: Optional[Callable[[], Any]] = None, path: str = "") -> None:
         self._harness = harness
         self.name = name
@@ -442,6 +442,13 @@ def install(scene: Any = None) -> Harness:
                 widgets.qMRMLSegmentEditorWidget):
         harness._setAttr(slicer, cls.__name__, PythonQtClass(cls))
     harness.addModule(ModuleEntry(harness, "SegmentEditor", lambda panel: SegmentEditorModuleWidget(scene)))
+    # The Segmentations module registers the representation converters at start-up (qSlicerSegmentationsModule).
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    registered = {rule.GetClassName() for rule in factory.GetConverterRules()}
+    for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+                 slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
+        if rule().GetClassName() not in registered:
+            factory.RegisterConverterRule(rule())
     harness.mainWindow.resize(400, 300)
 
     # VTK observers and PythonQt slots print their exceptions: the harness keeps them to fail the test.

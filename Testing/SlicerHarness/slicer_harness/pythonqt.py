@@ -61,7 +61,7 @@ def _meta_name(method: Any) -> str:
     return bytes(method.name()).decode()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def member_kind(cls: type, name: str) -> Tuple[Optional[str], str]:
     """How PythonQt resolves ``name`` on an instance of ``cls``: ("property"|"method"|"signal"|"enum"|None, real name).
 
@@ -102,7 +102,7 @@ def member_kind(cls: type, name: str) -> Tuple[Optional[str], str]:
 
 # -- wrapping ------------------------------------------------------------------------------------
 
-_REGISTRY: Dict[int, "PythonQtObject"] = {}
+_REGISTRY: Dict[int, PythonQtObject] = {}
 
 
 def wrap(value: Any) -> Any:
@@ -215,7 +215,7 @@ def _bound_signal(qobj: QtCore.QObject, name: str, types: List[str]) -> Any:
 class PythonQtSignal:
     """``obj.someSignal`` under PythonQt: connect/disconnect a callable, or call it to emit."""
 
-    def __init__(self, owner: "PythonQtObject", name: str) -> None:
+    def __init__(self, owner: PythonQtObject, name: str) -> None:
         self._owner = owner
         self._name = name
 

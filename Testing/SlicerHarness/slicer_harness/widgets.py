@@ -81,7 +81,8 @@ class ctkCollapsibleButton(QtWidgets.QAbstractButton):
     collapsed = pyqtProperty(bool, _getCollapsed, setCollapsed, notify=contentsCollapsed)
     collapsedHeight = pyqtProperty(int, lambda self: self._collapsedHeight,
                                    lambda self, v: setattr(self, "_collapsedHeight", v))
-    contentsFrameShape = pyqtProperty(int, lambda self: self._frameShape, lambda self, v: setattr(self, "_frameShape", v))
+    contentsFrameShape = pyqtProperty(int, lambda self: self._frameShape,
+                                      lambda self, v: setattr(self, "_frameShape", v))
     contentsFrameShadow = pyqtProperty(int, lambda self: self._frameShadow,
                                        lambda self, v: setattr(self, "_frameShadow", v))
     contentsLineWidth = pyqtProperty(int, lambda self: self._lineWidth, lambda self, v: setattr(self, "_lineWidth", v))
@@ -356,7 +357,7 @@ class qMRMLNodeComboBox(QtWidgets.QWidget):
 
     # -- properties (QString/QStringList/bool as declared) ----------------------------------------
     def _prop(name: str, kind: Any, refresh: bool = False) -> Any:  # noqa: N805 - property factory
-        def setter(self: "qMRMLNodeComboBox", value: Any) -> None:
+        def setter(self: qMRMLNodeComboBox, value: Any) -> None:
             self._v[name] = list(value) if kind == "QStringList" else value
             if refresh:
                 self._refresh()
@@ -646,6 +647,7 @@ class qMRMLSegmentationShow3DButton(QtWidgets.QPushButton):
                 node.GetDisplayNode().SetVisibility3D(True)
         else:
             node.RemoveClosedSurfaceRepresentation()
+        self._update()  # updateWidgetFromMRML: the node's events may have come mid-conversion
 
 
 class qMRMLSegmentEditorWidget(qMRMLWidget):
