@@ -115,13 +115,5 @@ class ScriptedLoadableModuleTest(unittest.TestCase):
         pass
 
 
-class qSlicerScriptedLoadableModuleWidget(QtCore.QObject):
-    """Placeholder name kept for documentation: the representation is ``ModuleWidgetRepresentation``."""
-
-
-def representation_self(obj: Any) -> Any:
-    return wrap(obj)
-
-
 __all__ = ["ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
-           "ScriptedLoadableModuleTest", "qSlicerScriptedLoadableModule", "pyqtSlot"]
+           "ScriptedLoadableModuleTest", "qSlicerScriptedLoadableModule"]
