@@ -9,9 +9,7 @@ import unittest
 from typing import Any
 
 from PyQt5 import QtCore, QtGui
-from PyQt5.QtCore import pyqtProperty, pyqtSlot
-
-from .pythonqt import wrap
+from PyQt5.QtCore import pyqtProperty
 
 
 class qSlicerScriptedLoadableModule(QtCore.QObject):
