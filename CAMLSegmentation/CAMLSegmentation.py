@@ -40,7 +40,11 @@ from CAMLSegmentationLib.slicer.framework import (
     translate,
 )
 from CAMLSegmentationLib.slicer.logic import CAMLSegmentationLogic, makeTestVolume, registerSampleData
-from CAMLSegmentationLib.slicer.parameters import CAMLSegmentationParameters
+from CAMLSegmentationLib.slicer.parameters import (
+    LARGEST_COMPONENT_CHOICES,
+    CAMLSegmentationParameters,
+    matchesQualityPreset,
+)
 from CAMLSegmentationLib.slicer.runs import ActiveLearningRun, SegmentationRun, runEndedAtTick
 
 #
@@ -89,6 +93,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._params: Optional[CAMLSegmentationParameters] = None
         self._updatingGUI = False
         self._run: Optional[SegmentationRun] = None
+        self._loggedLines = 0
         self._timer = None
 
     def setup(self) -> None:
@@ -99,30 +104,30 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CAMLSegmentationLogic()
 
-        self.ui.deviceSelector.clear()
+        ui = self.ui
+        ui.deviceSelector.clear()
         for label, value in ((_("Auto (GPU if available)"), "auto"), (_("CPU"), "cpu"), (_("GPU (CUDA)"), "cuda")):
-            self.ui.deviceSelector.addItem(label, value)
-        self.ui.qualitySelector.clear()
-        for label, value in ((_("Standard (as scored in the model card)"), "standard"),
-                             (_("Fast preview (quicker, rougher)"), "fast")):
-            self.ui.qualitySelector.addItem(label, value)
+            ui.deviceSelector.addItem(label, value)
+        ui.lccSelector.clear()
+        for label, value in LARGEST_COMPONENT_CHOICES:
+            ui.lccSelector.addItem(_(label), "model" if value is None else str(value).lower())
+        self._fillQuality(custom=False)
         self._fillModels()
+        ui.versionLabel.text = self.logic.versionsLine()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        ui = self.ui
-        for selector in (ui.inputVolumeSelector, ui.roiSelector, ui.outputSegmentationSelector):
+        ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
+        for selector in (ui.roiSelector, ui.outputSegmentationSelector):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
-        for combo in (self.ui.modelSelector, self.ui.deviceSelector):
+        for combo in (ui.modelSelector, ui.deviceSelector, ui.lccSelector):
             combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.qualitySelector.connect("currentIndexChanged(int)", self.onQualityChanged)
-        for box in (self.ui.ttaCheckBox, self.ui.uncertaintyCheckBox):
+        ui.qualitySelector.connect("currentIndexChanged(int)", self.onQualityChanged)
+        for box in (ui.ttaCheckBox, ui.uncertaintyCheckBox):
             box.connect("toggled(bool)", self.updateParameterNodeFromGUI)
-        # Three states: partly checked = the model's own choice, stored with its weights.
-        self.ui.lccCheckBox.connect("stateChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
-        self.ui.correctButton.connect("clicked(bool)", self.onCorrectButton)
+        ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        ui.correctButton.connect("clicked(bool)", self.onCorrectButton)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -148,6 +153,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._params is not None:
             self.removeObserver(self._params.node, vtk.vtkCommand.ModifiedEvent,
                                 self.updateGUIFromParameterNode)
+            self._params = None
 
     def onSceneStartClose(self, caller: Any, event: Any) -> None:
         self.setParameterNode(None)
@@ -178,31 +184,48 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelSelector.addItem(model["label"], model["id"])
         self.ui.modelSelector.blockSignals(False)
 
+    def _fillQuality(self, custom: bool) -> None:
+        """The presets, and "Custom" while the advanced options differ from the chosen preset."""
+        combo = self.ui.qualitySelector
+        if combo.count == (3 if custom else 2):
+            return
+        combo.blockSignals(True)
+        combo.clear()
+        for label, value in ((_("Standard (as scored in the model card)"), "standard"),
+                             (_("Fast preview (quicker, rougher)"), "fast")):
+            combo.addItem(label, value)
+        if custom:
+            combo.addItem(_("Custom (advanced options changed)"), "custom")
+        combo.blockSignals(False)
+
     def updateGUIFromParameterNode(self, caller: Any = None, event: Any = None) -> None:
         p = self._params
         if p is None or self._updatingGUI:
             return
         self._updatingGUI = True
         try:
-            self.ui.inputVolumeSelector.setCurrentNode(p.inputVolume)
-            self.ui.roiSelector.setCurrentNode(p.roi)
-            self.ui.outputSegmentationSelector.setCurrentNode(p.outputSegmentation)
-            self.ui.modelSelector.setCurrentIndex(self.ui.modelSelector.findData(p.model))
-            self.ui.deviceSelector.setCurrentIndex(self.ui.deviceSelector.findData(p.device))
-            self.ui.qualitySelector.setCurrentIndex(self.ui.qualitySelector.findData(p.quality))
-            self.ui.ttaCheckBox.checked = p.tta
-            self.ui.uncertaintyCheckBox.checked = p.uncertainty
-            self.ui.lccCheckBox.checkState = {None: qt.Qt.PartiallyChecked, True: qt.Qt.Checked,
-                                              False: qt.Qt.Unchecked}[p.largestComponent]
+            ui = self.ui
+            ui.inputVolumeSelector.setCurrentNode(p.inputVolume)
+            ui.roiSelector.setCurrentNode(p.roi)
+            ui.outputSegmentationSelector.setCurrentNode(p.outputSegmentation)
+            ui.show3DButton.setSegmentationNode(p.outputSegmentation)
+            ui.modelSelector.setCurrentIndex(ui.modelSelector.findData(p.model))
+            ui.deviceSelector.setCurrentIndex(ui.deviceSelector.findData(p.device))
+            custom = not matchesQualityPreset(p)
+            self._fillQuality(custom)
+            ui.qualitySelector.setCurrentIndex(ui.qualitySelector.findData("custom" if custom else p.quality))
+            ui.ttaCheckBox.checked = p.tta
+            ui.uncertaintyCheckBox.checked = p.uncertainty
+            lcc = p.largestComponent
+            ui.lccSelector.setCurrentIndex(ui.lccSelector.findData("model" if lcc is None else str(lcc).lower()))
             running = self._run is not None and self._run.running
-            self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
-            self.ui.segmentButton.enabled = running or (p.inputVolume is not None and bool(p.model))
-            self.ui.segmentButton.toolTip = (_("Stop the running segmentation") if running else
-                                             _("Segment the left atrium") if p.inputVolume is not None
-                                             else _("Select an input volume"))
-            self.ui.correctButton.enabled = not running and p.outputSegmentation is not None
-            for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton,
-                           self.ui.outputsCollapsibleButton):
+            ui.segmentButton.text = _("Cancel") if running else _("Segment")
+            ui.segmentButton.enabled = running or (p.inputVolume is not None and bool(p.model))
+            ui.segmentButton.toolTip = (_("Stop the running segmentation") if running else
+                                        _("Segment the left atrium") if p.inputVolume is not None
+                                        else _("Select an input volume"))
+            ui.correctButton.enabled = not running and p.outputSegmentation is not None
+            for widget in (ui.inputsCollapsibleButton, ui.advancedCollapsibleButton, ui.outputsCollapsibleButton):
                 widget.enabled = not running
         finally:
             self._updatingGUI = False
@@ -211,25 +234,30 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._params
         if p is None or self._updatingGUI:
             return
+        ui = self.ui
         wasModifying = p.node.StartModify()
         try:
-            p.inputVolume = self.ui.inputVolumeSelector.currentNode()
-            p.roi = self.ui.roiSelector.currentNode()
-            p.outputSegmentation = self.ui.outputSegmentationSelector.currentNode()
-            if self.ui.modelSelector.currentIndex >= 0:
-                p.model = self.ui.modelSelector.currentData
-            p.device = self.ui.deviceSelector.currentData or "auto"
-            p.tta = self.ui.ttaCheckBox.checked
-            p.uncertainty = self.ui.uncertaintyCheckBox.checked
-            state = self.ui.lccCheckBox.checkState
-            p.largestComponent = (None if state == qt.Qt.PartiallyChecked else state == qt.Qt.Checked)
+            p.roi = ui.roiSelector.currentNode()
+            p.outputSegmentation = ui.outputSegmentationSelector.currentNode()
+            if ui.modelSelector.currentIndex >= 0:
+                p.model = ui.modelSelector.currentData
+            p.device = ui.deviceSelector.currentData or "auto"
+            p.tta = ui.ttaCheckBox.checked
+            p.uncertainty = ui.uncertaintyCheckBox.checked
+            p.largestComponent = {"model": None, "true": True, "false": False}[ui.lccSelector.currentData or "model"]
         finally:
             p.node.EndModify(wasModifying)
 
-    def onQualityChanged(self, index: int) -> None:
-        if self._params is None or self._updatingGUI or index < 0:
+    def onInputVolumeChanged(self, node: Any) -> None:
+        if self._params is None or self._updatingGUI:
             return
-        self.logic.applyQualityPreset(self._params, self.ui.qualitySelector.itemData(index))
+        self.logic.setInputVolume(self._params, node)
+
+    def onQualityChanged(self, index: int) -> None:
+        quality = self.ui.qualitySelector.itemData(index) if index >= 0 else None
+        if self._params is None or self._updatingGUI or quality in (None, "custom"):
+            return
+        self.logic.applyQualityPreset(self._params, quality)
 
     def onSegmentButton(self) -> None:
         if self._run is not None and self._run.running:
@@ -240,16 +268,31 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.logic.ensureDependencies(slicer.util.confirmOkCancelDisplay):
                 self.ui.statusLabel.text = _("Missing Python packages: segmentation not started.")
                 return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+        try:
             self._run = self.logic.startSegmentation(self._params)
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = self._run.status
-            self._timer.start()
-            self.updateGUIFromParameterNode()
+        except Exception as exc:  # shown in one line, as the user needs it; details in the log
+            logging.exception("CAMLSegmentation: the segmentation did not start")
+            self.ui.statusLabel.text = _("Cannot segment: {why}").format(why=str(exc).splitlines()[0] if str(exc)
+                                                                        else type(exc).__name__)
+            return
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = self._run.status
+        self.ui.logTextEdit.clear()
+        self._loggedLines = 0
+        self._timer.start()
+        self.updateGUIFromParameterNode()
+
+    def _showLog(self, run: Any) -> None:
+        for line in run.log[self._loggedLines:]:
+            self.ui.logTextEdit.appendPlainText(line)
+        self._loggedLines = len(run.log)
 
     def onTimer(self) -> None:
         run = self._run
-        if not runEndedAtTick(run, self._timer, self.ui.progressBar, self.ui.statusLabel):
+        ended = runEndedAtTick(run, self._timer, self.ui.progressBar, self.ui.statusLabel)
+        if run is not None:
+            self._showLog(run)
+        if not ended:
             return
         self._run = None
         if run.job.state == "cancelled" or run.abandoned:
@@ -258,14 +301,21 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 why=run.abandoned) if run.abandoned else _("Cancelled: nothing was added to the scene."))
             self.ui.progressBar.value = 0
         else:
-            with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
+            try:
                 segNode = self.logic.finishSegmentation(run, self._params)
+            except Exception as exc:
+                logging.exception("CAMLSegmentation: the segmentation failed")
+                self.ui.statusLabel.text = _("Segmentation failed: {why}").format(
+                    why=str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+                self.ui.progressBar.value = 0
+            else:
                 self.ui.statusLabel.text = _("Done.") + " " + run.deviceMessage
                 slicer.util.setSliceViewerLayers(background=run.inputNode, fit=True)
                 if self._params.uncertaintyVolume is not None and self._params.uncertainty:
                     slicer.util.setSliceViewerLayers(foreground=self._params.uncertaintyVolume,
                                                      foregroundOpacity=0.4)
                 segNode.GetDisplayNode().SetVisibility(True)
+            self._showLog(run)
         self.updateGUIFromParameterNode()
 
     def onCorrectButton(self) -> None:
@@ -277,6 +327,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editor.setMRMLSegmentEditorNode(editorNode)
             editor.setSegmentationNode(editorNode.GetSegmentationNode())
             editor.setSourceVolumeNode(editorNode.GetSourceVolumeNode())
+            editor.setCurrentSegmentID(editorNode.GetSelectedSegmentID())
 
     # -- the "Active learning" section: forwards clicks to the Logic's al* methods ----------
     def setupActiveLearning(self) -> None:
@@ -301,7 +352,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _alUpdateButtons(self) -> None:
         running = self._alRun is not None and self._alRun.running
-        hasCohort = bool(self._alFolder()) and (Path(self._alFolder()) / "caml-al" / "state.sqlite").is_file()
+        hasCohort = self.logic.alIsCohort(self._alFolder())
         self.ui.alNextButton.enabled = hasCohort and not running
         self.ui.alAcceptButton.enabled = hasCohort and not running and bool(
             self.logic.getParameterNode().node.GetParameter("alCase"))

@@ -418,7 +418,6 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
             run.job.wait(0.1)
         return self.finishSegmentation(run, params)
 
-    # -- correction --------------------------------------------------------------
     # -- sample data ---------------------------------------------------------------
     def loadSamplePhantom(self, name: str = SAMPLE_NAME) -> Any:
         """Add the synthetic MRI-like phantom (the README picture's image) to the scene as a volume node."""
@@ -432,8 +431,31 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
             node.CreateDefaultDisplayNodes()
         return node
 
-    def prepareCorrection(self, segmentationNode: Any, volumeNode: Any) -> Any:
-        """A Segment Editor parameter node set up to edit the left-atrium segment on the input volume."""
+    @staticmethod
+    def sourceVolumeOf(segmentationNode: Any) -> Any:
+        """The volume a segmentation was made on: its reference-geometry node (None if it has none)."""
+        if segmentationNode is None:
+            return None
+        return segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+
+    def setInputVolume(self, params: CAMLSegmentationParameters, volumeNode: Any) -> None:
+        """Select the input; an output segmentation made on another volume is deselected, so the next
+        run makes a new one instead of overwriting that volume's result."""
+        wasModifying = params.node.StartModify()
+        try:
+            params.inputVolume = volumeNode
+            source = self.sourceVolumeOf(params.outputSegmentation)
+            if source is not None and source is not volumeNode:
+                params.outputSegmentation = None
+        finally:
+            params.node.EndModify(wasModifying)
+
+    def prepareCorrection(self, segmentationNode: Any, fallbackVolumeNode: Any = None) -> Any:
+        """A Segment Editor parameter node set up to edit the left-atrium segment on its own volume.
+
+        The source volume is the segmentation's reference-geometry node (the volume it was
+        made on); ``fallbackVolumeNode`` (the panel's input) only when it has none.
+        """
         from CAMLSegmentationLib.slicer.mrml_bridge import LEFT_ATRIUM_NAME
 
         if segmentationNode is None:
@@ -444,12 +466,29 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
             editorNode.SetSingletonTag("SegmentEditor")
             editorNode = self.scene.AddNode(editorNode)
         editorNode.SetAndObserveSegmentationNode(segmentationNode)
+        volumeNode = self.sourceVolumeOf(segmentationNode) or fallbackVolumeNode
         if volumeNode is not None:
             editorNode.SetAndObserveSourceVolumeNode(volumeNode)
         segmentId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(LEFT_ATRIUM_NAME)
         if segmentId:
             editorNode.SetSelectedSegmentID(segmentId)
         return editorNode
+
+    # -- what the panel shows besides the run ------------------------------------------------------
+    def versionsLine(self) -> str:
+        """One line: the engine's version and the installed PyTorch's (from its metadata, never imported)."""
+        from CAMLSegmentationLib import __version__
+
+        torch = self.installedTorchVersion()
+        return _("CAML engine {engine} · PyTorch {torch}").format(
+            engine=__version__, torch=torch if torch else _("not installed"))
+
+    @staticmethod
+    def alIsCohort(folder: str) -> bool:
+        """``folder`` holds an active-learning cohort's state (the engine's own definition of where it is)."""
+        from CAMLSegmentationLib.activelearning.cohort import db_path
+
+        return bool(folder) and db_path(folder).is_file()
 
 
 def writeVolume(volume: Any, path: Path) -> None:

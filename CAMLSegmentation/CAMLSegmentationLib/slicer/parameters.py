@@ -11,6 +11,14 @@ QUALITY_PRESETS: Dict[str, Dict[str, Any]] = {
     "fast": {"protocol": "fast", "tta": False},
 }
 DEVICES = ("auto", "cpu", "cuda")
+#: The largest-component choices the panel offers, as (label, ``largestComponent`` value): None is the
+#: model's own choice (stored with its weights; ``caml segment`` gets neither --lcc nor --no-lcc).
+LARGEST_COMPONENT_CHOICES = (("Model's choice", None), ("Always", True), ("Never", False))
+
+
+def matchesQualityPreset(params: CAMLSegmentationParameters) -> bool:
+    """The advanced options are what the quality preset sets (else the panel shows "Custom")."""
+    return params.tta == QUALITY_PRESETS[params.quality]["tta"]
 
 
 class CAMLSegmentationParameters:

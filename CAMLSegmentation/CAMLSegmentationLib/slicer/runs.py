@@ -66,6 +66,8 @@ class SegmentationRun:
             if fraction is not None:
                 self.fraction = fraction
             if status:
+                if status != self.status:
+                    self.log.append(status)  # the panel's log: each new stage line once
                 self.status = status
             if event.get("event") == "log":
                 self.log.append(str(event.get("message", "")))

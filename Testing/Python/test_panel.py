@@ -1,0 +1,329 @@
+"""The module's panel, driven as a user drives it, on real Qt (PyQt5, offscreen) under PythonQt's rules.
+
+``Testing/SlicerHarness`` stands in for the Slicer application (see its README);
+the scene is a real ``slicer-core`` MRML scene, ``slicer.util`` is Slicer's own,
+and every Segment click runs the real ``caml segment`` child with the bundled
+model. Each test asserts what the user sees: buttons, texts, the status line,
+the nodes in the scene. Any exception inside a slot, timer or observer, and any
+dialog a test did not expect, fails the test (PythonQt would only print them).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="needs the slicer-core wheels (pip install '.[test]')")
+pytest.importorskip("PyQt5", reason="needs PyQt5 (pip install '.[test]')")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "CAMLSegmentation"
+HARNESS_DIR = REPO / "Testing" / "SlicerHarness"
+for path in (str(MODULE_DIR), str(HARNESS_DIR)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import slicer_harness  # noqa: E402
+
+#: A volume big enough that the Standard protocol is still running when a test cancels it.
+LONG_SHAPE = (160, 160, 96)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """The application with the module loaded, as Slicer's module factory loads it (fresh imports under
+    the harness's qt; the modules the Logic tests imported are put back afterwards)."""
+    ours = [name for name in sys.modules
+            if name == "CAMLSegmentation" or name.startswith("CAMLSegmentationLib.slicer")]
+    saved = {name: sys.modules.pop(name) for name in ours}
+    home = tmp_path_factory.mktemp("caml_home")  # no user-trained models: the bundled catalog only
+    old_home = os.environ.get("CAML_HOME")
+    os.environ["CAML_HOME"] = str(home)
+    h = slicer_harness.install()
+    try:
+        h.loadScriptedModule("CAMLSegmentation", MODULE_DIR / "CAMLSegmentation.py")
+        h.app.startupCompleted.emit()
+        yield h
+    finally:
+        widget = h.entries["CAMLSegmentation"]._panel
+        if widget is not None and widget._python is not None:
+            widget._python.cleanup()
+        h.uninstall()
+        for name in [n for n in sys.modules if n == "CAMLSegmentation" or n.startswith("CAMLSegmentationLib.slicer")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+        if old_home is None:
+            os.environ.pop("CAML_HOME", None)
+        else:
+            os.environ["CAML_HOME"] = old_home
+
+
+@pytest.fixture()
+def panel(harness):
+    """A fresh scene and the module entered; after the test, nothing unexpected may have happened."""
+    harness.closeScene()
+    harness.takeErrors()
+    harness.takeDialogs()
+    widget = harness.openModule("CAMLSegmentation")
+    yield widget
+    if widget._run is not None and widget._run.running:
+        widget.logic.cancel(widget._run)
+        widget._run = None
+        widget._timer.stop()
+    errors, dialogs = harness.takeErrors(), harness.takeDialogs()
+    assert not errors, "exceptions inside slots/observers:\n" + "\n".join(errors)
+    assert not dialogs, f"dialogs the test did not expect: {dialogs}"
+
+
+def volume(harness, name: str = "MRI", shape=(40, 36, 28)):
+    from CAMLSegmentationLib.slicer.logic import makeTestVolume
+
+    node = makeTestVolume(harness.scene, shape=shape)
+    node.SetName(name)
+    return node
+
+
+def widget_of(ui_member):
+    return slicer_harness.unwrap(ui_member)
+
+
+def choose(selector, node) -> None:
+    """The user picks ``node`` in a node selector's drop-down."""
+    widget_of(selector).chooseAsUser(node)
+
+
+def choose_item(combo, text: str) -> None:
+    """The user picks the item that reads ``text`` in a combo box."""
+    qcombo = widget_of(combo)
+    index = qcombo.findText(text)
+    assert index >= 0, f"no item {text!r} in {[qcombo.itemText(i) for i in range(qcombo.count())]}"
+    qcombo.setCurrentIndex(index)
+    qcombo.activated.emit(index)
+
+
+def click(button) -> None:
+    widget = widget_of(button)
+    assert widget.isEnabled(), f"{widget.objectName()} is disabled: the user cannot click it"
+    widget.click()
+
+
+def items(combo):
+    qcombo = widget_of(combo)
+    return [qcombo.itemText(i) for i in range(qcombo.count())]
+
+
+def segment_and_wait(harness, panel, timeout: float = 180.0) -> None:
+    click(panel.ui.segmentButton)
+    assert panel.ui.segmentButton.text == "Cancel"
+    harness.waitUntil(lambda: panel._run is None, timeout, "the segmentation to end")
+
+
+def left_atrium(node):
+    return node.GetSegmentation().GetSegmentIdBySegmentName("Left atrium")
+
+
+# -- opening, selecting, segmenting ------------------------------------------------------------------
+
+def test_the_panel_opens_and_segment_waits_for_a_volume(harness, panel):
+    ui = panel.ui
+    assert not ui.segmentButton.enabled and ui.segmentButton.toolTip == "Select an input volume"
+    assert not ui.correctButton.enabled and not ui.show3DButton.enabled
+    assert items(ui.qualitySelector) == ["Standard (as scored in the model card)", "Fast preview (quicker, rougher)"]
+    assert items(ui.lccSelector) == ["Model's choice", "Always", "Never"]
+    assert ui.lccSelector.currentText == "Model's choice"
+    assert ui.modelSelector.currentText.startswith("caml-la-cpu8")
+    torch = importlib.metadata.version("torch")
+    assert ui.versionLabel.text == f"CAML engine 0.1.0 · PyTorch {torch}"
+
+    first, second = volume(harness, "first"), volume(harness, "second")
+    harness.processEvents()
+    assert widget_of(ui.inputVolumeSelector).displayedText() == "first"  # the first volume is preselected
+    choose(ui.inputVolumeSelector, second)
+    assert panel.logic.getParameterNode().inputVolume is second
+    assert ui.segmentButton.enabled and ui.segmentButton.text == "Segment"
+    assert ui.segmentButton.toolTip == "Segment the left atrium"
+    assert first is not None
+
+
+def test_segment_shows_progress_and_adds_the_left_atrium(harness, panel):
+    ui = panel.ui
+    mri = volume(harness)
+    choose(ui.inputVolumeSelector, mri)
+    choose_item(ui.qualitySelector, "Fast preview (quicker, rougher)")
+    click(ui.segmentButton)
+    assert ui.segmentButton.text == "Cancel" and ui.segmentButton.enabled
+    assert not ui.inputsCollapsibleButton.enabled and not ui.correctButton.enabled
+    assert ui.statusLabel.text.startswith("Starting")
+    seen = set()
+    harness.waitUntil(lambda: seen.add((ui.progressBar.value, ui.statusLabel.text)) or panel._run is None,
+                      180, "the segmentation to end")
+    assert any(0 < value < 100 for value, _ in seen) or len({t for _, t in seen}) > 2, seen
+
+    assert ui.statusLabel.text.startswith("Done."), ui.statusLabel.text
+    assert ui.progressBar.value == 100
+    assert ui.segmentButton.text == "Segment" and ui.segmentButton.enabled
+    assert ui.correctButton.enabled and ui.inputsCollapsibleButton.enabled
+    segs = harness.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert segs.GetNumberOfItems() == 1
+    seg = segs.GetItemAsObject(0)
+    assert left_atrium(seg)
+    assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is mri
+    assert ui.outputSegmentationSelector.currentNode() is seg
+    assert widget_of(ui.outputSegmentationSelector).displayedText() == "MRI left atrium"
+    assert ui.show3DButton.enabled and ui.show3DButton.segmentationNode() is seg
+    red = harness.layoutManager.sliceLogic("Red").GetSliceCompositeNode()
+    assert red.GetBackgroundVolumeID() == mri.GetID()  # shown in the views
+    log = ui.logTextEdit.toPlainText()
+    assert "Segmentation computed" in log and len(log.splitlines()) >= 2
+
+    shown = ui.show3DButton.checked  # the result comes shown in 3D (it has a closed surface)
+    assert shown == seg.GetSegmentation().ContainsRepresentation("Closed surface")
+    click(ui.show3DButton)
+    assert ui.show3DButton.checked is not shown
+    assert seg.GetSegmentation().ContainsRepresentation("Closed surface") is not shown
+    click(ui.show3DButton)
+    assert ui.show3DButton.checked is shown
+
+    if os.environ.get("CAML_PANEL_PICTURE"):  # make screenshot: the README's picture of the panel
+        widget_of(ui.logCollapsibleButton).setCollapsed(True)
+        harness.panel("CAMLSegmentation").resize(420, 760)
+        harness.processEvents(0.2)
+        assert harness.panel("CAMLSegmentation").grab().save(os.environ["CAML_PANEL_PICTURE"])
+
+
+def test_a_second_volume_keeps_the_first_result(harness, panel):
+    ui = panel.ui
+    first, second = volume(harness, "first"), volume(harness, "second", shape=(36, 40, 28))
+    choose(ui.inputVolumeSelector, first)
+    choose_item(ui.qualitySelector, "Fast preview (quicker, rougher)")
+    segment_and_wait(harness, panel)
+    firstSeg = ui.outputSegmentationSelector.currentNode()
+    assert firstSeg is not None and left_atrium(firstSeg)
+    from CAMLSegmentationLib.slicer import mrml_bridge
+
+    firstMask = mrml_bridge.segment_to_mask(firstSeg, left_atrium(firstSeg), first).copy()
+
+    choose(ui.inputVolumeSelector, second)
+    # The output belonged to the first volume: the selector now offers a new segmentation.
+    assert ui.outputSegmentationSelector.currentNode() is None
+    assert widget_of(ui.outputSegmentationSelector).displayedText() == "Create new segmentation"
+    segment_and_wait(harness, panel)
+    assert ui.statusLabel.text.startswith("Done."), ui.statusLabel.text
+    secondSeg = ui.outputSegmentationSelector.currentNode()
+    assert secondSeg is not None and secondSeg is not firstSeg
+    assert harness.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
+    assert secondSeg.GetNodeReference(secondSeg.GetReferenceImageGeometryReferenceRole()) is second
+    assert firstSeg.GetNodeReference(firstSeg.GetReferenceImageGeometryReferenceRole()) is first
+    np.testing.assert_array_equal(mrml_bridge.segment_to_mask(firstSeg, left_atrium(firstSeg), first), firstMask)
+
+    choose(ui.inputVolumeSelector, first)  # back to the first: its result is not another volume's
+    choose(ui.outputSegmentationSelector, firstSeg)
+    assert ui.outputSegmentationSelector.currentNode() is firstSeg
+
+
+def test_correct_opens_the_segment_editor_on_the_segmentations_own_volume(harness, panel):
+    ui = panel.ui
+    first, second = volume(harness, "first"), volume(harness, "second")
+    choose(ui.inputVolumeSelector, first)
+    choose_item(ui.qualitySelector, "Fast preview (quicker, rougher)")
+    segment_and_wait(harness, panel)
+    seg = ui.outputSegmentationSelector.currentNode()
+    # The user selects another input, then picks the first result as the output again.
+    choose(ui.inputVolumeSelector, second)
+    choose(ui.outputSegmentationSelector, seg)
+    assert ui.correctButton.enabled
+    click(ui.correctButton)
+    assert harness.current == "SegmentEditor"
+    editor = slicer_harness.unwrap(harness.modules.segmenteditor.widgetRepresentation()).self().editor
+    assert editor.segmentationNode() is seg
+    assert editor.sourceVolumeNode() is first  # its own volume, not the panel's current input
+    assert editor.currentSegmentID() == left_atrium(seg)
+
+
+def test_cancel_during_a_run(harness, panel):
+    ui = panel.ui
+    choose(ui.inputVolumeSelector, volume(harness, shape=LONG_SHAPE))
+    click(ui.segmentButton)
+    run = panel._run
+    harness.waitUntil(lambda: run.status and not run.status.startswith("Starting"), 120, "the child to report")
+    assert ui.segmentButton.text == "Cancel"
+    assert ui.segmentButton.toolTip == "Stop the running segmentation"
+    click(ui.segmentButton)
+    harness.waitUntil(lambda: panel._run is None, 60, "the cancel to land")
+    assert ui.statusLabel.text == "Cancelled: nothing was added to the scene."
+    assert ui.progressBar.value == 0
+    assert ui.segmentButton.text == "Segment" and ui.segmentButton.enabled and not ui.correctButton.enabled
+    assert harness.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert run.job.state == "cancelled" and not run.workDir.exists()
+
+
+def test_close_scene_during_a_run(harness, panel):
+    ui = panel.ui
+    choose(ui.inputVolumeSelector, volume(harness, shape=LONG_SHAPE))
+    click(ui.segmentButton)
+    run = panel._run
+    harness.waitUntil(lambda: run.status and not run.status.startswith("Starting"), 120, "the child to report")
+    harness.closeScene()
+    harness.waitUntil(lambda: panel._run is None, 60, "the panel to see the run end")
+    assert ui.statusLabel.text == "Cancelled (the scene was closed while it ran): nothing was added to the scene."
+    assert run.job.state == "cancelled" and not run.workDir.exists()
+    assert harness.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert harness.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+    assert not ui.segmentButton.enabled and ui.segmentButton.text == "Segment"
+    assert ui.segmentButton.toolTip == "Select an input volume"
+
+
+def test_quality_flips_and_largest_component_reach_the_command(harness, panel):
+    ui = panel.ui
+    choose(ui.inputVolumeSelector, volume(harness))
+    widget_of(ui.advancedCollapsibleButton).setCollapsed(False)
+    choose_item(ui.qualitySelector, "Fast preview (quicker, rougher)")
+    assert not ui.ttaCheckBox.checked  # the preset's flips
+    widget_of(ui.ttaCheckBox).click()
+    assert ui.qualitySelector.currentText == "Custom (advanced options changed)"
+    choose_item(ui.lccSelector, "Never")
+    params = panel.logic.getParameterNode()
+    assert (params.quality, params.tta, params.largestComponent) == ("fast", True, False)
+    click(ui.segmentButton)
+    argv = panel._run.job.argv
+    assert argv[argv.index("--protocol") + 1] == "fast"
+    assert "--tta" in argv and "--no-lcc" in argv and "--lcc" not in argv
+    click(ui.segmentButton)  # Cancel
+    harness.waitUntil(lambda: panel._run is None, 60, "the cancel to land")
+
+    choose_item(ui.lccSelector, "Always")
+    choose_item(ui.qualitySelector, "Standard (as scored in the model card)")
+    assert items(ui.qualitySelector)[-1] != "Custom (advanced options changed)"  # back on a preset
+    assert ui.ttaCheckBox.checked and params.largestComponent is True
+    choose_item(ui.lccSelector, "Model's choice")
+    assert params.largestComponent is None
+    params.largestComponent = False  # from a saved scene or a script: the panel follows
+    assert ui.lccSelector.currentText == "Never"
+
+
+def test_an_input_that_cannot_be_segmented_says_why_in_one_line(harness, panel, monkeypatch):
+    ui = panel.ui
+    monkeypatch.setenv("CAML_MAX_VOXELS", "20000")  # the engine's size limit, small: this volume is too big
+    big = volume(harness, "big")
+    choose(ui.inputVolumeSelector, big)
+    choose_item(ui.qualitySelector, "Fast preview (quicker, rougher)")
+    click(ui.segmentButton)
+    harness.waitUntil(lambda: panel._run is None, 180, "the segmentation to end")
+    status = ui.statusLabel.text
+    assert status.startswith(("Segmentation failed: ", "Cannot segment: ")) and "\n" not in status, status
+    assert "exceeds the limit" in status and len(status) < 300, status
+    assert harness.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert ui.segmentButton.enabled and ui.segmentButton.text == "Segment"
+    monkeypatch.delenv("CAML_MAX_VOXELS")
+
+    empty = harness.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no image")
+    choose(ui.inputVolumeSelector, empty)
+    click(ui.segmentButton)
+    assert ui.statusLabel.text == "Cannot segment: Select an input volume first."
+    assert panel._run is None and ui.segmentButton.text == "Segment"
