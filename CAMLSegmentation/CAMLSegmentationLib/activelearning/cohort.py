@@ -52,6 +52,8 @@ ACCEPTED = (ACCEPTED_TRAIN, ACCEPTED_VAL)
 MIN_VALIDATION = 2
 DEFAULT_VAL_EVERY = 4
 DEFAULT_PRESET = "al-finetune"
+#: How an accepted case gets its role: every ``val_every``-th to validation (auto), or as asked.
+ROLES = ("auto", "train", "val")
 
 # Geometry agreement between a label and its image (as data.py checks it when training).
 
@@ -406,8 +408,8 @@ class Cohort:
         validation case); accepting it again replaces its label. The label file is renamed into
         place inside the transaction that records it.
         """
-        if role not in ("auto", "train", "val"):
-            raise CohortError(f"role must be auto, train or val, not {role!r}")
+        if role not in ROLES:
+            raise CohortError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         row = self.case(case_id)
         image = self.read_image(case_id)
         _check_label_geometry(label, image, case_id)

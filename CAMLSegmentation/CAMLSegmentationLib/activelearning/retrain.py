@@ -81,6 +81,22 @@ def rescore_versions(cohort: Cohort, device: str = "auto", progress: ProgressCal
     return out
 
 
+def version_table(cohort: Any, rescore: bool = False, device: str = "auto", progress: Any = None) -> Any:
+    """Versions with ``val_dice`` (when made) and ``current_val_dice`` (on today's validation set)."""
+    val = cohort.validation_ids()
+    if rescore:
+        scores = rescore_versions(cohort, device, progress=progress or (lambda e: None))
+    else:
+        scores = {}
+        for v in cohort.versions():
+            cached = cohort.cached_val_scores(v["id"], val)
+            scores[v["id"]] = mean(cached) if val and len(cached) == len(val) else None
+    versions = cohort.versions()
+    for v in versions:
+        v["current_val_dice"] = scores.get(v["id"])
+    return versions, scores
+
+
 def finetune_preset(cohort: Cohort, preset_name: Optional[str], base_weights: Optional[Path],
                     iterations: Optional[int]) -> Any:
     """The fine-tuning preset, fitted to the weights it starts from: their network width and the

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
+from ..activelearning.cohort import DEFAULT_PRESET, DEFAULT_VAL_EVERY, ROLES
+from ..activelearning.retrain import PROMOTE_CHOICES
 from ..activelearning.strategies import STRATEGIES
 
 
@@ -47,12 +49,13 @@ def add_parser(subparsers: Any) -> None:
     common(p)
     p.add_argument("--model", metavar="ID|FILE",
                    help="register these weights (a catalog model id or a checkpoint file) as version 1")
-    p.add_argument("--val-every", type=int, default=4, metavar="N",
-                   help="every N-th accepted case goes to validation, for good (default 4; 0: only with --role val)")
+    p.add_argument("--val-every", type=int, default=DEFAULT_VAL_EVERY, metavar="N",
+                   help=f"every N-th accepted case goes to validation, for good (default {DEFAULT_VAL_EVERY}; "
+                        "0: only with --role val)")
     p.add_argument("--auto-retrain", type=int, default=0, metavar="N",
                    help="retrain after every N cases accepted for training (default 0: only when asked)")
-    p.add_argument("--preset", default="al-finetune", metavar="NAME|FILE",
-                   help="training preset of retrains (default al-finetune: a short warm-started fine-tuning)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME|FILE",
+                   help=f"training preset of retrains (default {DEFAULT_PRESET}: a short warm-started fine-tuning)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy and of retraining (default 0)")
     p.set_defaults(func=run_init)
 
@@ -62,7 +65,7 @@ def add_parser(subparsers: Any) -> None:
 
     p = sub.add_parser("next", help="pick the next case to label and write its prediction")
     common(p, progress=True, device=True)
-    p.add_argument("--strategy", choices=STRATEGIES, default="disagreement",
+    p.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0],
                    help="disagreement (CAML's models V and A disagree most), entropy (model V least sure), "
                         "random, or first (cohort order) (default disagreement)")
     p.add_argument("--uncertainty", action="store_true",
@@ -74,7 +77,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("case", help="the case id (file name in images/ without extension)")
     p.add_argument("label", type=Path, help="the label file: a binary mask on the case image's grid "
                                             "(.nrrd, .seg.nrrd, .nii.gz, ...)")
-    p.add_argument("--role", choices=["auto", "train", "val"], default="auto",
+    p.add_argument("--role", choices=ROLES, default=ROLES[0],
                    help="auto: every --val-every-th accepted case goes to validation; train or val: choose "
                         "(a case keeps its role for good) (default auto)")
     p.add_argument("--retrain-when-due", action="store_true",
@@ -85,8 +88,8 @@ def add_parser(subparsers: Any) -> None:
     p = sub.add_parser("retrain", help="fine-tune CAML on the accepted cases, compare, promote if not worse")
     common(p, progress=True, device=True)
     p.add_argument("--iterations", type=int, metavar="N", help="override the preset's number of iterations")
-    p.add_argument("--preset", metavar="NAME|FILE", help="training preset (default: the cohort's, al-finetune)")
-    p.add_argument("--promote", choices=["auto", "always", "never"], default="auto",
+    p.add_argument("--preset", metavar="NAME|FILE", help="training preset (default: the cohort's)")
+    p.add_argument("--promote", choices=PROMOTE_CHOICES, default=PROMOTE_CHOICES[0],
                    help="auto: the new version becomes current if its validation Dice is not worse than the "
                         "current version's (or with fewer than 2 validation cases); always / never: override "
                         "(default auto)")
@@ -249,26 +252,9 @@ def format_versions(versions: Any, current_scores: Dict[int, Any]) -> str:
     return "\n".join(lines)
 
 
-def version_table(cohort: Any, rescore: bool = False, device: str = "auto", progress: Any = None) -> Any:
-    """Versions with ``val_dice`` (when made) and ``current_val_dice`` (on today's validation set)."""
-    from ..activelearning.retrain import mean, rescore_versions
-
-    val = cohort.validation_ids()
-    if rescore:
-        scores = rescore_versions(cohort, device, progress=progress or (lambda e: None))
-    else:
-        scores = {}
-        for v in cohort.versions():
-            cached = cohort.cached_val_scores(v["id"], val)
-            scores[v["id"]] = mean(cached) if val and len(cached) == len(val) else None
-    versions = cohort.versions()
-    for v in versions:
-        v["current_val_dice"] = scores.get(v["id"])
-    return versions, scores
-
-
 def run_versions(args: argparse.Namespace) -> int:
     from ..activelearning.cohort import Cohort
+    from ..activelearning.retrain import version_table
 
     def work() -> int:
         with Cohort.open(args.cohort) as cohort:
