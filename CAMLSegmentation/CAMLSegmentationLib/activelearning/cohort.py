@@ -942,6 +942,7 @@ class Cohort:
         folders = [self.state_dir / "versions", self.state_dir / "predictions"]
         folders += [p / "train" for p in (self.state_dir / "jobs").glob("job-*")]
         storage.remove_stale_temporaries(folders)
+        self._remove_stale_init_files(self.state_dir)
         return dict(row)
 
     @staticmethod
