@@ -22,6 +22,11 @@ _ERRNO_KIND = {errno.EROFS: READ_ONLY, errno.EACCES: READ_ONLY, errno.EPERM: REA
                errno.ENOSPC: FULL, errno.EDQUOT: FULL, errno.EFBIG: FULL, errno.EIO: IO}
 
 
+#: How torch's checkpoint writer (PytorchStreamWriter, C++) reports a write the disk refused.
+_TORCH_WRITE_FAILURES = ("file write failed", "no space left", "iostream error", "inline_container.cc",
+                         "pytorchstreamwriter failed")
+
+
 def _chain(exc: BaseException) -> Iterable[BaseException]:
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -43,8 +48,8 @@ def storage_kind(exc: BaseException) -> Optional[str]:
                 return FULL
             if "disk i/o error" in text:
                 return IO
-        if isinstance(e, RuntimeError) and ("file write failed" in text or "no space left" in text):
-            return FULL  # torch's PytorchStreamWriter hides the errno
+        if isinstance(e, RuntimeError) and any(m in text for m in _TORCH_WRITE_FAILURES):
+            return FULL  # torch's zip writer hides the errno: a write it could not finish
     return None
 
 
