@@ -333,6 +333,8 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
 
 
 #: What a resumable training checkpoint holds only to continue training; a version needs none of it.
+#: These are the keys ``training.trainer.TrainingRun.checkpoint`` adds to the run's metadata (its owner
+#: defines them; a shared definition there would let this list go, see issue 25 item 9).
 _TRAINING_STATE = ("optimizer", "scaler", "memory_bank", "rng", "rank_states", "sampler", "history",
                    "best_dice", "best_iteration")
 
