@@ -531,9 +531,9 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
         image = cohort.read_image("case0")
         ones, zeros = on_grid(image, np.ones(SHAPE, np.float32)), on_grid(image, np.zeros(SHAPE, np.float32))
         for c in ("case0", "case1"):
-            cohort.accept(c, ones, role="val")
+            cohort.accept(c, ones, role="val", force=True)  # all foreground: on purpose
         for c in ("case2", "case3"):
-            cohort.accept(c, ones, role="train")
+            cohort.accept(c, ones, role="train", force=True)
     assert caml(["al", "retrain", str(cohort_root), "--device", "cpu", "--progress", "none", "--json"]) == 0
     up = json.loads(capsys.readouterr().out)
     assert up["current_dice"] == 0.0 and up["candidate_dice"] > 0.5
@@ -543,7 +543,7 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
     with Cohort.open(cohort_root) as cohort:
         assert cohort.current_version() == 1
         for c in ("case0", "case1"):
-            assert cohort.accept(c, zeros)["status"] == ACCEPTED_VAL  # new labels, same role
+            assert cohort.accept(c, zeros, force=True)["status"] == ACCEPTED_VAL  # new labels, same role
     capsys.readouterr()
     assert caml(["al", "retrain", str(cohort_root), "--device", "cpu", "--progress", "none", "--json"]) == 0
     down = json.loads(capsys.readouterr().out)

@@ -17,33 +17,53 @@ it is after it, never in between; at worst a file nobody refers to.
 
 A damaged database, or one naming files that are gone, is reported and never
 rewritten: ``open`` refuses a database that fails SQLite's own check, and
-``problems()`` lists missing files for ``caml al status``.
+``problems()`` lists missing files for ``caml al status``. A read-only folder
+or a full disk is told as such (``storage``), never as a damaged database;
+``open(..., read_only=True)`` reads a cohort that cannot be written.
+
+Version files carry the SHA-256 recorded when they were committed and are
+checked before use; a case id is text a list file and a shell carry (UTF-8,
+no control characters); an image that cannot be read or segmented is noted
+and skipped, never allowed to block the cohort.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
+import shutil
 import signal
-import socket
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import CAMLError
-from ..io.volume import Volume, read_image, write_mask
+from ..errors import CAMLError, MissingFileError, SizeLimitError
+from ..io.volume import ImageError, Volume, read_image, validate_volume, write_mask
 from ..training.data import FolderSource, _natural_key, open_source
+from . import storage
+from .liveness import JobLock, process_identity, this_host
 
 PathLike = Union[str, Path]
 
 STATE_DIR = "caml-al"
 DB_NAME = "state.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: versions.sha256, jobs.process_start, image_problems (a version-1 cohort is upgraded)
+#: Seeds go to numpy and torch alike: numpy takes 0 .. 2**32 - 1.
+SEED_RANGE = (0, 2 ** 32 - 1)
+#: Version numbers are SQLite integers.
+MAX_VERSION = 2 ** 63 - 1
+#: A job row marked dead (its process ended without saying how) keeps state 'failed' with this message start.
+INTERRUPTED = "interrupted"
+#: What an image that cannot be read or segmented raises (noted, then skipped by next and retrain).
+IMAGE_ERRORS = (ImageError, SizeLimitError, MissingFileError)
+#: A validation score and the SHA-256 of the label file it was computed against.
+ScoredCase = Tuple[float, str]
 
 UNLABELED, PREDICTED, ACCEPTED_TRAIN, ACCEPTED_VAL = "unlabeled", "predicted", "accepted-train", "accepted-val"
 STATUSES = (UNLABELED, PREDICTED, ACCEPTED_TRAIN, ACCEPTED_VAL)
@@ -52,6 +72,8 @@ ACCEPTED = (ACCEPTED_TRAIN, ACCEPTED_VAL)
 MIN_VALIDATION = 2
 DEFAULT_VAL_EVERY = 4
 DEFAULT_PRESET = "al-finetune"
+#: How an accepted case gets its role: every ``val_every``-th to validation (auto), or as asked.
+ROLES = ("auto", "train", "val")
 
 # Geometry agreement between a label and its image (as data.py checks it when training).
 
@@ -78,7 +100,8 @@ CREATE TABLE versions (
     val_cases INTEGER NOT NULL DEFAULT 0,
     train_cases TEXT NOT NULL DEFAULT '[]',
     promoted INTEGER NOT NULL DEFAULT 0,
-    note TEXT NOT NULL DEFAULT ''
+    note TEXT NOT NULL DEFAULT '',
+    sha256 TEXT
 );
 CREATE TABLE scores (
     case_id TEXT NOT NULL REFERENCES cases(id),
@@ -106,7 +129,26 @@ CREATE TABLE jobs (
     base_version INTEGER,
     version INTEGER,
     folder TEXT NOT NULL,
-    message TEXT NOT NULL DEFAULT ''
+    message TEXT NOT NULL DEFAULT '',
+    process_start TEXT
+);
+CREATE TABLE image_problems (
+    case_id TEXT PRIMARY KEY REFERENCES cases(id),
+    signature TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    noted_at TEXT NOT NULL
+);
+"""
+
+#: From schema version 1 to 2, in one transaction (the version files are hashed as they are then).
+_UPGRADE_1_2 = """
+ALTER TABLE versions ADD COLUMN sha256 TEXT;
+ALTER TABLE jobs ADD COLUMN process_start TEXT;
+CREATE TABLE image_problems (
+    case_id TEXT PRIMARY KEY REFERENCES cases(id),
+    signature TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    noted_at TEXT NOT NULL
 );
 """
 
@@ -124,9 +166,51 @@ def fault_point(name: str) -> None:
 
     The process sends itself SIGKILL: no handler, no cleanup, no flush, exactly
     what a power cut or the OOM killer does to the process at that line.
+    ``CAML_AL_KILL_SIGNAL=SIGTERM`` sends a cancel instead (a user's Cancel landing there).
     """
     if os.environ.get("CAML_AL_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("CAML_AL_KILL_SIGNAL", "SIGKILL")))
+
+
+def sha256_file(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shown_name(path: PathLike) -> str:
+    """A file name as one printable line, whatever bytes it holds (foreign bytes as \\xNN)."""
+    text = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def case_id_problem(case_id: str) -> Optional[str]:
+    """Why a list file (one id per line) or a shell could not carry this case id; None when it can."""
+    try:
+        case_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not UTF-8 text"
+    bad = [c for c in case_id if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"]
+    if bad:
+        return f"its name holds a control character ({bad[0]!r})"
+    if "#" in case_id:
+        return "its name holds '#', which starts a comment in a case list"
+    if case_id != case_id.strip():
+        return "its name starts or ends with a space"
+    return None
+
+
+def check_seed(seed: int) -> int:
+    if not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
+        raise CohortError(f"seed {seed} is out of range: a seed is {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+    return int(seed)
+
+
+def _file_signature(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def state_dir(root: PathLike) -> Path:
@@ -137,9 +221,14 @@ def db_path(root: PathLike) -> Path:
     return state_dir(root) / DB_NAME
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """A connection that never creates the file, waits for locks and leaves transactions to us."""
-    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=60.0, isolation_level=None)
+def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """A connection that never creates the file, waits for locks and leaves transactions to us.
+
+    ``read_only``: for a folder nobody can write (``immutable``: SQLite then needs neither
+    the write-ahead log's index nor a lock file beside the database).
+    """
+    query = "mode=ro&immutable=1" if read_only else "mode=rw"
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True, timeout=60.0, isolation_level=None)
     con.row_factory = sqlite3.Row
     con.execute("PRAGMA busy_timeout = 60000")
     con.execute("PRAGMA foreign_keys = ON")
@@ -147,19 +236,30 @@ def _connect(path: Path) -> sqlite3.Connection:
     return con
 
 
-def _pid_alive(pid: Optional[int], host: Optional[str]) -> bool:
-    """Whether a job's process still runs (a job started on another machine is assumed to)."""
-    if not pid:
-        return False
-    if host != socket.gethostname():
-        return True
+def _damaged(db: Path, why: str) -> CohortError:
+    return CohortError(f"{db}: damaged state database ({why}); it was left as it is: restore it from a backup "
+                       "of the cohort, or move caml-al/ aside and run caml al init again")
+
+
+def _check_database(con: sqlite3.Connection) -> int:
+    """SQLite's own check, the tables, the schema version; raises sqlite3.DatabaseError when damaged."""
+    check = con.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise sqlite3.DatabaseError(check)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    needed = {"meta", "cases", "versions", "scores", "val_scores", "jobs"}
+    if not needed <= tables:
+        raise sqlite3.DatabaseError(f"tables missing: {', '.join(sorted(needed - tables))}")
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        version = int(row[0]) if row is not None else -1
+    except ValueError:
+        version = -1
+    if version not in (1, SCHEMA_VERSION):
+        raise sqlite3.DatabaseError(f"schema version {row[0] if row else 'missing'}, expected {SCHEMA_VERSION}")
+    if version == SCHEMA_VERSION and "image_problems" not in tables:
+        raise sqlite3.DatabaseError("tables missing: image_problems")
+    return version
 
 
 @dataclass
@@ -182,10 +282,13 @@ class CaseRow:
 class Cohort:
     """An open cohort. Use :meth:`init` once, then :meth:`open`; close with :meth:`close` or ``with``."""
 
-    def __init__(self, root: Path, con: sqlite3.Connection, source: FolderSource) -> None:
+    def __init__(self, root: Path, con: sqlite3.Connection, source: FolderSource, read_only: bool = False) -> None:
         self.root = root
         self.con = con
         self.source = source
+        self.read_only = read_only
+        self.job_lock = JobLock(state_dir(root))
+        self._hashes: Dict[Tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ opening
     @staticmethod
@@ -201,6 +304,17 @@ class Cohort:
                               f"not the {source.layout} layout")
         return source
 
+    @staticmethod
+    def _remove_stale_init_files(folder: Path) -> None:
+        """What a killed ``init`` left: its temporary database (its pid is gone)."""
+        if not folder.is_dir():
+            return
+        for path in folder.glob(f".{DB_NAME}.init-*"):
+            pid = path.name.rsplit("-", 1)[-1].split(".")[0]
+            if pid.isdigit() and not storage.pid_running(int(pid)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
     @classmethod
     def init(cls, root: PathLike, val_every: int = DEFAULT_VAL_EVERY, auto_retrain: int = 0,
              preset: str = DEFAULT_PRESET, seed: int = 0, model: Optional[PathLike] = None) -> Cohort:
@@ -208,8 +322,10 @@ class Cohort:
 
         ``val_every``: every N-th accepted case goes to validation (0: never, unless asked);
         ``auto_retrain``: retrain after every N accepted cases (0: only when asked);
+        ``preset``: a bundled preset's name, or a file (copied into the cohort when it lies outside,
+        so moving the cohort or the file never breaks a retrain);
         ``model``: weights to register as version 1 (e.g. a bundled model), copied into the cohort.
-        Nothing is created when a check fails.
+        All or nothing: the database appears in place only complete, with its first version committed.
         """
         root = Path(root)
         if not root.is_dir():
@@ -219,7 +335,13 @@ class Cohort:
             raise CohortError(f"{db}: this folder is already a cohort (use caml al status)")
         if val_every < 0 or auto_retrain < 0:
             raise CohortError("--val-every and --auto-retrain must be 0 or more")
+        check_seed(seed)
         source = cls._source(root)
+        for case_id in source.case_ids():
+            problem = case_id_problem(case_id)
+            if problem is not None:
+                raise CohortError(f"{shown_name(source.image_path(case_id))}: {problem}; a case id must be text a "
+                                  "case list and a shell can carry: rename the file")
         if model is not None:
             from ..model.checkpoint import CheckpointError, read_checkpoint
 
@@ -227,37 +349,88 @@ class Cohort:
                 read_checkpoint(model)
             except (CheckpointError, FileNotFoundError) as exc:
                 raise CohortError(str(exc)) from exc
-        state_dir(root).mkdir(exist_ok=True)
+        folder = state_dir(root)
+        folder.mkdir(exist_ok=True)
+        cls._remove_stale_init_files(folder)
+        # Nothing refers to an initial version's file before the database is in place.
+        for orphan in (folder / "versions").glob("initial-*.pt"):
+            orphan.unlink()
+        stored_preset = cls._stored_preset(root, preset)
         tmp = db.with_name(f".{DB_NAME}.init-{os.getpid()}")
         tmp.unlink(missing_ok=True)
-        con = sqlite3.connect(str(tmp), isolation_level=None)
+        weights_file = None
+        done = False
         try:
-            con.execute("PRAGMA journal_mode = WAL")
-            con.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
-            con.execute("BEGIN")
-            meta = {"schema_version": SCHEMA_VERSION, "created_at": now(), "val_every": val_every,
-                    "auto_retrain": auto_retrain, "preset": preset, "seed": seed, "current_version": ""}
-            con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
-            for n, case_id in enumerate(source.case_ids()):
-                image = source.image_path(case_id).relative_to(root).as_posix()
-                con.execute("INSERT INTO cases (id, position, image, status) VALUES (?, ?, ?, ?)",
-                            (case_id, n, image, UNLABELED))
-            con.execute("COMMIT")
+            if model is not None:
+                weights_file = cls._copy_version_file(root, Path(model), f"initial-{now().replace(':', '')}.pt")
+            con = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                con.execute("PRAGMA journal_mode = WAL")
+                con.execute("PRAGMA foreign_keys = ON")
+                con.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+                con.execute("BEGIN")
+                meta = {"schema_version": SCHEMA_VERSION, "created_at": now(), "val_every": val_every,
+                        "auto_retrain": auto_retrain, "preset": stored_preset, "seed": seed, "current_version": ""}
+                con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+                for n, case_id in enumerate(source.case_ids()):
+                    image = source.image_path(case_id).relative_to(root).as_posix()
+                    con.execute("INSERT INTO cases (id, position, image, status) VALUES (?, ?, ?, ?)",
+                                (case_id, n, image, UNLABELED))
+                if weights_file is not None:
+                    con.execute("INSERT INTO versions (id, weights, created_at, promoted, note, sha256) "
+                                "VALUES (1, ?, ?, 1, ?, ?)",
+                                (weights_file.relative_to(root).as_posix(), now(),
+                                 f"initial model {Path(model).name}", sha256_file(weights_file)))  # type: ignore
+                    con.execute("UPDATE meta SET value = '1' WHERE key = 'current_version'")
+                con.execute("COMMIT")
+            finally:
+                con.close()
+            # The database appears complete or not at all (a WAL checkpoint ran at close).
+            for extra in ("-wal", "-shm"):
+                Path(str(tmp) + extra).unlink(missing_ok=True)
+            fault_point("version-before-commit")
+            os.replace(tmp, db)
+            done = True
         finally:
-            con.close()
-        # The database appears complete or not at all (a WAL checkpoint ran at close).
-        for extra in ("-wal", "-shm"):
-            Path(str(tmp) + extra).unlink(missing_ok=True)
-        os.replace(tmp, db)
-        cohort = cls.open(root)
-        if model is not None:
-            cohort.add_version(Path(model), parent=None, job=None, val_dice=None, val_cases=0,
-                               train_cases=[], promote=True, note=f"initial model {Path(model).name}")
-        return cohort
+            if not done:
+                for path in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), weights_file):
+                    if path is not None:
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+        return cls.open(root)
+
+    @staticmethod
+    def _stored_preset(root: Path, preset: str) -> str:
+        """A bundled preset's name as it is; a file as a path relative to the cohort (copied in if outside)."""
+        path = Path(preset)
+        if path.suffix != ".json":
+            return preset
+        resolved = path.resolve()
+        try:
+            return resolved.relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass
+        target = state_dir(root) / "presets" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(resolved, target)
+        return target.relative_to(root).as_posix()
 
     @classmethod
-    def open(cls, root: PathLike) -> Cohort:
-        """Open an existing cohort; a damaged or foreign database raises CohortError and is left untouched."""
+    def _copy_version_file(cls, root: Path, weights: Path, name: str) -> Path:
+        from ..io.files import atomic_output
+
+        target = state_dir(root) / "versions" / name
+        with atomic_output(target) as tmp:
+            shutil.copyfile(weights, tmp)
+        return target
+
+    @classmethod
+    def open(cls, root: PathLike, read_only: bool = False) -> Cohort:
+        """Open an existing cohort; a damaged or foreign database raises CohortError and is left untouched.
+
+        ``read_only``: for commands that only read (status, versions): a cohort whose folder
+        cannot be written is then opened as it is (new images are not registered).
+        """
         root = Path(root)
         db = db_path(root)
         if not root.is_dir():
@@ -266,29 +439,68 @@ class Cohort:
             raise CohortError(f"{root}: not an active-learning cohort (no {STATE_DIR}/{DB_NAME}; "
                               "run caml al init first)")
         con = None
+        readable_only = False
         try:
-            con = _connect(db)
-            check = con.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(check)
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            needed = {"meta", "cases", "versions", "scores", "val_scores", "jobs"}
-            if not needed <= tables:
-                raise sqlite3.DatabaseError(f"tables missing: {', '.join(sorted(needed - tables))}")
-            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None or int(row[0]) != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"schema version {row[0] if row else 'missing'}, "
-                                            f"expected {SCHEMA_VERSION}")
-        except (sqlite3.DatabaseError, ValueError) as exc:
+            try:
+                con = _connect(db)
+                version = _check_database(con)
+            except sqlite3.Error as exc:
+                if con is not None:
+                    con.close()
+                    con = None
+                if not (read_only and storage.storage_kind(exc) == storage.READ_ONLY):
+                    raise
+                con = _connect(db, read_only=True)
+                version = _check_database(con)
+                readable_only = True
+            if version != SCHEMA_VERSION:
+                if readable_only:
+                    raise CohortError(f"{db}: made by an earlier caml (schema version {version}); open it once "
+                                      "with write access to upgrade it")
+                cls._upgrade(root, con)
+        except sqlite3.Error as exc:
             if con is not None:
                 con.close()
-            raise CohortError(f"{db}: damaged state database ({str(exc).splitlines()[0]}); it was left as it "
-                              "is: restore it from a backup") from exc
-        cohort = cls(root, con, cls._source(root))
-        cohort._register_new_images()
+            message = storage.describe(exc, db)
+            if message is not None:
+                raise CohortError(message) from None
+            raise _damaged(db, str(exc).splitlines()[0]) from exc
+        except BaseException:
+            if con is not None:
+                con.close()
+            raise
+        cohort = cls(root, con, cls._source(root), read_only=readable_only)
+        if not readable_only:
+            try:
+                cohort._register_new_images()
+            except CohortError as exc:
+                if not (read_only and "read-only" in str(exc)):
+                    cohort.close()
+                    raise
+                cohort.read_only = True
         return cohort
 
+    @staticmethod
+    def _upgrade(root: Path, con: sqlite3.Connection) -> None:
+        """Schema 1 to 2 in one transaction; the version files get the checksum they have now."""
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _UPGRADE_1_2.split(";"):
+                if statement.strip():
+                    con.execute(statement)
+            for row in con.execute("SELECT id, weights FROM versions").fetchall():
+                path = root / row[1]
+                if path.is_file():
+                    con.execute("UPDATE versions SET sha256 = ? WHERE id = ?", (sha256_file(path), row[0]))
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
     def close(self) -> None:
+        self.job_lock.release()
         self.con.close()
 
     def __enter__(self) -> Cohort:
@@ -297,21 +509,46 @@ class Cohort:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def storage_error(self, exc: BaseException) -> Optional[CohortError]:
+        """A one-line CohortError for a read-only folder, a full or failing disk; None for anything else."""
+        message = storage.describe(exc, self.root)
+        return None if message is None else CohortError(message)
+
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One change: ``BEGIN IMMEDIATE`` (waits for other writers), commit, or roll back on any error."""
-        self.con.execute("BEGIN IMMEDIATE")
+    def transaction(self, final: bool = False) -> Iterator[sqlite3.Connection]:
+        """One change: ``BEGIN IMMEDIATE`` (waits for other writers), commit, or roll back on any error.
+
+        The COMMIT's own failure (a full disk, a deferred constraint) rolls back too. A cancel
+        signal during the COMMIT is held back; with ``final`` the commit is the command's outcome
+        (``progress.commit_job``): once it is in, a late cancel no longer reports "cancelled".
+        """
+        from ..progress import commit_job, deferred_cancel
+
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise (self.storage_error(exc) or exc) from None
         try:
             yield self.con
-        except BaseException:
-            self.con.execute("ROLLBACK")
+            with deferred_cancel(raise_at_end=not final):
+                self.con.execute("COMMIT")
+                if final:
+                    commit_job()
+        except BaseException as exc:
+            if self.con.in_transaction:
+                self.con.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                error = self.storage_error(exc)
+                if error is not None:
+                    raise error from None
             raise
-        self.con.execute("COMMIT")
 
     def _register_new_images(self) -> None:
-        """Images added to images/ since the last time become unlabeled cases (nothing is ever removed)."""
+        """Images added to images/ since the last time become unlabeled cases (nothing is ever removed).
+
+        An image whose name cannot be a case id is left out (``status`` names it)."""
         known = {r[0] for r in self.con.execute("SELECT id FROM cases")}
-        new = [c for c in self.source.case_ids() if c not in known]
+        new = [c for c in self.source.case_ids() if c not in known and case_id_problem(c) is None]
         if not new:
             return
         with self.transaction() as con:
@@ -321,6 +558,11 @@ class Cohort:
                 image = self.source.image_path(case_id).relative_to(self.root).as_posix()
                 con.execute("INSERT INTO cases (id, position, image, status) VALUES (?, ?, ?, ?)",
                             (case_id, start + n, image, UNLABELED))
+
+    def unusable_names(self) -> List[str]:
+        """Images in images/ whose names cannot be case ids, with why (they are not cases)."""
+        return [f"{shown_name(self.source.image_path(c).relative_to(self.root))}: {problem}; rename the file"
+                for c in self.source.case_ids() for problem in [case_id_problem(c)] if problem is not None]
 
     # ------------------------------------------------------------------ settings
     def meta(self, key: str) -> str:
@@ -340,6 +582,13 @@ class Cohort:
         return self.meta("preset") or DEFAULT_PRESET
 
     @property
+    def preset_source(self) -> str:
+        """What ``load_preset`` takes: the stored name, or the stored cohort-relative path made absolute."""
+        preset = self.preset
+        return str(self.root / preset) if Path(preset).suffix == ".json" and not Path(preset).is_absolute() \
+            else preset
+
+    @property
     def seed(self) -> int:
         return int(self.meta("seed") or 0)
 
@@ -348,6 +597,8 @@ class Cohort:
         unknown = set(values) - allowed
         if unknown:
             raise CohortError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        if "preset" in values:
+            values["preset"] = self._stored_preset(self.root, str(values["preset"]))
         with self.transaction() as con:
             for key, value in values.items():
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
@@ -377,10 +628,33 @@ class Cohort:
         return self.root / self.case(case_id).image
 
     def read_image(self, case_id: str) -> Volume:
+        """The case's image, checked as the predictor checks it (ImageError naming the file)."""
         path = self.image_path(case_id)
         if not path.is_file():
             raise CohortError(f"{path}: image of case {case_id!r} is gone")
-        return read_image(path)
+        volume = read_image(path)
+        validate_volume(volume, path)
+        return volume
+
+    # ------------------------------------------------------------------ images that cannot be used
+    def note_image_problem(self, case_id: str, reason: str) -> None:
+        """Remember that the case's image (as it is now) cannot be read or segmented; it is skipped
+        by ``next`` and ``retrain`` until the file changes."""
+        path = self.image_path(case_id)
+        signature = _file_signature(path) if path.is_file() else "gone"
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO image_problems VALUES (?, ?, ?, ?)",
+                        (case_id, signature, reason.splitlines()[0][:500], now()))
+
+    def image_problems(self) -> Dict[str, str]:
+        """``{case id: why}`` for images noted as unusable that have not changed since."""
+        out = {}
+        for r in self.con.execute("SELECT case_id, signature, reason FROM image_problems"):
+            path = self.image_path(r[0])
+            current = _file_signature(path) if path.is_file() else "gone"
+            if current == r[1]:
+                out[r[0]] = r[2]
+        return out
 
     def training_ids(self) -> List[str]:
         return [c.id for c in self.cases([ACCEPTED_TRAIN])]
@@ -389,8 +663,9 @@ class Cohort:
         return [c.id for c in self.cases([ACCEPTED_VAL])]
 
     def candidate_ids(self) -> List[str]:
-        """Cases a strategy may pick: not accepted yet, with their image present."""
-        return [c.id for c in self.cases([UNLABELED, PREDICTED]) if (self.root / c.image).is_file()]
+        """Cases a strategy may pick: not accepted yet, with their image present and not noted as unusable."""
+        bad = self.image_problems()
+        return [c.id for c in self.cases([UNLABELED, PREDICTED]) if (self.root / c.image).is_file() and c.id not in bad]
 
     def _label_target(self, case_id: str) -> Path:
         existing = self.source.label_path(case_id) if case_id in self.source.case_ids() else None
@@ -398,16 +673,19 @@ class Cohort:
             return existing  # keep the user's format: two label files for one case would stop training
         return self.source.labels_dir / f"{case_id}.nrrd"
 
-    def accept(self, case_id: str, label: Volume, role: str = "auto") -> Dict[str, Any]:
+    def accept(self, case_id: str, label: Volume, role: str = "auto", force: bool = False,
+               final: bool = False) -> Dict[str, Any]:
         """Store ``label`` (a binary mask on the case image's grid) as the case's label and accept it.
 
         ``role``: ``auto`` (every ``val_every``-th accepted case goes to validation), ``train`` or
         ``val``. A case accepted before keeps its role for good (a training case never becomes a
         validation case); accepting it again replaces its label. The label file is renamed into
-        place inside the transaction that records it.
+        place inside the transaction that records it. An empty or all-foreground label is
+        refused (it would be trained on as it is) unless ``force``. ``final``: the commit is
+        the command's outcome (a late cancel no longer undoes it).
         """
-        if role not in ("auto", "train", "val"):
-            raise CohortError(f"role must be auto, train or val, not {role!r}")
+        if role not in ROLES:
+            raise CohortError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         row = self.case(case_id)
         image = self.read_image(case_id)
         _check_label_geometry(label, image, case_id)
@@ -416,8 +694,13 @@ class Cohort:
             shown = ", ".join(f"{v:g}" for v in values[:6].astype(float))
             raise CohortError(f"label of case {case_id!r} must be binary (0 = background, 1 = left atrium); "
                               f"found values {shown}")
+        foreground = int(np.count_nonzero(np.asarray(label.array)))
+        if not force and foreground in (0, np.asarray(label.array).size):
+            what = "empty (no left-atrium voxel)" if foreground == 0 else "all foreground (every voxel is atrium)"
+            raise CohortError(f"label of case {case_id!r} is {what}: it would be trained on as it is; "
+                              "check the file, or pass --force to accept it anyway")
         target = self._label_target(case_id)
-        with self.transaction() as con:
+        with self.transaction(final=final) as con:
             row = CaseRow(**dict(con.execute("SELECT * FROM cases WHERE id = ?", (case_id,)).fetchone()))
             if row.accepted:
                 status = row.status
@@ -465,6 +748,8 @@ class Cohort:
         return int(value) if value else None
 
     def version(self, version: int) -> Dict[str, Any]:
+        if not 1 <= int(version) <= MAX_VERSION:
+            raise CohortError(f"version {version} is out of range: versions are numbered from 1")
         row = self.con.execute("SELECT * FROM versions WHERE id = ?", (int(version),)).fetchone()
         if row is None:
             known = ", ".join(str(v["id"]) for v in self.versions()) or "none yet"
@@ -482,39 +767,45 @@ class Cohort:
     def versions(self) -> List[Dict[str, Any]]:
         return [self._version_dict(r) for r in self.con.execute("SELECT * FROM versions ORDER BY id")]
 
-    def weights(self, version: Optional[int] = None) -> Path:
-        """The weights file of ``version`` (default: the current one); CohortError if none or gone."""
+    def weights(self, version: Optional[int] = None, verify: bool = True) -> Path:
+        """The weights file of ``version`` (default: the current one), checked against the SHA-256
+        recorded when it was committed; CohortError if there is none, it is gone, or it changed."""
         if version is None:
             version = self.current_version()
             if version is None:
                 raise CohortError(f"{self.root}: no model version yet: init with --model, or accept cases and "
                                   "run caml al retrain")
-        path = self.root / self.version(version)["weights"]
+        record = self.version(version)
+        path = self.root / record["weights"]
         if not path.is_file():
             raise CohortError(f"{path}: weights of version {version} are gone")
+        if verify and record.get("sha256"):
+            key = (str(path), _file_signature(path))
+            actual = self._hashes.get(key) or sha256_file(path)
+            if actual != record["sha256"]:
+                raise CohortError(f"{path}: checksum mismatch for version {version}: the cohort recorded sha256 "
+                                  f"{record['sha256'][:12]}..., the file has {actual[:12]}... (corrupt or replaced "
+                                  "file; caml al use another version, or restore the file)")
+            self._hashes[key] = actual
         return path
 
     def add_version(self, weights: Path, parent: Optional[int], job: Optional[int], val_dice: Optional[float],
                     val_cases: int, train_cases: Sequence[str], promote: bool, note: str = "",
-                    val_scores: Optional[Dict[int, Dict[str, float]]] = None,
-                    job_message: str = "") -> int:
-        """Copy ``weights`` into versions/ and record the version (and its job's end) in one transaction."""
-        import shutil
-
-        from ..io.files import atomic_output
-
-        versions_dir = self.state_dir / "versions"
+                    val_scores: Optional[Dict[int, Dict[str, ScoredCase]]] = None,
+                    job_message: str = "", final: bool = False) -> int:
+        """Copy ``weights`` into versions/ and record the version, its checksum (and its job's end)
+        in one transaction. ``val_scores``: ``{version: {case: (dice, label sha256)}}``, -1 for this one.
+        ``final``: the commit is the command's outcome (a late cancel no longer undoes it)."""
         name = f"job-{job:04d}.pt" if job is not None else f"initial-{now().replace(':', '')}.pt"
-        target = versions_dir / name
-        with atomic_output(target) as tmp:
-            shutil.copyfile(weights, tmp)
+        target = self._copy_version_file(self.root, weights, name)
+        digest = sha256_file(target)
         fault_point("version-before-commit")
-        with self.transaction() as con:
+        with self.transaction(final=final) as con:
             cur = con.execute(
                 "INSERT INTO versions (weights, created_at, parent, job, val_dice, val_cases, train_cases, promoted, "
-                "note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "note, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (target.relative_to(self.root).as_posix(), now(), parent, job, val_dice, val_cases,
-                 json.dumps(list(train_cases)), int(promote), note))
+                 json.dumps(list(train_cases)), int(promote), note, digest))
             version = int(cur.lastrowid)
             for v, per_case in (val_scores or {}).items():
                 self._store_val_scores(con, version if v == -1 else v, per_case)
@@ -523,41 +814,52 @@ class Cohort:
             if job is not None:
                 con.execute("UPDATE jobs SET state = 'done', finished_at = ?, version = ?, message = ? WHERE id = ?",
                             (now(), version, job_message, job))
+        fault_point("version-after-commit")
         return version
 
-    def use(self, version: int) -> Dict[str, Any]:
+    def use(self, version: int, final: bool = False) -> Dict[str, Any]:
         """Make ``version`` current (a rollback or a manual promotion)."""
-        self.weights(int(version))  # exists, and its file is there
-        with self.transaction() as con:
+        self.weights(int(version))  # exists, and its file is the one committed
+        with self.transaction(final=final) as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)", (str(int(version)),))
         return self.version(int(version))
 
     # ------------------------------------------------------------------ validation scores
-    def _label_key(self, case_id: str) -> str:
-        """SHA-256 of the case's label file: a cached score is for these exact label voxels."""
-        import hashlib
-
+    def label_sha256(self, case_id: str) -> str:
+        """SHA-256 of the case's label file as it is now ("" when it has none)."""
         path = self.path(self.case(case_id).label_file)
         if path is None or not path.is_file():
             return ""
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
+
+    def read_label(self, case_id: str) -> Tuple[np.ndarray, str]:
+        """The case's label and the SHA-256 of exactly the file read (an accept may replace it meanwhile:
+        the file is hashed before and after reading, and read again until both agree)."""
+        for _ in range(10):
+            before = self.label_sha256(case_id)
+            label = self.label(case_id)
+            if self.label_sha256(case_id) == before:
+                return label, before
+        raise CohortError(f"label of case {case_id!r} keeps changing while it is read; try again")
 
     def cached_val_scores(self, version: int, case_ids: Sequence[str]) -> Dict[str, float]:
         """Dice of ``version`` on validation cases, for their labels as they are now (a changed label is rescored)."""
         out = {}
         for case_id in case_ids:
             row = self.con.execute("SELECT dice FROM val_scores WHERE version = ? AND case_id = ? AND label_sha256 = ?",
-                                   (version, case_id, self._label_key(case_id))).fetchone()
+                                   (version, case_id, self.label_sha256(case_id))).fetchone()
             if row is not None:
                 out[case_id] = float(row[0])
         return out
 
-    def _store_val_scores(self, con: sqlite3.Connection, version: int, per_case: Dict[str, float]) -> None:
-        for case_id, value in per_case.items():
+    @staticmethod
+    def _store_val_scores(con: sqlite3.Connection, version: int, per_case: Dict[str, ScoredCase]) -> None:
+        for case_id, (value, label_sha) in per_case.items():
             con.execute("INSERT OR REPLACE INTO val_scores VALUES (?, ?, ?, ?)",
-                        (version, case_id, self._label_key(case_id), float(value)))
+                        (version, case_id, label_sha, float(value)))
 
-    def store_val_scores(self, version: int, per_case: Dict[str, float]) -> None:
+    def store_val_scores(self, version: int, per_case: Dict[str, ScoredCase]) -> None:
+        """``per_case``: ``{case: (dice, sha256 of the label file that was scored)}``."""
         with self.transaction() as con:
             self._store_val_scores(con, version, per_case)
 
@@ -582,38 +884,85 @@ class Cohort:
                                 (case_id, strategy, version, float(value), stamp))
 
     # ------------------------------------------------------------------ jobs
+    def _job_alive(self, row: Dict[str, Any], newest_running: Optional[int]) -> bool:
+        """Whether a 'running' row's process still runs: the job lock is held, and this row is the
+        one that took it (the newest running row); where the lock cannot be probed (a read-only
+        folder), the recorded process is checked on this host."""
+        held = self.job_lock.owned or self.job_lock.held()
+        if held is None:
+            if row["host"] != this_host():
+                return True
+            identity = process_identity(int(row["pid"] or 0)) if row["pid"] else None
+            return identity is not None and identity == row.get("process_start")
+        return bool(held) and row["id"] == newest_running
+
     def jobs(self) -> List[Dict[str, Any]]:
-        out = []
-        for r in self.con.execute("SELECT * FROM jobs ORDER BY id"):
-            d = dict(r)
-            if d["state"] == "running" and not _pid_alive(d["pid"], d["host"]):
-                d["state"] = "interrupted"  # its process is gone: killed or crashed (the row is not rewritten)
-            out.append(d)
-        return out
+        rows = [dict(r) for r in self.con.execute("SELECT * FROM jobs ORDER BY id")]
+        running = [r["id"] for r in rows if r["state"] == "running"]
+        newest = max(running) if running else None
+        for d in rows:
+            if d["state"] == "running" and not self._job_alive(d, newest):
+                d["state"] = INTERRUPTED  # its process is gone: killed or crashed (the row is not rewritten)
+            elif d["state"] == "failed" and d["message"].startswith(INTERRUPTED):
+                d["state"] = INTERRUPTED
+        return rows
 
     def running_job(self) -> Optional[Dict[str, Any]]:
         return next((j for j in self.jobs() if j["state"] == "running"), None)
 
     def start_job(self, kind: str, base_version: Optional[int], resume_job: Optional[int] = None) -> Dict[str, Any]:
-        """Claim the cohort for a job (one at a time); a new row, or the resumed one taken over."""
-        with self.transaction() as con:
-            for r in con.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall():
-                if _pid_alive(r["pid"], r["host"]) and r["pid"] != os.getpid():
-                    raise CohortError(f"{self.root}: retrain job {r['id']} is running (pid {r['pid']}); wait for it "
-                                      "or cancel it with caml al retrain --cancel")
-            if resume_job is not None:
-                con.execute("UPDATE jobs SET state = 'running', pid = ?, host = ?, finished_at = NULL, message = '' "
-                            "WHERE id = ?", (os.getpid(), socket.gethostname(), resume_job))
-                job_id = resume_job
-            else:
-                cur = con.execute("INSERT INTO jobs (kind, state, started_at, pid, host, base_version, folder) "
-                                  "VALUES (?, 'running', ?, ?, ?, ?, '')",
-                                  (kind, now(), os.getpid(), socket.gethostname(), base_version))
-                job_id = int(cur.lastrowid)
-                folder = f"{STATE_DIR}/jobs/job-{job_id:04d}"
-                con.execute("UPDATE jobs SET folder = ? WHERE id = ?", (folder, job_id))
-            row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        """Claim the cohort for a job (one at a time): take the job lock for this process's lifetime,
+        then a new row, or the resumed one taken over. Rows left 'running' by dead processes are
+        marked interrupted."""
+        self.state_dir.mkdir(exist_ok=True)
+        if not self.job_lock.acquire():
+            job = self.running_job() or {}
+            raise CohortError(f"{self.root}: retrain job {job.get('id', '?')} is running (pid {job.get('pid', '?')} "
+                              f"on {job.get('host', '?')}); wait for it or cancel it with caml al retrain --cancel")
+        try:
+            with self.transaction() as con:
+                self._mark_interrupted(con, "a later job found its process gone")
+                identity = (os.getpid(), this_host(), process_identity(os.getpid()))
+                if resume_job is not None:
+                    con.execute("UPDATE jobs SET state = 'running', pid = ?, host = ?, process_start = ?, "
+                                "finished_at = NULL, message = '' WHERE id = ?", (*identity, resume_job))
+                    job_id = resume_job
+                else:
+                    cur = con.execute("INSERT INTO jobs (kind, state, started_at, pid, host, process_start, "
+                                      "base_version, folder) VALUES (?, 'running', ?, ?, ?, ?, ?, '')",
+                                      (kind, now(), *identity, base_version))
+                    job_id = int(cur.lastrowid)
+                    folder = f"{STATE_DIR}/jobs/job-{job_id:04d}"
+                    con.execute("UPDATE jobs SET folder = ? WHERE id = ?", (folder, job_id))
+                row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        except BaseException:
+            self.job_lock.release()
+            raise
+        # Nothing else writes in the cohort's own folders while the lock is held.
+        folders = [self.state_dir / "versions", self.state_dir / "predictions"]
+        folders += [p / "train" for p in (self.state_dir / "jobs").glob("job-*")]
+        storage.remove_stale_temporaries(folders)
+        self._remove_stale_init_files(self.state_dir)
         return dict(row)
+
+    @staticmethod
+    def _mark_interrupted(con: sqlite3.Connection, why: str) -> List[int]:
+        rows = con.execute("SELECT id, pid, host FROM jobs WHERE state = 'running'").fetchall()
+        for r in rows:
+            con.execute("UPDATE jobs SET state = 'failed', finished_at = ?, message = ? WHERE id = ?",
+                        (now(), f"{INTERRUPTED}: its process (pid {r['pid']} on {r['host']}) ended without "
+                                f"finishing ({why}); caml al retrain --resume continues it", r["id"]))
+        return [int(r["id"]) for r in rows]
+
+    def mark_dead_jobs_interrupted(self, why: str) -> List[int]:
+        """Record running jobs whose process is gone as interrupted (only when no job holds the lock)."""
+        if not self.job_lock.acquire(timeout=1.0):
+            return []
+        try:
+            with self.transaction() as con:
+                return self._mark_interrupted(con, why)
+        finally:
+            self.job_lock.release()
 
     def end_job(self, job_id: int, state: str, message: str = "") -> None:
         with self.transaction() as con:
@@ -644,13 +993,14 @@ class Cohort:
         accepted = {c.id for c in self.cases(ACCEPTED)}
         for case_id in self.source.case_ids():
             label = self.source.label_path(case_id)
-            if label is not None and case_id not in accepted:
+            if label is not None and case_id not in accepted and case_id_problem(case_id) is None:
                 out.append(f"case {case_id}: label file {label.relative_to(self.root).as_posix()} is not "
                            "recorded as accepted (an interrupted accept, or added by hand): accept it or remove it")
-        for j in self.jobs():
-            if j["state"] == "interrupted":
-                out.append(f"retrain job {j['id']} was interrupted (its process is gone); "
-                           "caml al retrain --resume continues it")
+        jobs = self.jobs()
+        if jobs and jobs[-1]["state"] == INTERRUPTED:
+            j = jobs[-1]
+            out.append(f"retrain job {j['id']} was interrupted (its process is gone); "
+                       "caml al retrain --resume continues it")
         return out
 
     def status(self) -> Dict[str, Any]:
@@ -667,6 +1017,11 @@ class Cohort:
             notes.append("no model version yet")
         if self.retrain_due():
             notes.append(f"retrain due: {self.auto_retrain} or more cases accepted since the current version")
+        for case_id, why in sorted(self.image_problems().items()):
+            notes.append(f"case {case_id} is skipped by next and retrain: {why}")
+        notes += [f"not a case: {n}" for n in self.unusable_names()]
+        if self.read_only:
+            notes.append("read-only: the cohort folder cannot be written (status and versions work)")
         return {"cohort": str(self.root), "cases": len(self.cases()), "counts": counts,
                 "current_version": current, "versions": len(self.versions()), "val_every": self.val_every,
                 "auto_retrain": self.auto_retrain, "preset": self.preset, "retrain_due": self.retrain_due(),

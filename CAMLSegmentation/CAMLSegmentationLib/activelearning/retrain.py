@@ -15,7 +15,14 @@ One job, in order:
 
 Nothing before step 4's commit changes the cases, the versions or the current version:
 a crash or a cancel at any point leaves them as they were (the job row says what
-happened; ``--resume`` continues the training from its last checkpoint).
+happened; ``--resume`` continues the training from its last checkpoint). Once step 4
+has committed, the job is done: a cancel arriving later changes nothing.
+
+Scores are kept with the SHA-256 of the label file they were computed against, read
+when the label was read; before the commit, a case whose label changed meanwhile (an
+``accept`` during the scoring) is scored again, so candidate and current version are
+compared on the same labels. The job holds the cohort's job lock (``liveness``) for its
+lifetime; a full disk ends it as "failed" with one line.
 """
 
 from __future__ import annotations
@@ -30,38 +37,72 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, no_progress
-from .cohort import MIN_VALIDATION, Cohort, CohortError, fault_point
+from . import storage
+from .cohort import (
+    IMAGE_ERRORS,
+    MIN_VALIDATION,
+    Cohort,
+    CohortError,
+    ScoredCase,
+    check_seed,
+    fault_point,
+    shown_name,
+)
+from .liveness import process_identity, this_host
 
 PROMOTE_CHOICES = ("auto", "always", "never")
 
 
-def score_on_validation(cohort: Cohort, version: int, case_ids: Sequence[str], device: str = "auto",
-                        weights: Optional[Path] = None, progress: ProgressCallback = no_progress,
-                        cancel: Optional[CancelToken] = None, store: bool = True) -> Dict[str, float]:
-    """Dice per validation case of a version (or of ``weights`` not yet a version: pass version -1).
+def scored_on_validation(cohort: Cohort, version: int, case_ids: Sequence[str], device: str = "auto",
+                         weights: Optional[Path] = None, progress: ProgressCallback = no_progress,
+                         cancel: Optional[CancelToken] = None, store: bool = True) -> Dict[str, ScoredCase]:
+    """``{case: (Dice, sha256 of the label scored)}`` of a version (or of ``weights`` not yet a
+    version: pass version -1) on validation cases.
 
     Uses ``segment_volume``, the predictor every user-facing command uses, and the cache of
-    scores for versions already recorded; new scores are cached when ``store``.
+    scores for versions already recorded; new scores are cached when ``store``, under the hash
+    of the label file actually read (an accept replacing it meanwhile cannot mislabel them).
     """
     from ..inference.metrics import dice
     from ..inference.predictor import InferenceOptions, load_inference_model, segment_volume
 
-    cached = cohort.cached_val_scores(version, case_ids) if version >= 0 else {}
-    todo = [c for c in case_ids if c not in cached]
+    out: Dict[str, ScoredCase] = {}
+    if version >= 0:
+        for case_id, value in cohort.cached_val_scores(version, case_ids).items():
+            out[case_id] = (value, cohort.label_sha256(case_id))
+    todo = [c for c in case_ids if c not in out]
     if not todo:
-        return cached
+        return out
     model = load_inference_model(weights or cohort.weights(version), device)
-    out = dict(cached)
     for n, case_id in enumerate(todo, start=1):
         if cancel is not None:
             cancel.raise_if_cancelled()
         result = segment_volume(cohort.read_image(case_id), model, InferenceOptions(), cancel=cancel)
-        out[case_id] = dice(result.mask > 0, cohort.label(case_id) > 0)
+        label, label_sha = cohort.read_label(case_id)
+        out[case_id] = (dice(result.mask > 0, label > 0), label_sha)
         progress(ProgressEvent("validate", n, len(todo), f"version {version if version >= 0 else 'new'} "
                                                           f"{case_id}"))
     if version >= 0 and store:
         cohort.store_val_scores(version, {c: out[c] for c in todo})
     return out
+
+
+def score_on_validation(cohort: Cohort, version: int, case_ids: Sequence[str], device: str = "auto",
+                        weights: Optional[Path] = None, progress: ProgressCallback = no_progress,
+                        cancel: Optional[CancelToken] = None, store: bool = True) -> Dict[str, float]:
+    """Dice per validation case (see :func:`scored_on_validation`)."""
+    scored = scored_on_validation(cohort, version, case_ids, device, weights, progress, cancel, store)
+    return {c: value for c, (value, _) in scored.items()}
+
+
+def _same_labels(cohort: Cohort, scored: Sequence[Dict[str, ScoredCase]]) -> List[str]:
+    """Cases whose label file changed since one of ``scored`` read it (they are scored again)."""
+    changed = []
+    for case_id in sorted({c for s in scored for c in s}):
+        now_sha = cohort.label_sha256(case_id)
+        if any(case_id in s and s[case_id][1] != now_sha for s in scored):
+            changed.append(case_id)
+    return changed
 
 
 def mean(scores: Dict[str, float]) -> Optional[float]:
@@ -81,6 +122,22 @@ def rescore_versions(cohort: Cohort, device: str = "auto", progress: ProgressCal
     return out
 
 
+def version_table(cohort: Any, rescore: bool = False, device: str = "auto", progress: Any = None) -> Any:
+    """Versions with ``val_dice`` (when made) and ``current_val_dice`` (on today's validation set)."""
+    val = cohort.validation_ids()
+    if rescore:
+        scores = rescore_versions(cohort, device, progress=progress or (lambda e: None))
+    else:
+        scores = {}
+        for v in cohort.versions():
+            cached = cohort.cached_val_scores(v["id"], val)
+            scores[v["id"]] = mean(cached) if val and len(cached) == len(val) else None
+    versions = cohort.versions()
+    for v in versions:
+        v["current_val_dice"] = scores.get(v["id"])
+    return versions, scores
+
+
 def finetune_preset(cohort: Cohort, preset_name: Optional[str], base_weights: Optional[Path],
                     iterations: Optional[int]) -> Any:
     """The fine-tuning preset, fitted to the weights it starts from: their network width and the
@@ -89,7 +146,7 @@ def finetune_preset(cohort: Cohort, preset_name: Optional[str], base_weights: Op
     from ..model.settings import InferenceSettings
     from ..training.presets import load_preset
 
-    preset = load_preset(preset_name or cohort.preset)
+    preset = load_preset(preset_name or cohort.preset_source)
     if base_weights is not None:
         ckpt = read_checkpoint(base_weights)
         net = ckpt.get("network") or {}
@@ -106,8 +163,37 @@ def finetune_preset(cohort: Cohort, preset_name: Optional[str], base_weights: Op
 
 
 def _write_list(path: Path, ids: Sequence[str]) -> Path:
+    """One id per line (ids are checked to hold no line break, '#' or edge spaces: ``case_id_problem``)."""
     path.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
     return path
+
+
+def _read_list(path: Path) -> List[str]:
+    """The ids of a list file, by lines, so that ids with spaces come back whole."""
+    from ..training.data import read_id_list
+
+    return read_id_list(path) if path.read_text(encoding="utf-8").strip() else []
+
+
+def _usable_unlabeled(cohort: Cohort, labeled: Sequence[str], progress: ProgressCallback,
+                      cancel: Optional[CancelToken]) -> List[str]:
+    """The images of the unlabeled stream (every case not labeled for training, as the trainer's
+    default), without those that cannot be read or segmented: each is noted for ``status``."""
+    taken = set(labeled)
+    known_bad = cohort.image_problems()
+    ids = [c.id for c in cohort.cases() if c.id not in taken and c.id not in known_bad]
+    usable = []
+    for n, case_id in enumerate(ids, start=1):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        try:
+            cohort.read_image(case_id)
+        except (CohortError, *IMAGE_ERRORS) as exc:
+            cohort.note_image_problem(case_id, str(exc))
+            continue
+        usable.append(case_id)
+        progress(ProgressEvent("check", n, len(ids), case_id))
+    return usable
 
 
 def _resumable_job(cohort: Cohort) -> Dict[str, Any]:
@@ -125,8 +211,6 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
             promote: str = "auto", resume: bool = False, seed: Optional[int] = None,
             progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
     """Run one retrain job on the cohort at ``root``; returns what happened (see the module docstring)."""
-    from ..training.trainer import TrainConfig, train
-
     if promote not in PROMOTE_CHOICES:
         raise CohortError(f"promote must be one of {', '.join(PROMOTE_CHOICES)}")
     with Cohort.open(root) as cohort:
@@ -136,76 +220,121 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
         if resumed is None:
             labeled, validation = cohort.training_ids(), cohort.validation_ids()
             ft = finetune_preset(cohort, preset, base_weights, iterations)
+            job_seed = check_seed(cohort.seed if seed is None else seed)
             if len(labeled) < ft.labeled_batch:
                 raise CohortError(f"{len(labeled)} case(s) accepted for training; retraining needs at least "
                                   f"{ft.labeled_batch} (the preset's labeled batch)")
         job = cohort.start_job("retrain", base, resume_job=resumed["id"] if resumed else None)
         job_dir = cohort.root / job["folder"]
         try:
-            if resumed is None:
-                job_dir.mkdir(parents=True, exist_ok=True)
-                _write_list(job_dir / "labeled.list", labeled)
-                _write_list(job_dir / "validation.list", validation)
-                (job_dir / "job.json").write_text(json.dumps({
-                    "base_version": base, "preset": ft.to_dict(), "promote": promote, "device": device,
-                    "seed": cohort.seed if seed is None else seed}, indent=2))
-            settings = json.loads((job_dir / "job.json").read_text())
-            from ..training.presets import TrainingPreset
-
-            ft = TrainingPreset.from_dict(settings["preset"])
-            labeled = [s for s in (job_dir / "labeled.list").read_text().split() if s]
-            run_dir = job_dir / "train"
-            cfg = TrainConfig(data_root=cohort.root, out_dir=run_dir, preset=ft,
-                              labeled_list=job_dir / "labeled.list", device=device, seed=int(settings["seed"]),
-                              resume=(run_dir / "last.pt").is_file(), init_weights=base_weights)
-            progress(ProgressEvent("retrain", 0, 3, f"job {job['id']}: fine-tuning from version {base}"))
-            result = train(cfg, progress=progress, cancel=cancel)
-            candidate = run_dir / "candidate.pt"
-            _save_candidate(result, run_dir / "last.pt", candidate, ft)
-            fault_point("retrain-after-train")
-            progress(ProgressEvent("retrain", 1, 3, "scoring on the validation cases"))
-
-            # The current validation set (accepted-val cases now), not the job's snapshot.
-            validation = cohort.validation_ids()
-            cand_scores = score_on_validation(cohort, -1, validation, device, weights=candidate,
-                                              progress=progress, cancel=cancel) if validation else {}
-            base_scores = (score_on_validation(cohort, base, validation, device, progress=progress, cancel=cancel,
-                                               store=False)  # cached by the commit below, with the version
-                           if validation and base is not None else {})
-            fault_point("retrain-after-score")
-            cand_dice, base_dice = mean(cand_scores), mean(base_scores)
-            if promote == "always":
-                promoted, why = True, "promoted (forced)"
-            elif promote == "never":
-                promoted, why = False, "kept as a candidate (not promoted on request)"
-            elif base is None or len(validation) < MIN_VALIDATION:
-                promoted, why = True, (f"promoted without comparison: {len(validation)} validation case(s), "
-                                       f"{MIN_VALIDATION} needed" if base is not None else "first version")
-            else:
-                promoted = cand_dice >= base_dice  # type: ignore[operator]
-                why = (f"{'promoted' if promoted else 'not promoted'}: validation Dice {cand_dice:.4f} vs "
-                       f"{base_dice:.4f} for version {base} on {len(validation)} cases")
-            cohort.con.execute("SELECT 1")  # still open and sane before the one commit that changes state
-            progress(ProgressEvent("retrain", 2, 3, why))
-            version = cohort.add_version(
-                candidate, parent=base, job=job["id"], val_dice=cand_dice, val_cases=len(validation),
-                train_cases=labeled, promote=promoted, note=why,
-                val_scores={-1: cand_scores, **({base: base_scores} if base is not None else {})},
-                job_message=why)
+            result = _run_job(cohort, job, job_dir, base, base_weights, promote, device, progress, cancel,
+                              None if resumed else (labeled, validation, ft, job_seed))
         except Cancelled:
-            cohort.end_job(job["id"], "cancelled", "cancelled; caml al retrain --resume continues it")
+            _end_job(cohort, job["id"], "cancelled", "cancelled; caml al retrain --resume continues it")
             raise
         except BaseException as exc:
-            cohort.end_job(job["id"], "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            problem = storage.describe(exc, job_dir)
+            message = problem or f"{type(exc).__name__}: {exc}"
+            _end_job(cohort, job["id"], "failed", message.splitlines()[0])
+            if problem is not None:
+                raise CohortError(f"retrain job {job['id']} failed: {problem}; then caml al retrain --resume "
+                                  "continues it") from None
             raise
-        progress(ProgressEvent("retrain", 3, 3, why))
-        return {"job": job["id"], "version": version, "promoted": promoted, "reason": why,
-                "candidate_dice": cand_dice, "current_dice": base_dice, "base_version": base,
-                "current_version": cohort.current_version(), "validation_cases": len(validation),
-                "weights": str(cohort.weights(version))}
+        finally:
+            cohort.job_lock.release()
+        return result
+
+
+def _end_job(cohort: Cohort, job_id: int, state: str, message: str) -> None:
+    """Record how a job ended; when even that cannot be written (a full disk), the released job
+    lock still tells every later command that the job is not running."""
+    try:
+        cohort.end_job(job_id, state, message)
+    except (CohortError, OSError) as exc:
+        if not isinstance(exc, CohortError) and storage.storage_kind(exc) is None:
+            raise
+
+
+def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[int], base_weights: Optional[Path],
+             promote: str, device: str, progress: ProgressCallback, cancel: Optional[CancelToken],
+             new: Optional[tuple]) -> Dict[str, Any]:
+    from ..training.presets import TrainingPreset
+    from ..training.trainer import TrainConfig, train
+
+    if new is not None:
+        labeled, validation, ft, job_seed = new
+        job_dir.mkdir(parents=True, exist_ok=True)
+        _write_list(job_dir / "labeled.list", labeled)
+        _write_list(job_dir / "validation.list", validation)
+        (job_dir / "job.json").write_text(json.dumps({
+            "base_version": base, "preset": ft.to_dict(), "promote": promote, "device": device,
+            "seed": job_seed}, indent=2))
+    settings = json.loads((job_dir / "job.json").read_text())
+    ft = TrainingPreset.from_dict(settings["preset"])
+    labeled = _read_list(job_dir / "labeled.list")
+    unlabeled_list = job_dir / "unlabeled.list"
+    if not unlabeled_list.is_file():  # a resumed job keeps the stream it started with
+        _write_list(unlabeled_list, _usable_unlabeled(cohort, labeled, progress, cancel))
+    run_dir = job_dir / "train"
+    cfg = TrainConfig(data_root=cohort.root, out_dir=run_dir, preset=ft, labeled_list=job_dir / "labeled.list",
+                      unlabeled_list=unlabeled_list if _read_list(unlabeled_list) else None, device=device,
+                      seed=check_seed(int(settings["seed"])), resume=(run_dir / "last.pt").is_file(),
+                      init_weights=base_weights)
+    progress(ProgressEvent("retrain", 0, 3, f"job {job['id']}: fine-tuning from version {base}"))
+    result = train(cfg, progress=progress, cancel=cancel)
+    candidate = run_dir / "candidate.pt"
+    _save_candidate(result, run_dir / "last.pt", candidate, ft)
+    fault_point("retrain-after-train")
+    progress(ProgressEvent("retrain", 1, 3, "scoring on the validation cases"))
+
+    # The current validation set (accepted-val cases now), not the job's snapshot.
+    validation = cohort.validation_ids()
+    cand_scores: Dict[str, ScoredCase] = {}
+    base_scores: Dict[str, ScoredCase] = {}
+    todo = list(validation)
+    for _ in range(5):  # labels replaced during the scoring are scored again, for both
+        if validation:
+            cand_scores.update(scored_on_validation(cohort, -1, todo, device, weights=candidate,
+                                                    progress=progress, cancel=cancel))
+            if base is not None:  # cached by the commit below, with the version
+                base_scores.update(scored_on_validation(cohort, base, todo, device, progress=progress,
+                                                        cancel=cancel, store=False))
+        todo = _same_labels(cohort, [cand_scores, base_scores])
+        if not todo:
+            break
+    else:
+        raise CohortError(f"validation labels {', '.join(todo[:3])} keep changing during the scoring; "
+                          "run caml al retrain --resume when the accepts are done")
+    fault_point("retrain-after-score")
+    cand_dice = mean({c: v for c, (v, _) in cand_scores.items()})
+    base_dice = mean({c: v for c, (v, _) in base_scores.items()})
+    if promote == "always":
+        promoted, why = True, "promoted (forced)"
+    elif promote == "never":
+        promoted, why = False, "kept as a candidate (not promoted on request)"
+    elif base is None or len(validation) < MIN_VALIDATION:
+        promoted, why = True, (f"promoted without comparison: {len(validation)} validation case(s), "
+                               f"{MIN_VALIDATION} needed" if base is not None else "first version")
+    else:
+        promoted = cand_dice >= base_dice  # type: ignore[operator]
+        why = (f"{'promoted' if promoted else 'not promoted'}: validation Dice {cand_dice:.4f} vs "
+               f"{base_dice:.4f} for version {base} on {len(validation)} cases")
+    progress(ProgressEvent("retrain", 2, 3, why))
+    version = cohort.add_version(
+        candidate, parent=base, job=job["id"], val_dice=cand_dice, val_cases=len(validation),
+        train_cases=labeled, promote=promoted, note=why,
+        val_scores={-1: cand_scores, **({base: base_scores} if base is not None else {})},
+        job_message=why, final=True)
+    progress(ProgressEvent("retrain", 3, 3, why))
+    return {"job": job["id"], "version": version, "promoted": promoted, "reason": why,
+            "candidate_dice": cand_dice, "current_dice": base_dice, "base_version": base,
+            "current_version": cohort.current_version(), "validation_cases": len(validation),
+            "weights": str(cohort.root / cohort.version(version)["weights"])}
 
 
 #: What a resumable training checkpoint holds only to continue training; a version needs none of it.
+#: These are the keys ``training.trainer.TrainingRun.checkpoint`` adds to the run's metadata (its owner
+#: defines them; a shared definition there would let this list go, see issue 25 item 9).
 _TRAINING_STATE = ("optimizer", "scaler", "memory_bank", "rng", "rank_states", "sampler", "history",
                    "best_dice", "best_iteration")
 
@@ -222,16 +351,33 @@ def _save_candidate(result: Any, last: Path, target: Path, preset: Any) -> None:
 
 
 def cancel_running(root: Path) -> Dict[str, Any]:
-    """Ask the cohort's running retrain to stop (SIGTERM: it keeps a resumable checkpoint and exits)."""
+    """Stop the cohort's running retrain (SIGTERM: it keeps a resumable checkpoint and exits).
+
+    Only a process verifiably the job is signalled: on this host, with the pid *and* the start
+    time recorded when the job started, while the job lock is held. A job whose process is gone
+    (killed, crashed, its machine rebooted; on any host) is marked interrupted instead, and the
+    result says so. A live job on another host is left alone: cancel it there.
+    """
     with Cohort.open(root) as cohort:
         job = cohort.running_job()
         if job is None:
+            dead = cohort.mark_dead_jobs_interrupted("found by caml al retrain --cancel")
+            if dead:
+                return {"job": dead[-1], "pid": None, "signal": None, "state": "interrupted",
+                        "message": f"retrain job {dead[-1]} was not running (its process is gone): marked as "
+                                   "interrupted; caml al retrain --resume continues it"}
             raise CohortError(f"{cohort.root}: no retrain job is running")
-        try:
-            os.kill(int(job["pid"]), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        return {"job": job["id"], "pid": job["pid"], "signal": "SIGTERM"}
+        pid, host = int(job["pid"] or 0), job["host"]
+        if host != this_host():
+            raise CohortError(f"retrain job {job['id']} runs on host {shown_name(host)} (pid {pid}), not on this "
+                              f"one ({shown_name(this_host())}): cancel it there")
+        identity = process_identity(pid) if pid > 0 else None
+        if identity is None or identity != job.get("process_start"):
+            raise CohortError(f"retrain job {job['id']} holds the cohort, but pid {pid} cannot be verified to be "
+                              "its process (not found, or started at another time): nothing was signalled")
+        os.kill(pid, signal.SIGTERM)
+        return {"job": job["id"], "pid": pid, "signal": "SIGTERM", "state": "running",
+                "message": f"asked retrain job {job['id']} (pid {pid}) to stop"}
 
 
 def training_lists(cohort: Cohort) -> Dict[str, List[str]]:

@@ -22,7 +22,8 @@
 
 Scores are computed from one inference pass per case (models V and A through the one
 predictor, ``inference.segment_volume``), cached in the cohort's database per strategy and
-model version, and recomputed only for a version that has not scored the case yet.
+model version, and recomputed only for a version that has not scored the case yet. An image
+that cannot be read or segmented is noted in the cohort (``status`` names it) and skipped.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
-from .cohort import Cohort, CohortError
+from .cohort import IMAGE_ERRORS, Cohort, CohortError
 
 STRATEGIES = ("disagreement", "entropy", "random", "first")
 MODEL_STRATEGIES = ("disagreement", "entropy")
@@ -111,8 +112,9 @@ def score_candidates(cohort: Cohort, strategy: str, device: str = "auto",
                      model: Any = None) -> Dict[str, Any]:
     """Scores of every candidate case at the current version, computing only what is not cached.
 
-    Returns ``{"scores": {case: score}, "version": v, "computed": [ids], "cached": [ids]}``.
-    A model strategy writes each scored case's predicted mask and records it as predicted.
+    Returns ``{"scores": {case: score}, "version": v, "computed": [ids], "cached": [ids],
+    "skipped": {case: why}}``. A model strategy writes each scored case's predicted mask and
+    records it as predicted; a case whose image cannot be read or segmented is noted and skipped.
     """
     from ..io.volume import write_mask
 
@@ -129,6 +131,7 @@ def score_candidates(cohort: Cohort, strategy: str, device: str = "auto",
     cached = cohort.cached_scores(strategy, version)
     todo = [c for c in candidates if c not in cached]
     computed: List[str] = []
+    skipped: Dict[str, str] = {}
     if todo and strategy == "first":
         positions = {c.id: c.position for c in cohort.cases()}
         cohort.store_scores(version, {c: {"first": -float(positions[c])} for c in todo})
@@ -142,8 +145,13 @@ def score_candidates(cohort: Cohort, strategy: str, device: str = "auto",
         for n, case_id in enumerate(todo, start=1):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            volume = cohort.read_image(case_id)
-            mask, p_v, p_a, _ = predict_case(model, volume, cancel)
+            try:
+                volume = cohort.read_image(case_id)
+                mask, p_v, p_a, _ = predict_case(model, volume, cancel)
+            except IMAGE_ERRORS as exc:
+                cohort.note_image_problem(case_id, str(exc))
+                skipped[case_id] = str(exc)
+                continue
             mask_path, _ = prediction_paths(cohort, case_id, version)
             write_mask(mask, volume, mask_path)
             cohort.set_prediction(case_id, version, mask_path)
@@ -151,8 +159,11 @@ def score_candidates(cohort: Cohort, strategy: str, device: str = "auto",
             computed.append(case_id)
             progress(ProgressEvent("score", n, len(todo), case_id))
     scores = cohort.cached_scores(strategy, version)
+    candidates = [c for c in candidates if c not in skipped]
+    if not candidates:
+        raise CohortError(f"{cohort.root}: no case left to label whose image can be used (see caml al status)")
     return {"scores": {c: scores[c] for c in candidates}, "version": version, "computed": computed,
-            "cached": [c for c in candidates if c not in computed]}
+            "cached": [c for c in candidates if c not in computed], "skipped": skipped}
 
 
 def rank(scores: Dict[str, float], order: Dict[str, int]) -> List[str]:
@@ -169,21 +180,30 @@ def next_case(cohort: Cohort, strategy: str, device: str = "auto", uncertainty: 
     scored = score_candidates(cohort, strategy, device, progress, cancel)
     order = {c.id: c.position for c in cohort.cases()}
     ranking = rank(scored["scores"], order)
-    case_id = ranking[0]
     current = cohort.current_version()
-    out: Dict[str, Any] = {"case": case_id, "image": str(cohort.image_path(case_id)), "strategy": strategy,
-                           "score": scored["scores"][case_id], "version": current, "prediction": None,
-                           "uncertainty": None, "ranking": ranking[:10], "computed": len(scored["computed"])}
-    if current is not None:
+    skipped = dict(scored["skipped"])
+    for case_id in ranking:
+        out: Dict[str, Any] = {"case": case_id, "image": str(cohort.image_path(case_id)), "strategy": strategy,
+                               "score": scored["scores"][case_id], "version": current, "prediction": None,
+                               "uncertainty": None, "ranking": [c for c in ranking if c not in skipped][:10],
+                               "computed": len(scored["computed"]), "skipped": skipped}
+        if current is None:
+            return out
         mask_path, unc_path = prediction_paths(cohort, case_id, current)
         if not mask_path.is_file() or (uncertainty and not unc_path.is_file()):
-            model = load_dual_model(cohort.weights(current), device)
-            volume = cohort.read_image(case_id)
-            mask, _, _, diff = predict_case(model, volume, cancel)
+            model = model or load_dual_model(cohort.weights(current), device)
+            try:
+                volume = cohort.read_image(case_id)
+                mask, _, _, diff = predict_case(model, volume, cancel)
+            except IMAGE_ERRORS as exc:  # first / random do not read images before choosing
+                cohort.note_image_problem(case_id, str(exc))
+                skipped[case_id] = str(exc)
+                continue
             write_mask(mask, volume, mask_path)
             if uncertainty:
                 write_image(diff, volume, unc_path)
             cohort.set_prediction(case_id, current, mask_path)
         out["prediction"] = str(mask_path)
         out["uncertainty"] = str(unc_path) if uncertainty else None
-    return out
+        return out
+    raise CohortError(f"{cohort.root}: no case left to label whose image can be used (see caml al status)")

@@ -21,7 +21,27 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
+from ..activelearning.cohort import DEFAULT_PRESET, DEFAULT_VAL_EVERY, MAX_VERSION, ROLES, SEED_RANGE
+from ..activelearning.retrain import PROMOTE_CHOICES
 from ..activelearning.strategies import STRATEGIES
+
+
+def _int_in(low: int, high: int, what: str) -> Any:
+    """An argparse type: an integer from ``low`` to ``high`` (a usage error otherwise, not a traceback)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low} to {high}, not {text}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+_SEED = _int_in(*SEED_RANGE, "seed")
+_COUNT = _int_in(0, 10 ** 6, "count")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -47,13 +67,15 @@ def add_parser(subparsers: Any) -> None:
     common(p)
     p.add_argument("--model", metavar="ID|FILE",
                    help="register these weights (a catalog model id or a checkpoint file) as version 1")
-    p.add_argument("--val-every", type=int, default=4, metavar="N",
-                   help="every N-th accepted case goes to validation, for good (default 4; 0: only with --role val)")
-    p.add_argument("--auto-retrain", type=int, default=0, metavar="N",
+    p.add_argument("--val-every", type=_COUNT, default=DEFAULT_VAL_EVERY, metavar="N",
+                   help=f"every N-th accepted case goes to validation, for good (default {DEFAULT_VAL_EVERY}; "
+                        "0: only with --role val)")
+    p.add_argument("--auto-retrain", type=_COUNT, default=0, metavar="N",
                    help="retrain after every N cases accepted for training (default 0: only when asked)")
-    p.add_argument("--preset", default="al-finetune", metavar="NAME|FILE",
-                   help="training preset of retrains (default al-finetune: a short warm-started fine-tuning)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy and of retraining (default 0)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME|FILE",
+                   help=f"training preset of retrains (default {DEFAULT_PRESET}: a short warm-started fine-tuning)")
+    p.add_argument("--seed", type=_SEED, default=0,
+                   help=f"seed of the random strategy and of retraining, 0 to {SEED_RANGE[1]} (default 0)")
     p.set_defaults(func=run_init)
 
     p = sub.add_parser("status", help="case counts, current version, notes and problems")
@@ -62,7 +84,7 @@ def add_parser(subparsers: Any) -> None:
 
     p = sub.add_parser("next", help="pick the next case to label and write its prediction")
     common(p, progress=True, device=True)
-    p.add_argument("--strategy", choices=STRATEGIES, default="disagreement",
+    p.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0],
                    help="disagreement (CAML's models V and A disagree most), entropy (model V least sure), "
                         "random, or first (cohort order) (default disagreement)")
     p.add_argument("--uncertainty", action="store_true",
@@ -74,7 +96,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("case", help="the case id (file name in images/ without extension)")
     p.add_argument("label", type=Path, help="the label file: a binary mask on the case image's grid "
                                             "(.nrrd, .seg.nrrd, .nii.gz, ...)")
-    p.add_argument("--role", choices=["auto", "train", "val"], default="auto",
+    p.add_argument("--force", action="store_true",
+                   help="accept an empty or all-foreground label (refused otherwise, as it is most likely a mistake)")
+    p.add_argument("--role", choices=ROLES, default=ROLES[0],
                    help="auto: every --val-every-th accepted case goes to validation; train or val: choose "
                         "(a case keeps its role for good) (default auto)")
     p.add_argument("--retrain-when-due", action="store_true",
@@ -84,13 +108,14 @@ def add_parser(subparsers: Any) -> None:
 
     p = sub.add_parser("retrain", help="fine-tune CAML on the accepted cases, compare, promote if not worse")
     common(p, progress=True, device=True)
-    p.add_argument("--iterations", type=int, metavar="N", help="override the preset's number of iterations")
-    p.add_argument("--preset", metavar="NAME|FILE", help="training preset (default: the cohort's, al-finetune)")
-    p.add_argument("--promote", choices=["auto", "always", "never"], default="auto",
+    p.add_argument("--iterations", type=_int_in(1, 10 ** 9, "iterations"), metavar="N",
+                   help="override the preset's number of iterations")
+    p.add_argument("--preset", metavar="NAME|FILE", help="training preset (default: the cohort's)")
+    p.add_argument("--promote", choices=PROMOTE_CHOICES, default=PROMOTE_CHOICES[0],
                    help="auto: the new version becomes current if its validation Dice is not worse than the "
                         "current version's (or with fewer than 2 validation cases); always / never: override "
                         "(default auto)")
-    p.add_argument("--seed", type=int, help="training seed (default: the cohort's)")
+    p.add_argument("--seed", type=_SEED, help="training seed (default: the cohort's)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--resume", action="store_true",
                       help="continue the last interrupted, cancelled or failed retrain from its checkpoint")
@@ -106,7 +131,7 @@ def add_parser(subparsers: Any) -> None:
 
     p = sub.add_parser("use", help="make a version current (roll back, or promote a candidate)")
     common(p)
-    p.add_argument("version", type=int, help="the version number (see caml al versions)")
+    p.add_argument("version", type=_int_in(1, MAX_VERSION, "version"), help="the version number (see caml al versions)")
     p.set_defaults(func=run_use)
 
 
@@ -116,22 +141,50 @@ def _progress(args: argparse.Namespace) -> Any:
     return progress_callback(getattr(args, "progress", "none"))
 
 
-def _emit(args: argparse.Namespace, result: Dict[str, Any], text: str) -> int:
-    if getattr(args, "progress", None) == "json":
-        from ..progress import emit_final
+#: Exit status when the reader of stdout went away (``caml al status | head -1``): 128 + SIGPIPE, as a shell
+#: reports a standard tool that the closed pipe stopped.
+EXIT_BROKEN_PIPE = 141
 
-        emit_final(dict({"event": "done"}, outputs=result))  # the one final event of the job
-    elif args.json:
-        print(json.dumps(result, default=str, indent=2))
-    else:
-        print(text)
+
+def _emit(args: argparse.Namespace, result: Dict[str, Any], text: str) -> int:
+    try:
+        if getattr(args, "progress", None) == "json":
+            from ..progress import emit_final
+
+            emit_final(dict({"event": "done"}, outputs=result))  # the one final event of the job
+        else:
+            print(json.dumps(result, default=str, indent=2) if args.json else text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # As standard tools: stop quietly. Point stdout at nothing so that the interpreter's own
+        # flush at exit does not raise again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     return 0
 
 
 def _json_errors(args: argparse.Namespace, func: Any) -> int:
-    """Run a command's work. Errors and cancels propagate to ``cli.main``, which ends a
+    """Run a command's work. A read-only folder, a full or failing disk become one line naming
+    the cohort; other errors and cancels propagate to ``cli.main``, which ends a
     ``--progress json`` stdout with exactly one ``error`` or ``cancelled`` event."""
-    return func()
+    import sqlite3
+
+    from ..activelearning import storage
+    from ..activelearning.cohort import CohortError
+
+    try:
+        return func()
+    except (OSError, sqlite3.Error, RuntimeError) as exc:
+        if isinstance(exc, CohortError):
+            raise
+        message = storage.describe(exc, Path(args.cohort))
+        if message is None:
+            raise
+        raise CohortError(message) from None
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -152,11 +205,15 @@ def run_init(args: argparse.Namespace) -> int:
     from ..training.presets import load_preset
 
     load_preset(args.preset)  # a typo fails now, not at the first retrain
-    with Cohort.init(args.cohort, val_every=args.val_every, auto_retrain=args.auto_retrain, preset=args.preset,
-                     seed=args.seed, model=model) as cohort:
-        status = cohort.status()
-    return _emit(args, status, f"cohort {status['cohort']}: {status['cases']} cases; "
-                               f"current version {status['current_version'] or 'none'}")
+
+    def work() -> int:
+        with Cohort.init(args.cohort, val_every=args.val_every, auto_retrain=args.auto_retrain,
+                         preset=args.preset, seed=args.seed, model=model) as cohort:
+            status = cohort.status()
+        return _emit(args, status, f"cohort {status['cohort']}: {status['cases']} cases; "
+                                   f"current version {status['current_version'] or 'none'}")
+
+    return _json_errors(args, work)
 
 
 def format_status(status: Dict[str, Any]) -> str:
@@ -175,9 +232,12 @@ def format_status(status: Dict[str, Any]) -> str:
 def run_status(args: argparse.Namespace) -> int:
     from ..activelearning.cohort import Cohort
 
-    with Cohort.open(args.cohort) as cohort:
-        status = cohort.status()
-    return _emit(args, status, format_status(status))
+    def work() -> int:
+        with Cohort.open(args.cohort, read_only=True) as cohort:
+            status = cohort.status()
+        return _emit(args, status, format_status(status))
+
+    return _json_errors(args, work)
 
 
 def run_next(args: argparse.Namespace) -> int:
@@ -203,8 +263,13 @@ def run_accept(args: argparse.Namespace) -> int:
             raise CohortError(f"{args.label}: no such label file")
         label = read_image(args.label)
         with Cohort.open(args.cohort) as cohort:
-            result = cohort.accept(args.case, label, role=args.role)
+            result = cohort.accept(args.case, label, role=args.role, force=args.force,
+                                   final=not args.retrain_when_due)
         text = f"accepted {result['case']} as {result['status']}; label {result['label']}"
+        if args.retrain_when_due and not result["retrain_due"]:
+            from ..progress import commit_job
+
+            commit_job()  # nothing follows the accept: it is the outcome
         if result["retrain_due"]:
             if args.retrain_when_due:
                 from ..activelearning.retrain import retrain
@@ -223,8 +288,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     from ..progress import terminate_as_cancel
 
     if args.cancel:
-        result = cancel_running(args.cohort)
-        return _emit(args, result, f"asked retrain job {result['job']} (pid {result['pid']}) to stop")
+        return _json_errors(args, lambda: (lambda r: _emit(args, r, r["message"]))(cancel_running(args.cohort)))
 
     def work() -> int:
         # SIGTERM (Cancel in the panel, or --cancel) stops like Ctrl-C: the job keeps a resumable checkpoint.
@@ -249,29 +313,12 @@ def format_versions(versions: Any, current_scores: Dict[int, Any]) -> str:
     return "\n".join(lines)
 
 
-def version_table(cohort: Any, rescore: bool = False, device: str = "auto", progress: Any = None) -> Any:
-    """Versions with ``val_dice`` (when made) and ``current_val_dice`` (on today's validation set)."""
-    from ..activelearning.retrain import mean, rescore_versions
-
-    val = cohort.validation_ids()
-    if rescore:
-        scores = rescore_versions(cohort, device, progress=progress or (lambda e: None))
-    else:
-        scores = {}
-        for v in cohort.versions():
-            cached = cohort.cached_val_scores(v["id"], val)
-            scores[v["id"]] = mean(cached) if val and len(cached) == len(val) else None
-    versions = cohort.versions()
-    for v in versions:
-        v["current_val_dice"] = scores.get(v["id"])
-    return versions, scores
-
-
 def run_versions(args: argparse.Namespace) -> int:
     from ..activelearning.cohort import Cohort
+    from ..activelearning.retrain import version_table
 
     def work() -> int:
-        with Cohort.open(args.cohort) as cohort:
+        with Cohort.open(args.cohort, read_only=not args.rescore) as cohort:
             versions, scores = version_table(cohort, args.rescore, args.device, _progress(args))
         return _emit(args, {"versions": versions}, format_versions(versions, scores))
 
@@ -281,9 +328,12 @@ def run_versions(args: argparse.Namespace) -> int:
 def run_use(args: argparse.Namespace) -> int:
     from ..activelearning.cohort import Cohort
 
-    with Cohort.open(args.cohort) as cohort:
-        version = cohort.use(args.version)
-    return _emit(args, version, f"version {version['id']} is now current")
+    def work() -> int:
+        with Cohort.open(args.cohort) as cohort:
+            version = cohort.use(args.version, final=True)
+        return _emit(args, version, f"version {version['id']} is now current")
+
+    return _json_errors(args, work)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,7 +129,7 @@ class ActiveLearningLogicMixin:
     def alVersions(self, folder: str, rescore: bool = False, device: str = "cpu") -> List[Dict[str, Any]]:
         """Versions with ``val_dice`` (when made) and ``current_val_dice`` (on today's validation set)."""
         from CAMLSegmentationLib.activelearning.cohort import Cohort
-        from CAMLSegmentationLib.cli.al import version_table
+        from CAMLSegmentationLib.activelearning.retrain import version_table
 
         with Cohort.open(folder) as cohort:
             versions, _ = version_table(cohort, rescore, device)
