@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Dict, Tuple, Union
 
@@ -72,10 +73,13 @@ def export_sub_model(weights: PathLike, which: str, target: PathLike) -> Path:
     buffer = io.BytesIO()
     # PRESERVE (the network is in eval mode) keeps BatchNorm as its own node: folding it into the
     # convolution here would give weights float16 cannot hold; ONNX Runtime folds it at load time.
-    torch.onnx.export(Foreground().eval(), (example,), buffer, input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
-                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    # The TorchScript exporter (dynamo=False) needs no onnxscript; torch warns that it is the legacy one.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(Foreground().eval(), (example,), buffer, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     model = onnx.load_model_from_string(buffer.getvalue())
     _store_exact_float16(model)
     for key, value in ((SETTINGS_KEY, json.dumps(settings.to_dict())), (SUB_MODEL_KEY, which),
