@@ -60,6 +60,12 @@ def load_segment_model(args: argparse.Namespace, with_a: bool = False) -> Any:
 
 
 def _torch_model(weights: Any, device: str, with_a: bool, name: Any) -> Any:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError(f"{name or weights}: this model runs with PyTorch here (it has no ONNX export, or "
+                        f"--backend torch asked for it), and PyTorch is not installed: install torch, or use "
+                        f"a model with an ONNX export (`caml models`) with --backend auto or onnx") from None
     from ..inference.predictor import load_inference_model
 
     return load_inference_model(weights, device, with_a=with_a, name=name)
