@@ -54,9 +54,10 @@ def load_segment_model(args: argparse.Namespace, with_a: bool = False) -> Any:
                         f"list none): pass --weights FILE, or register one with `caml models register`")
     name = f"{entry.id} (version {entry.version})"
     backend = choose_backend(requested, "v" in entry.onnx, device, with_a_export=not with_a or "a" in entry.onnx)
+    weights = verify(entry)  # checked on either path: a damaged release is reported, whatever runs it
     if backend == "onnx":
         return load_onnx_model(verify_onnx(entry, ("v", "a") if with_a else ("v",)), with_a=with_a, name=name)
-    return _torch_model(verify(entry), device, with_a, name)
+    return _torch_model(weights, device, with_a, name)
 
 
 def _torch_model(weights: Any, device: str, with_a: bool, name: Any) -> Any:
