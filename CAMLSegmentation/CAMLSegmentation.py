@@ -265,7 +265,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return  # the timer sees the job end and resets the panel
         # The installation dialog first, without a wait cursor over it.
         with slicer.util.tryWithErrorDisplay(_("Failed to install the required Python packages.")):
-            if not self.logic.ensureDependencies(slicer.util.confirmOkCancelDisplay):
+            if not self.logic.ensureDependencies(slicer.util.confirmOkCancelDisplay, params=self._params):
                 self.ui.statusLabel.text = _("Missing Python packages: segmentation not started.")
                 return
         try:

@@ -36,6 +36,9 @@ def add_parser(subparsers: Any) -> None:
                         "(--no-lcc: keep every component); default: what the checkpoint records (caml train "
                         "chooses it on the validation cases); for older checkpoints compare `caml evaluate "
                         "--lcc` and `--no-lcc` on the validation cases")
+    r.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                   help="also store ONNX exports of V and A, so ONNX Runtime segments without PyTorch "
+                        "(default: when the onnx package is installed)")
     r.set_defaults(func=register)
 
 
@@ -60,7 +63,7 @@ def list_models(args: argparse.Namespace) -> int:
 
 
 def verify_models(args: argparse.Namespace) -> int:
-    from ..model.catalog import CatalogError, find_model, load_catalog, verify
+    from ..model.catalog import CatalogError, find_model, load_catalog, verify, verify_onnx
 
     entries = load_catalog()
     chosen = [find_model(i, entries) for i in args.ids] if args.ids else entries
@@ -68,7 +71,8 @@ def verify_models(args: argparse.Namespace) -> int:
     for entry in chosen:
         try:
             path = verify(entry)
-            print(f"ok      {entry.id}: {path}")
+            exports = verify_onnx(entry, tuple(entry.onnx)) if entry.onnx else {}
+            print(f"ok      {entry.id}: {path}" + "".join(f", {p.name}" for p in exports.values()))
         except CatalogError as exc:
             failed += 1
             print(f"FAILED  {exc}")
@@ -82,7 +86,7 @@ def register(args: argparse.Namespace) -> int:
     entry = register_model(args.weights, args.id, version=args.version, description=args.description,
                            training_data=args.training_data, training=args.training, metrics=metrics,
                            catalog_path=args.catalog, default=args.default, half=args.fp16,
-                           largest_component=args.lcc)
+                           largest_component=args.lcc, onnx=args.onnx)
     print(f"registered {entry.id} (version {entry.version}, sha256 {entry.sha256[:12]}...) -> {entry.path}\n"
           f"  use it with `caml segment IN --model {entry.id}`")
     return 0

@@ -41,6 +41,9 @@ def add_parser(subparsers: Any) -> None:
                         f"(default: IN's name + {OUTPUT_SUFFIX}, beside IN)")
     add_model_arguments(p)
     add_inference_arguments(p)
+    from .backend import add_backend_argument
+
+    add_backend_argument(p)
     p.add_argument("--uncertainty", metavar="OUT", help="also write |p_V - p_A| per voxel (.nrrd or .nii.gz); "
                                                         "runs model A as well")
     p.add_argument("--probability", metavar="OUT", help="also write the foreground probability (.nrrd/.nii.gz)")
@@ -96,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{snapshot}: --snapshot writes a PNG picture; give a name ending in .png")
         options = options_from_args(args, uncertainty=bool(args.uncertainty))
         volume = read_volume(source)
-        model = load_model_from_args(args, with_a=options.ensemble or options.uncertainty)
         from ..inference.predictor import segment_volume
+        from .backend import load_segment_model
+
+        model = load_segment_model(args, with_a=options.ensemble or options.uncertainty)
 
         result = segment_volume(volume, model, options, progress=progress_callback(args.progress))
         arrays = {"mask": result.mask, "uncertainty": result.uncertainty, "probability": result.probability}

@@ -32,19 +32,20 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..devices import resolve_device
+# torch is imported where a torch model is built or run, never at module import: the ONNX Runtime
+# backend (``onnx_runtime``) runs this same predictor in a Python without torch.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..model.network import SubModel
+
 from ..io.volume import Volume, check_size, validate_volume
-from ..model.checkpoint import CheckpointError, load_sub_model, read_checkpoint
-from ..model.network import NetworkConfig, SubModel
 from ..model.settings import (
     DEFAULT_OVERLAP,
     FAST_OVERLAP,
@@ -60,7 +61,8 @@ PathLike = Union[str, Path]
 #: Window strides of the official CAML evaluation (``test_3d.py``: stride_xy=18, stride_z=4).
 OFFICIAL_STRIDES = (18, 18, 4)
 
-Predictor = Callable[[torch.Tensor], torch.Tensor]
+#: Maps a batch of windows to outputs: torch tensors for a torch model, numpy arrays for ONNX Runtime.
+Predictor = Callable[[Any], Any]
 #: A window overlap: one fraction for every axis, or one per image axis.
 Overlap = Union[float, Tuple[float, float, float]]
 
@@ -120,14 +122,21 @@ def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125) -> to
     reliable; weighting them down hides the seams between windows. The floor
     keeps every voxel's total weight positive where only window borders reach.
     """
-    weights = torch.ones(())
+    import torch
+
+    return torch.from_numpy(gaussian_weights(window, sigma_scale))
+
+
+def gaussian_weights(window: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """``gaussian_importance`` as a float32 numpy array (what the torch-free path blends with)."""
+    weights = np.ones(())
     for n in window:
-        x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
         sigma = max(sigma_scale * n, 1e-6)
-        g = torch.exp(-0.5 * (x / sigma) ** 2)
+        g = np.exp(-0.5 * (x / sigma) ** 2)
         weights = weights[..., None] * g
     weights = weights / weights.max()
-    return weights.clamp_min(1e-3).float()
+    return np.maximum(weights, 1e-3).astype(np.float32)
 
 
 def choose_stitch_device(device: torch.device, needed_bytes: int,
@@ -140,6 +149,8 @@ def choose_stitch_device(device: torch.device, needed_bytes: int,
     have. ``free_bytes`` defaults to what CUDA reports free; half of it must
     hold ``needed_bytes``, leaving the rest to the network's activations.
     """
+    import torch
+
     if device.type != "cuda":
         return torch.device("cpu")
     if free_bytes is None:
@@ -147,17 +158,20 @@ def choose_stitch_device(device: torch.device, needed_bytes: int,
     return device if needed_bytes <= free_bytes // 2 else torch.device("cpu")
 
 
-def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predictor, *,
+def sliding_window(image: Union[torch.Tensor, np.ndarray], window: Sequence[int], predictor: Predictor, *,
                    overlap: Overlap = 0.25, strides: Optional[Sequence[int]] = None, layout: str = "even",
                    blend: str = "gaussian", batch_size: int = 2, pad_value: float = 0.0,
                    device: Union[str, torch.device] = "cpu",
                    stitch_device: Union[None, str, torch.device] = None, amp: bool = False,
                    progress: Optional[ProgressCallback] = None,
-                   cancel: Optional[CancelToken] = None) -> torch.Tensor:
+                   cancel: Optional[CancelToken] = None) -> Union[torch.Tensor, np.ndarray]:
     """Run ``predictor`` over overlapping windows of ``image`` and blend the outputs.
 
     Args:
-        image: ``[C, I, J, K]`` float tensor on the CPU (the whole volume stays there).
+        image: ``[C, I, J, K]`` float tensor on the CPU (the whole volume stays there), or a
+            float32 numpy array: then ``predictor`` gets and returns numpy batches, stitching
+            happens in numpy and torch is never imported (``device``, ``stitch_device`` and
+            ``amp`` are for torch); the ONNX Runtime backend runs this way.
         window: window size ``(wi, wj, wk)``; an image smaller than it is padded
             with ``pad_value`` (symmetrically) and the output cropped back.
         predictor: maps ``[B, C, wi, wj, wk]`` on ``device`` to ``[B, C_out, wi, wj, wk]``.
@@ -176,45 +190,59 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
             effect within one batch of windows.
 
     Returns:
-        ``[C_out, I, J, K]`` float32 tensor on the CPU.
+        ``[C_out, I, J, K]`` float32 tensor on the CPU (a numpy array for a numpy ``image``).
     """
     if image.ndim != 4:
         raise ValueError(f"image must be [C, I, J, K], got shape {tuple(image.shape)}")
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend must be 'gaussian' or 'constant', not {blend!r}")
-    device = torch.device(device)
+    in_numpy = isinstance(image, np.ndarray)
+    if not in_numpy:
+        import torch
+        import torch.nn.functional as F
+
+        device = torch.device(device)
     progress = progress or no_progress
     window = tuple(int(w) for w in window)
     spatial = tuple(image.shape[1:])
     pad = [max(0, w - n) for w, n in zip(window, spatial)]
     if any(pad):
-        # F.pad lists the last axis first.
-        image = F.pad(image, [v for p in reversed(pad) for v in (p // 2, p - p // 2)], value=pad_value)
+        if in_numpy:
+            image = np.pad(image, [(0, 0)] + [(p // 2, p - p // 2) for p in pad], constant_values=pad_value)
+        else:
+            # F.pad lists the last axis first.
+            image = F.pad(image, [v for p in reversed(pad) for v in (p // 2, p - p // 2)], value=pad_value)
     padded = tuple(image.shape[1:])
     steps = tuple(strides) if strides is not None else strides_for_overlap(window, overlap)
     starts = [(a, b, c) for a in window_starts(padded[0], window[0], steps[0], layout)
               for b in window_starts(padded[1], window[1], steps[1], layout)
               for c in window_starts(padded[2], window[2], steps[2], layout)]
-    importance = gaussian_importance(window) if blend == "gaussian" else torch.ones(window)
-    total: Optional[torch.Tensor] = None
-    weight: Optional[torch.Tensor] = None
-    use_amp = amp and device.type == "cuda"
+    importance: Any = gaussian_weights(window) if blend == "gaussian" else np.ones(window, dtype=np.float32)
+    if not in_numpy:
+        importance = torch.from_numpy(importance)
+    total: Any = None
+    weight: Any = None
     progress(ProgressEvent("inference", 0, len(starts), "windows"))
     for first in range(0, len(starts), batch_size):
         if cancel is not None:
             cancel.raise_if_cancelled()
         batch_starts = starts[first:first + batch_size]
         crops = [image[:, a:a + window[0], b:b + window[1], c:c + window[2]] for a, b, c in batch_starts]
-        batch = torch.stack(crops).to(device, non_blocking=True)
-        batch = batch.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-            out = predictor(batch)
-        if total is None:
-            # The number of output channels is known only now.
-            total, weight = _stitch_buffers(out.shape[1], padded, device, stitch_device)
-            importance = importance.to(total.device)
-        assert weight is not None
-        out = out.float().to(total.device)
+        if in_numpy:
+            out = np.asarray(predictor(np.stack(crops)), dtype=np.float32)
+            if total is None:
+                total = np.zeros((out.shape[1],) + padded, dtype=np.float32)
+                weight = np.zeros(padded, dtype=np.float32)
+        else:
+            batch = torch.stack(crops).to(device, non_blocking=True)
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
+                out = predictor(batch)
+            if total is None:
+                # The number of output channels is known only now.
+                total, weight = _stitch_buffers(out.shape[1], padded, device, stitch_device)
+                importance = importance.to(total.device)
+            out = out.float().to(total.device)
         for n, (a, b, c) in enumerate(batch_starts):
             region = (slice(None), slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
             total[region] += out[n] * importance
@@ -226,12 +254,14 @@ def sliding_window(image: torch.Tensor, window: Sequence[int], predictor: Predic
     if any(pad):
         lo = [p // 2 for p in pad]
         total = total[:, lo[0]:lo[0] + spatial[0], lo[1]:lo[1] + spatial[1], lo[2]:lo[2] + spatial[2]]
-    return total.contiguous().cpu()
+    return np.ascontiguousarray(total) if in_numpy else total.contiguous().cpu()
 
 
 def _stitch_buffers(channels: int, shape: Tuple[int, ...], device: torch.device,
                     stitch_device: Union[None, str, torch.device]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Zeroed ``[channels, *shape]`` output and ``shape`` weight accumulators where stitching happens."""
+    import torch
+
     voxels = int(np.prod(shape))
     if stitch_device is not None:
         where = torch.device(stitch_device)
@@ -266,6 +296,10 @@ def optimize_for_inference(net: nn.Module) -> nn.Module:
     kernels. Together about 1.5-2x on a CPU. The module's state_dict no
     longer matches a checkpoint afterwards: use it for inference only.
     """
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
     net.eval()
     for module in list(net.modules()):
         if not isinstance(module, nn.Sequential):
@@ -285,7 +319,8 @@ class InferenceModel:
     networks: Dict[str, SubModel]
     settings: InferenceSettings = field(default_factory=InferenceSettings)
     name: str = "model"
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = field(default_factory=lambda: _cpu())
+    backend = "torch"
 
     @property
     def window(self) -> Tuple[int, int, int]:
@@ -294,6 +329,24 @@ class InferenceModel:
     @property
     def spacing(self) -> Optional[Tuple[float, float, float]]:
         return self.settings.spacing
+
+    def run_windows(self, image: np.ndarray, order: Sequence[str], flips: Sequence[Tuple[int, ...]],
+                    **window_options: Any) -> np.ndarray:
+        """``sliding_window`` over ``image`` ``[C, I, J, K]`` with the networks named in ``order``:
+        ``[len(order), I, J, K]`` foreground probabilities (the ONNX model answers the same call)."""
+        import torch
+
+        with torch.inference_mode():
+            probs = sliding_window(torch.from_numpy(image), self.window,
+                                   make_predictor([self.networks[w] for w in order], flips),
+                                   device=self.device, **window_options)
+        return probs.numpy()
+
+
+def _cpu() -> torch.device:
+    import torch
+
+    return torch.device("cpu")
 
 
 def load_inference_model(weights: PathLike, device: Union[str, torch.device] = "auto",
@@ -304,6 +357,11 @@ def load_inference_model(weights: PathLike, device: Union[str, torch.device] = "
     from the file (``settings.InferenceSettings.from_checkpoint``): the
     weights carry how they must be run, nothing else overrides it.
     """
+    import torch
+
+    from ..devices import resolve_device
+    from ..model.checkpoint import CheckpointError, load_sub_model, read_checkpoint
+
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     try:
         settings = InferenceSettings.from_checkpoint(read_checkpoint(weights))
@@ -325,6 +383,8 @@ def model_from_network(net: nn.Module, settings: InferenceSettings, device: torc
     The copy is folded for inference like a loaded model, so validation runs
     exactly the predictor ``caml segment`` runs; the training network is not touched.
     """
+    from ..model.network import SubModel
+
     sub = SubModel(net.config, "v")
     own = sub.state_dict()
     sub.load_state_dict({k: v.detach().clone() for k, v in net.state_dict().items() if k in own}, strict=True)
@@ -337,6 +397,11 @@ def random_model(base_filters: int = 16, window: Sequence[int] = OFFICIAL_WINDOW
                  seed: int = 0, normalization: str = PERCENTILE,
                  spacing: Optional[Sequence[float]] = None) -> InferenceModel:
     """Randomly initialised sub-models: timings and the pipeline, not meaningful masks."""
+    import torch
+
+    from ..devices import resolve_device
+    from ..model.network import NetworkConfig, SubModel
+
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     torch.manual_seed(seed)
     cfg = NetworkConfig(base_filters=base_filters)
@@ -425,17 +490,21 @@ def make_predictor(networks: Sequence[torch.nn.Module], flips: Sequence[Tuple[in
 
     ``flips``: image-axis combinations to average over (test-time augmentation);
     only axes the training augmentation flipped make sense, as a network never
-    saw the others mirrored.
+    saw the others mirrored. All mirror images of a batch go through the
+    network in one forward pass (``B * len(flips)`` windows), which keeps the
+    convolutions busier than one small pass per flip.
     """
+    import torch
 
     def foreground(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # x is [B, C, i, j, k]; the flipped copies are stacked along the batch axis.
+        xin = torch.cat([x.flip([a + 2 for a in axes]) if axes else x for axes in flips])
+        xin = xin.contiguous(memory_format=torch.channels_last_3d)
+        p = torch.softmax(net(xin).float(), dim=1)[:, 1]  # [F * B, i, j, k]
         probs = None
-        for axes in flips:
-            dims = [a + 2 for a in axes]  # x is [B, C, i, j, k]
-            xin = x.flip(dims) if dims else x
-            p = torch.softmax(net(xin).float(), dim=1)[:, 1]
-            p = p.flip([a + 1 for a in axes]) if dims else p  # p is [B, i, j, k]
-            probs = p if probs is None else probs + p
+        for axes, chunk in zip(flips, p.split(x.shape[0])):
+            one = chunk.flip([a + 1 for a in axes]) if axes else chunk  # back to the image's orientation
+            probs = one if probs is None else probs + one
         return probs / len(flips)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
@@ -484,14 +553,14 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     flips = flip_combinations(settings.flip_axes) if options.tta else [()]
     threshold = settings.threshold if options.threshold is None else options.threshold
     batch_size = options.batch_size or (4 if model.device.type == "cuda" else 2)
-    with torch.inference_mode():
-        probs = sliding_window(torch.from_numpy(image)[None], model.window,
-                               make_predictor([model.networks[w] for w in order], flips),
-                               strides=strides, layout=options.window_layout, blend=options.blend,
-                               batch_size=batch_size,
-                               device=model.device, amp=options.amp, progress=progress, cancel=cancel)
+    # The network call is the backend's (torch here, ``onnx_runtime.OnnxModel`` without torch);
+    # windows, flips, blending and everything after are the same for both.
+    network_start = time.perf_counter()
+    probs_np = model.run_windows(image[None], order, flips, strides=strides, layout=options.window_layout,
+                                 blend=options.blend, batch_size=batch_size, amp=options.amp,
+                                 progress=progress, cancel=cancel)
+    network_seconds = time.perf_counter() - network_start  # the windows: forward passes, flips, stitching
     del image
-    probs_np = probs.numpy()
     probs_np = grid.back(probs_np)
     if tuple(region_shape) != volume.shape:
         full = np.zeros((probs_np.shape[0],) + volume.shape, dtype=np.float32)
@@ -511,6 +580,7 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
             "content_box": [[b.start, b.stop] for b in box],
             "models": order, "tta": options.tta, "flips": [list(f) for f in flips], "lcc": lcc,
             "normalization": settings.normalization, "threshold": threshold,
-            "seconds": round(time.perf_counter() - start, 3)}
+            "seconds": round(time.perf_counter() - start, 3),
+            "network_seconds": round(network_seconds, 3)}
     return SegmentationResult(mask=mask, probability=np.ascontiguousarray(probability, dtype=np.float32),
                               uncertainty=uncertainty, info=info)

@@ -72,15 +72,22 @@ class ModelEntry:
     default: bool = False
     catalog: str = ""  # the models.json this entry came from
     source: str = "bundled"  # "bundled" or "user"
+    onnx: Dict[str, Dict[str, str]] = field(default_factory=dict)  # "v"/"a" -> {"file", "sha256"}
 
     @property
     def path(self) -> Path:
         return Path(self.catalog).parent / self.file
 
+    def onnx_paths(self) -> Dict[str, Path]:
+        """The ONNX exports of sub-models V and A (those listed), resolved like ``path``."""
+        return {which: Path(self.catalog).parent / item["file"] for which, item in self.onnx.items()}
+
     def to_json(self) -> Dict[str, Any]:
         d = asdict(self)
         for key in ("catalog", "source"):
             d.pop(key)
+        if not d["onnx"]:
+            d.pop("onnx")
         return d
 
 
@@ -138,6 +145,7 @@ def _entry_from_json(raw: Any, catalog: Path, source: str, n: int) -> ModelEntry
     if file.is_absolute() or file.drive or ".." in file.parts:
         raise CatalogError(f"{catalog}: model {raw['id']!r}: weights file {str(file)!r} must lie in the "
                            f"catalog's folder (a relative name without '..')")
+    onnx = _onnx_from_json(raw.get("onnx"), catalog, str(raw["id"]))
     try:
         return ModelEntry(
             id=str(raw["id"]), version=str(raw["version"]), file=str(raw["file"]),
@@ -145,9 +153,28 @@ def _entry_from_json(raw: Any, catalog: Path, source: str, n: int) -> ModelEntry
             training_data=str(raw.get("training_data", "")), training=str(raw.get("training", "")),
             metrics=dict(raw.get("metrics") or {}),
             description=str(raw.get("description", "")), default=bool(raw.get("default", False)),
-            catalog=str(catalog), source=source)
+            catalog=str(catalog), source=source, onnx=onnx)
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"{catalog}: model {raw['id']!r}: {exc}") from exc
+
+
+def _onnx_from_json(raw: Any, catalog: Path, model_id: str) -> Dict[str, Dict[str, str]]:
+    """An entry's optional ``onnx``: ``{"v": {"file": ..., "sha256": ...}, "a": {...}}``, files beside the catalog."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not set(raw) <= {"v", "a"} or (raw and "v" not in raw):
+        raise CatalogError(f"{catalog}: model {model_id!r}: 'onnx' must map 'v' (and optionally 'a') "
+                           f"to {{\"file\": ..., \"sha256\": ...}}")
+    exports = {}
+    for which, item in raw.items():
+        if not isinstance(item, dict) or not item.get("file") or not item.get("sha256"):
+            raise CatalogError(f"{catalog}: model {model_id!r}: ONNX export {which!r} lacks file or sha256")
+        file = Path(str(item["file"]))
+        if file.is_absolute() or file.drive or ".." in file.parts:
+            raise CatalogError(f"{catalog}: model {model_id!r}: ONNX file {str(file)!r} must lie in the "
+                               f"catalog's folder (a relative name without '..')")
+        exports[which] = {"file": str(item["file"]), "sha256": str(item["sha256"]).lower()}
+    return exports
 
 
 def load_catalog(paths: Optional[Sequence[Tuple[PathLike, str]]] = None) -> List[ModelEntry]:
@@ -245,6 +272,27 @@ def verify(entry: ModelEntry) -> Path:
     return path
 
 
+def verify_onnx(entry: ModelEntry, sub_models: Sequence[str] = ("v",)) -> Dict[str, Path]:
+    """The ONNX exports of ``sub_models`` after checking each exists and matches the catalog's SHA-256."""
+    paths = entry.onnx_paths()
+    missing = [w for w in sub_models if w not in paths]
+    if missing:
+        raise CatalogError(f"model {entry.id!r} has no ONNX export of sub-model "
+                           f"{', '.join(m.upper() for m in missing)} (listed in {entry.catalog})")
+    checked = {}
+    for which in sub_models:
+        path = paths[which]
+        if not path.is_file():
+            raise CatalogError(f"{path}: ONNX export of model {entry.id!r} not found (listed in {entry.catalog})")
+        actual = sha256_file(path)
+        if actual != entry.onnx[which]["sha256"]:
+            raise CatalogError(f"{path}: checksum mismatch for the ONNX export of model {entry.id!r}: catalog "
+                               f"says sha256 {entry.onnx[which]['sha256'][:12]}..., the file has "
+                               f"{actual[:12]}... (corrupt or replaced file)")
+        checked[which] = path
+    return checked
+
+
 def catalog_lock(catalog_path: PathLike, timeout: float = 120.0) -> Any:
     """A lock file beside a catalog, held while it is read, changed and rewritten.
 
@@ -263,7 +311,7 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
                    training_data: str = "", metrics: Optional[Dict[str, Any]] = None,
                    catalog_path: Optional[PathLike] = None, default: bool = False,
                    training: str = "", half: bool = False,
-                   largest_component: Optional[bool] = None) -> ModelEntry:
+                   largest_component: Optional[bool] = None, onnx: Optional[bool] = None) -> ModelEntry:
     """Store a trained checkpoint's release form beside a catalog and list it there.
 
     The catalog is the user's (``$CAML_HOME/models/models.json``) unless
@@ -273,6 +321,9 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
     the model (window, voxel size, normalisation, flips, threshold, post-processing)
     travels inside that file; the entry only points at it and records its
     scores. ``largest_component`` sets the post-processing (None: the checkpoint's own).
+    ``onnx``: also store ONNX exports of V and A beside it (``<id>@<version>.v.onnx``,
+    ``.a.onnx``, SHA-256 in the entry) so ONNX Runtime can run it without torch; None:
+    when the ``onnx`` package is installed.
 
     Refused: an id or version that is not a plain name (``check_name``), an
     id already listed (compared without case, as some file systems do), and
@@ -297,17 +348,27 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
         if same:
             raise CatalogError(f"model id {model_id!r} is already in the catalog ({same[0].id!r} in "
                                f"{same[0].catalog}); choose another id")
-        if target.exists():
+        if target.exists() or any(target.with_name(f"{target.stem}.{w}.onnx").exists() for w in ("v", "a")):
             raise CatalogError(f"{target}: a file of that name is already in the catalog's folder; "
                                f"choose another id or version")
         with atomic_output(target) as tmp:
             release_checkpoint(weights, tmp, half=half, largest_component=largest_component)
+        exports: Dict[str, Path] = {}
+        if onnx or (onnx is None and _onnx_installed()):
+            from .onnx_export import export_release
+
+            try:
+                exports = export_release(target)
+            except BaseException:
+                target.unlink()
+                raise
         entry = ModelEntry(id=model_id, version=str(version), file=file_name, sha256=sha256_file(target),
                            preset=str(preset.get("name", "")),
                            training_data=training_data, training=training,
                            metrics=dict(metrics or ckpt.get("metrics") or {}),
                            description=description or f"registered from {weights}", default=default,
-                           catalog=str(catalog_path), source="user")
+                           catalog=str(catalog_path), source="user",
+                           onnx={w: {"file": p.name, "sha256": sha256_file(p)} for w, p in exports.items()})
         data: Dict[str, Any] = {"schema_version": SCHEMA_VERSION, "models": []}
         if catalog_path.is_file():
             data = json.loads(catalog_path.read_text(encoding="utf-8"))
@@ -319,6 +380,13 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
             with atomic_output(catalog_path) as tmp:
                 tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         except BaseException:
-            target.unlink()  # not listed: do not leave the weights behind
+            for path in [target, *exports.values()]:
+                path.unlink()  # not listed: do not leave the weights behind
             raise
     return entry
+
+
+def _onnx_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnx") is not None

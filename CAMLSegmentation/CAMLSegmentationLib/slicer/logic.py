@@ -53,6 +53,8 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
     #: not among them: only ``.h5`` input and training read HDF5, and they import it when they do.
     ENGINE_REQUIREMENTS = {"numpy": "numpy>=1.21", "scipy": "scipy>=1.7", "SimpleITK": "SimpleITK>=2.1",
                            "filelock": "filelock>=3.0"}
+    #: What segmenting needs instead of PyTorch when the model has an ONNX export (tens of MB, not GBs).
+    ONNX_REQUIREMENTS = {"onnxruntime": "onnxruntime>=1.16"}
     #: Packages Slicer bundles: never reinstalled or upgraded from here.
     SLICER_BUNDLED = ("numpy", "SimpleITK", "requests")
 
@@ -169,19 +171,42 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
         requirements = self.ENGINE_REQUIREMENTS if requirements is None else requirements
         return [req for name, req in requirements.items() if importlib.util.find_spec(name) is None]
 
+    def segmentationNeedsTorch(self, params: CAMLSegmentationParameters) -> bool:
+        """Whether segmenting with ``params`` needs PyTorch: a GPU asked for, or a model without an ONNX
+        export (of sub-model A too when the uncertainty map is asked for). Otherwise the engine runs the
+        export with ONNX Runtime (``caml segment --backend auto``). An unknown model needs torch: the
+        engine's own error then names the problem."""
+        if params.device.startswith("cuda"):
+            return True
+        from CAMLSegmentationLib.model.catalog import CatalogError, default_model, find_model
+
+        try:
+            entry = find_model(params.model) if params.model else default_model()
+        except CatalogError:
+            return True
+        needed = {"v", "a"} if params.uncertainty else {"v"}
+        return entry is None or not needed <= set(entry.onnx)
+
     def ensureDependencies(self, confirm: Callable[[str], bool],
                            installTorch: Optional[Callable[[], Any]] = None,
-                           pipInstall: Optional[Callable[[List[str]], Any]] = None) -> bool:
+                           pipInstall: Optional[Callable[[List[str]], Any]] = None,
+                           params: Optional[CAMLSegmentationParameters] = None) -> bool:
         """Offer, with one confirmation, to install what is missing; True when all is there.
 
-        torch comes from the PyTorch extension (which picks the CUDA build for the
-        driver), at ``TORCH_REQUIREMENT`` or newer; the other packages from pip, never
-        touching the ones Slicer bundles. Nothing is imported: torch is only ever loaded
-        by the ``caml`` child process, so upgrading it here needs no restart.
+        ``params``: check for segmenting with these parameters only: when the model has
+        an ONNX export and no GPU is asked for, the engine's light packages and
+        ``onnxruntime`` suffice (``segmentationNeedsTorch``). Without ``params`` (training,
+        active learning) PyTorch is needed. torch comes from the PyTorch extension (which
+        picks the CUDA build for the driver), at ``TORCH_REQUIREMENT`` or newer; the other
+        packages from pip, never touching the ones Slicer bundles. Nothing is imported:
+        torch is only ever loaded by the ``caml`` child process, so upgrading it here
+        needs no restart.
         """
         version = self.installedTorchVersion()
-        needTorch = not self.torchAvailable()
-        packages = [p for p in self.missingPackages()
+        withTorch = params is None or self.segmentationNeedsTorch(params)
+        requirements = dict(self.ENGINE_REQUIREMENTS, **({} if withTorch else self.ONNX_REQUIREMENTS))
+        needTorch = withTorch and not self.torchAvailable()
+        packages = [p for p in self.missingPackages(requirements)
                     if not any(p.startswith(b) for b in self.SLICER_BUNDLED)]
         if not needTorch and not packages:
             return True
@@ -196,8 +221,8 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
             (installTorch or self._installTorchWithPyTorchExtension)()
         if packages:
             (pipInstall or self._pipInstall)(packages)
-        return self.torchAvailable() and not [p for p in self.missingPackages()
-                                              if not any(p.startswith(b) for b in self.SLICER_BUNDLED)]
+        return (not withTorch or self.torchAvailable()) and not [
+            p for p in self.missingPackages(requirements) if not any(p.startswith(b) for b in self.SLICER_BUNDLED)]
 
     @staticmethod
     def _installTorchWithPyTorchExtension() -> None:
