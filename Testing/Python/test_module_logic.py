@@ -186,12 +186,15 @@ def _catalog(path: Path, *entries) -> Path:
 def test_models_come_from_the_engine_catalog_functions(logic, tmp_path, monkeypatch):
     from CAMLSegmentationLib.model import catalog
 
-    bundled = _catalog(tmp_path / "bundled.json", {"id": "caml-la-8", "default": True}, {"id": "caml-la-cpu"})
+    bundled = _catalog(tmp_path / "bundled.json", {"id": "caml-la-8", "default": True},
+                       {"id": "caml-la-cpu", "title": "paper setting, 8 labels"})
     user = _catalog(tmp_path / "user.json", {"id": "my-cohort-v3", "version": 3}, {"id": "caml-la-8"})
     models = logic.availableModels([(bundled, "bundled"), (user, "user"), (tmp_path / "absent.json", "user")])
     assert [(m["id"], m["source"]) for m in models] == [
         ("caml-la-8", "bundled"), ("caml-la-cpu", "bundled"), ("my-cohort-v3", "user")]
     assert "v3" in models[2]["label"]
+    assert models[1]["label"] == "paper setting, 8 labels (caml-la-cpu v1, bundled)"  # the catalog's title
+    assert models[0]["label"] == "caml-la-8 (v1, bundled)"  # no title: the id
     assert logic.defaultModelId(models) == "caml-la-8"
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")

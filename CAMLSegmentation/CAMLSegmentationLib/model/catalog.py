@@ -69,6 +69,8 @@ class ModelEntry:
     training: str = ""  # how, how long and on what machine
     metrics: Dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: A few words people choose the model by (the panel's Model list): what makes it different.
+    title: str = ""
     default: bool = False
     catalog: str = ""  # the models.json this entry came from
     source: str = "bundled"  # "bundled" or "user"
@@ -86,8 +88,9 @@ class ModelEntry:
         d = asdict(self)
         for key in ("catalog", "source"):
             d.pop(key)
-        if not d["onnx"]:
-            d.pop("onnx")
+        for optional in ("onnx", "title"):
+            if not d[optional]:
+                d.pop(optional)
         return d
 
 
@@ -152,7 +155,8 @@ def _entry_from_json(raw: Any, catalog: Path, source: str, n: int) -> ModelEntry
             sha256=str(raw["sha256"]).lower(), preset=str(raw.get("preset", "")),
             training_data=str(raw.get("training_data", "")), training=str(raw.get("training", "")),
             metrics=dict(raw.get("metrics") or {}),
-            description=str(raw.get("description", "")), default=bool(raw.get("default", False)),
+            description=str(raw.get("description", "")), title=str(raw.get("title", "")),
+            default=bool(raw.get("default", False)),
             catalog=str(catalog), source=source, onnx=onnx)
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"{catalog}: model {raw['id']!r}: {exc}") from exc

@@ -121,7 +121,8 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogi
                     logging.warning("CAMLSegmentation: model id %r listed again in %s; ignored", entry.id, path)
                     continue
                 seen.add(entry.id)
-                label = f"{entry.id} (v{entry.version}, {source})"
+                label = (f"{entry.title} ({entry.id} v{entry.version}, {source})" if entry.title
+                         else f"{entry.id} (v{entry.version}, {source})")
                 models.append({"id": entry.id, "label": label, "source": source, "entry": entry})
         return models
 
