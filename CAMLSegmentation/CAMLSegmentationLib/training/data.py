@@ -30,7 +30,7 @@ from ..errors import CAMLError
 from ..inference.preprocess import axis_starts, model_grid, normalize_intensity
 from ..io.volume import ImageError, Volume, read_image, read_la_h5
 from ..model.settings import AUGMENTATION_FLIP_AXES, PERCENTILE
-from ..progress import CancelToken, ProgressCallback, ProgressEvent
+from ..progress import CancelToken, ProgressCallback, ProgressEvent, check_cancel
 
 PathLike = Union[str, Path]
 
@@ -499,8 +499,7 @@ def load_cases(source: CaseSource, ids: Sequence[str], target_spacing: Optional[
         progress(ProgressEvent("load", 0, total))
     cases = []
     for n, case_id in enumerate(ids, start=1):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
+        check_cancel(cancel)
         cases.append(source.load(case_id, target_spacing, with_label=with_label, normalization=normalization))
         if progress is not None:
             progress(ProgressEvent("load", n, total, message=case_id))

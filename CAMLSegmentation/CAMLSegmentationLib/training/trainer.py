@@ -49,10 +49,9 @@ from ..progress import (
     ProgressCallback,
     ProgressEvent,
     cancel_requested,
+    check_cancel,
     deferred_cancel,
     no_progress,
-    raise_if_signalled,
-    raise_pending_cancel,
 )
 from . import data as data_mod
 from .presets import TrainingPreset
@@ -480,7 +479,7 @@ def finite_state(net: nn.Module, iteration: int) -> Dict[str, torch.Tensor]:
 
 
 def _stop_if_cancelled(world: int, device: torch.device) -> None:
-    """At an iteration boundary: raise ``Cancelled`` if a signal arrived during the step.
+    """At an iteration boundary: raise ``Cancelled`` if a signal arrived during the iteration.
 
     With several ranks the decision is shared (any rank signalled stops all
     at the same iteration), or the others would wait forever in the next
@@ -490,10 +489,10 @@ def _stop_if_cancelled(world: int, device: torch.device) -> None:
         flag = torch.tensor([1.0 if cancel_requested() else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if float(flag) > 0:
+            check_cancel()  # this rank's own signal, if it got one
             raise Cancelled("terminated by a signal")
         return
-    raise_pending_cancel()
-    raise_if_signalled()  # a cancel Python dropped (raised inside a finaliser) still stops the run here
+    check_cancel()
 
 
 def _setup_logging(out_dir: Path) -> logging.Handler:
@@ -631,35 +630,31 @@ class TrainingRun:
     def step(self) -> Dict[str, Any]:
         """One optimisation step; returns its record (iteration and loss terms)."""
         preset, device = self.preset, self.device
-        # A cancel signal during the step is held back to its end: stopping mid-step would
-        # leave BatchNorm statistics and the optimizer half-updated, and the resumed run
-        # would differ from an uninterrupted one.
-        with deferred_cancel(raise_at_end=False):
-            self._snapshot = (_rng_state(self.rng, self.objective), [list(q) for q in self.sampler.queues],
-                              list(self.bank.slots))
-            li, ui = self.sampler.next(preset.labeled_batch, self.n_unlabeled_draws)
-            x, y, shifts = make_batch(self.labeled, self.unlabeled, li, ui, preset, self.rng)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
-            y = y.to(device, non_blocking=True)
-            self.iteration += 1
-            lambda_c, lambda_o, lambda_t = loss_weights(preset, self.iteration, len(self.labeled))
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(preset, self.iteration - 1)
-            loss, parts = self.model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o,
-                                     shifts, lambda_t)
-            # Every rank decides together, before the backward pass's gradient all-reduce: a rank
-            # that stopped alone would leave the others waiting there forever.
-            if not _all_ranks_finite(math.isfinite(parts["loss"]), self.world, device):
-                # This forward pass already put non-finite statistics into BatchNorm's running
-                # buffers: nothing of the live network may be saved any more.
-                self.diverged = True
-                raise FloatingPointError(f"loss became {parts['loss']} at iteration {self.iteration} "
-                                         "(on this or another rank); the last good checkpoint is kept")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.completed, self._snapshot = self.iteration, None
+        self._snapshot = (_rng_state(self.rng, self.objective), [list(q) for q in self.sampler.queues],
+                          list(self.bank.slots))
+        li, ui = self.sampler.next(preset.labeled_batch, self.n_unlabeled_draws)
+        x, y, shifts = make_batch(self.labeled, self.unlabeled, li, ui, preset, self.rng)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+        y = y.to(device, non_blocking=True)
+        self.iteration += 1
+        lambda_c, lambda_o, lambda_t = loss_weights(preset, self.iteration, len(self.labeled))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(preset, self.iteration - 1)
+        loss, parts = self.model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o,
+                                 shifts, lambda_t)
+        # Every rank decides together, before the backward pass's gradient all-reduce: a rank
+        # that stopped alone would leave the others waiting there forever.
+        if not _all_ranks_finite(math.isfinite(parts["loss"]), self.world, device):
+            # This forward pass already put non-finite statistics into BatchNorm's running
+            # buffers: nothing of the live network may be saved any more.
+            self.diverged = True
+            raise FloatingPointError(f"loss became {parts['loss']} at iteration {self.iteration} "
+                                     "(on this or another rank); the last good checkpoint is kept")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.completed, self._snapshot = self.iteration, None
         return {"iteration": self.iteration, **parts}
 
     # -- after the step --------------------------------------------------------------------
@@ -761,7 +756,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
         while run.iteration < preset.iterations:
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            run.after_step(run.step())
+            # A cancel signal is honoured between iterations only (never mid-step: BatchNorm statistics
+            # and the optimizer would be half-updated and a resumed run would differ from an
+            # uninterrupted one), by every rank at the same iteration.
+            with deferred_cancel(raise_at_end=False):
+                run.after_step(run.step())
             _stop_if_cancelled(world, device)
     except BaseException:
         run.save_interrupted()
