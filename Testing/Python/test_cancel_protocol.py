@@ -132,3 +132,22 @@ def test_earlier_names_still_work() -> None:
     for name in ("raise_if_signalled", "raise_pending_cancel", "deferred_cancel", "commit_job", "emit_final",
                  "terminate_as_cancel", "install_cancel_handler", "restore_handlers", "cancel_requested"):
         assert callable(getattr(progress, name)), name
+
+
+def test_the_slicer_job_finds_the_temporaries_atomic_output_makes(tmp_path: Path) -> None:
+    """One naming of temporaries (#25 item 9): a job killed mid-write has its leftovers found by the
+    Slicer-side clean-up, which imports the definition without importing torch."""
+    import subprocess
+    import sys
+
+    from CAMLSegmentationLib.io.files import leftover_temporaries
+
+    for name in ("mask.seg.nrrd", "u.nii.gz", "last.pt", "noext"):
+        with atomic_output(tmp_path / name) as tmp:
+            assert list(leftover_temporaries(tmp_path / name)) == [tmp]
+    assert list(leftover_temporaries(tmp_path / "mask.seg.nrrd")) == []
+    probe = ("import sys; import CAMLSegmentationLib.slicer.jobs as j; "
+             "assert j.leftover_temporaries; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

@@ -6,17 +6,31 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Sequence, Union
+from typing import Iterator, List, Sequence, Tuple, Union
 
 PathLike = Union[str, Path]
 
 
+def _temporary_name_parts(path: Path) -> Tuple[str, str]:
+    """The prefix and suffix of ``path``'s temporaries: hidden, named after it, with its endings
+    (``.mask-k3j2.seg.nrrd`` for ``mask.seg.nrrd``), so writers that pick a format from the name work."""
+    return f".{path.name.split('.')[0]}-", "".join(path.suffixes) or ".tmp"
+
+
 def _temporary_beside(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
+    prefix, suffix = _temporary_name_parts(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def leftover_temporaries(path: PathLike) -> Iterator[Path]:
+    """Temporaries of ``atomic_output(path)`` that a killed writer left beside ``path``."""
+    path = Path(path)
+    prefix, suffix = _temporary_name_parts(path)
+    if path.parent.is_dir():
+        yield from path.parent.glob(f"{prefix}*{suffix}")
 
 
 def fsync_path(path: PathLike, directory: bool = False) -> None:

@@ -46,21 +46,22 @@ class CheckpointError(CAMLError, ValueError):
 
 def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> None:
     """Write a checkpoint atomically: a crash mid-write leaves the previous file intact."""
-    payload = _plain(dict(payload))
+    payload = plain_types(dict(payload))
     payload.setdefault("format", FORMAT)
     payload.setdefault("format_version", FORMAT_VERSION)
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with numpy scalars and arrays turned into the types ``weights_only`` loading accepts."""
+def plain_types(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and numpy arrays as tensors: the types
+    ``torch.load(weights_only=True)`` accepts (the one converter for what goes into a checkpoint)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_types(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain_types(v) for v in value]
     if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
+        return tuple(plain_types(v) for v in value)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -38,7 +38,7 @@ from ..errors import MissingFileError, UserError
 from ..inference.metrics import dice
 from ..inference.predictor import InferenceOptions, largest_component, model_from_network, segment_volume
 from ..io.volume import Volume
-from ..model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from ..model.checkpoint import CheckpointError, plain_types, read_checkpoint, save_checkpoint
 from ..model.losses import dice_loss, mutual_consistency_loss, shift_consistency_loss, sigmoid_rampup
 from ..model.network import CAMLNet, NetworkConfig
 from ..model.occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
@@ -374,23 +374,8 @@ def _distributed() -> Tuple[int, int]:
     return 0, 1
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays as Python ints, floats and lists, so ``torch.load(weights_only=True)`` reads them."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
-
-
 def _rng_state(rng: np.random.Generator, objective: CAMLObjective) -> Dict[str, Any]:
-    state: Dict[str, Any] = {"numpy": _plain(rng.bit_generator.state), "torch": torch.get_rng_state(),
+    state: Dict[str, Any] = {"numpy": plain_types(rng.bit_generator.state), "torch": torch.get_rng_state(),
                              "memory": objective.memory_generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -521,7 +506,7 @@ def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
     unlabeled = [] if cfg.supervised_only else data_mod.load_cases(
         source, split.unlabeled, preset.spacing, with_label=False, progress=progress, normalization=norm)
     validation = []
-    for case_id in split.validation:
+    for case_id in split.validation if preset.validate else ():
         volume, label = source.read(case_id, with_label=True)
         validation.append(ValidationCase(case_id, volume, label))  # type: ignore[arg-type]
     return split, labeled, unlabeled, validation
@@ -543,6 +528,13 @@ def _read_resume_state(cfg: TrainConfig, last_path: Path) -> Optional[Dict[str, 
     if "rank_states" not in state and "rng" not in state:
         raise CheckpointError(f"{last_path}: not a resumable training checkpoint (no 'rank_states')")
     return state
+
+
+#: The keys of a resumable training checkpoint (``last.pt``) that only continuing the training needs;
+#: a model file made from it (an active-learning version, a release) drops them. ``rng`` and
+#: ``sampler`` are the single-rank names that checkpoints written before ``rank_states`` hold.
+RESUME_ONLY_KEYS = ("optimizer", "scaler", "memory_bank", "rank_states", "best_dice", "best_iteration", "history",
+                    "rng", "sampler")
 
 
 class TrainingRun:
@@ -620,11 +612,14 @@ class TrainingRun:
 
     def checkpoint(self, iteration: int, rank_states: Optional[List[Dict[str, Any]]]) -> Dict[str, Any]:
         """The resumable state at ``iteration`` (``last.pt``); ``FloatingPointError`` if a weight or
-        BatchNorm buffer is not finite (such a file could only fail again on ``--resume``)."""
-        return dict(self.meta, model=finite_state(self.net, iteration), optimizer=self.optimizer.state_dict(),
-                    scaler=self.scaler.state_dict(), memory_bank=self.bank.state_dict(),
-                    rank_states=rank_states, iteration=iteration, best_dice=self.best_dice,
-                    best_iteration=self.best_iter, history=self.history)
+        BatchNorm buffer is not finite (such a file could only fail again on ``--resume``).
+
+        What a model file (a version, a release) keeps is the metadata, the model and the
+        iteration; the rest is in :data:`RESUME_ONLY_KEYS`."""
+        resume_only = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                       "memory_bank": self.bank.state_dict(), "rank_states": rank_states,
+                       "best_dice": self.best_dice, "best_iteration": self.best_iter, "history": self.history}
+        return dict(self.meta, model=finite_state(self.net, iteration), iteration=iteration, **resume_only)
 
     # -- step ------------------------------------------------------------------------------
     def step(self) -> Dict[str, Any]:
@@ -662,7 +657,7 @@ class TrainingRun:
         """Validation (best.pt), the log line, the periodic last.pt and the progress event."""
         preset, iteration = self.preset, self.iteration
         parts = {k: v for k, v in record.items() if k != "iteration"}
-        if self.validation and iteration >= preset.val_start and (
+        if self.validation and preset.validate and iteration >= preset.val_start and (
                 iteration % preset.val_interval == 0 or iteration == preset.iterations):
             if self.rank == 0:
                 val = validate(self.net, self.validation, self.settings, self.device)
