@@ -199,8 +199,10 @@ def _load(module: torch.nn.Module, state: Dict[str, torch.Tensor], source: str) 
     module.load_state_dict(sub, strict=True)
 
 
-def load_dual_model(path: PathLike, config: Optional[NetworkConfig] = None) -> Tuple[CAMLNet, Dict[str, Any]]:
-    """Build the dual model from a checkpoint (strict: every parameter must be present)."""
+def load_caml_network(path: PathLike, config: Optional[NetworkConfig] = None) -> Tuple[CAMLNet, Dict[str, Any]]:
+    """The whole training network (``CAMLNet``: sub-models V and A and the OCC heads) and the checkpoint
+    dict, from a full checkpoint (strict: every parameter present). For inference with V (and A),
+    ``inference.predictor.load_inference_model`` builds the predictor's model instead."""
     ckpt = read_checkpoint(path)
     cfg = config or NetworkConfig.from_dict(ckpt.get("network", {}))
     model = CAMLNet(cfg)
