@@ -42,7 +42,8 @@ def test_short_run_lowers_loss_and_beats_chance(dataset, tmp_path):
     losses = [h["loss_s"] for h in result.history if "loss_s" in h]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     # Chance level: the best trivial answer, everything foreground.
-    from CAMLSegmentationLib.training.data import load_cases, open_source
+    from CAMLSegmentationLib.training.loading import load_cases
+    from CAMLSegmentationLib.training.sources import open_source
 
     cases = load_cases(open_source(dataset), ["case004", "case005"], None, with_label=True)
     chance = np.mean([2 * c.label.mean() / (1 + c.label.mean()) for c in cases])
@@ -404,7 +405,7 @@ def test_validation_is_the_predictor_caml_evaluate_runs_on_any_layout(dataset, t
     """One predictor: the Dice that picks best.pt is the Dice `caml evaluate` reports, and evaluate
     reads the generic layout `caml train` reads as well as LA .h5 (here: the same cases as NRRD)."""
     from CAMLSegmentationLib.io.volume import write_image, write_mask
-    from CAMLSegmentationLib.training.data import open_source
+    from CAMLSegmentationLib.training.sources import open_source
 
     (tmp_path / "val.list").write_text("case004\ncase005\n")
     preset = TINY.with_overrides(iterations=4, val_start=4, val_interval=4)
