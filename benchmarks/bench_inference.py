@@ -85,9 +85,9 @@ def measure(mode: str, case: Path, weights: str, threads: int) -> dict:
         # The official test loop: dual model forward per window, softmax of V averaged, argmax.
         net = CAMLNet(NetworkConfig())
         if weights:
-            from CAMLSegmentationLib.model.checkpoint import load_dual_model
+            from CAMLSegmentationLib.model.checkpoint import load_caml_network
 
-            net, _ = load_dual_model(weights)
+            net, _ = load_caml_network(weights)
         net.eval()
         window = (112, 112, 80)
         start = time.perf_counter()

@@ -92,8 +92,8 @@ def bench_sampling(bank, per_class: int, repeats: int) -> dict:
 
 def bench(preset_name: str, iterations: int, warmup: int, device: torch.device, args, sampler: str) -> float:
     from CAMLSegmentationLib.model.network import CAMLNet, NetworkConfig
+    from CAMLSegmentationLib.training.objective import CAMLObjective
     from CAMLSegmentationLib.training.presets import load_preset
-    from CAMLSegmentationLib.training.trainer import CAMLObjective
 
     preset = load_preset(preset_name)
     torch.manual_seed(0)

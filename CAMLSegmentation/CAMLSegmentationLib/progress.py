@@ -1,7 +1,9 @@
 """Progress and cancellation protocol shared by training, inference and the CLI.
 
 Long-running engine functions take ``progress`` (a callable receiving a
-``ProgressEvent``) and ``cancel`` (a ``CancelToken``). The CLI turns events
+``ProgressEvent``) and ``cancel`` (a ``CancelToken``), and call
+``check_cancel(cancel)`` between units of work, which also honours a cancel
+signal (SIGTERM, Ctrl-C) that reached the process. The CLI turns events
 into a progress bar for people or into JSON lines (``--progress json``) that
 the Slicer panel reads from the subprocess's stdout.
 """
@@ -108,44 +110,66 @@ def no_progress(event: ProgressEvent) -> None:
     """The default callback: ignore events."""
 
 
-class _SignalState:
-    """What the cancel signal handler of this process does (one process has one handler)."""
+# --------------------------------------------------------------------------- cancel signals
+#
+# A cancel signal (SIGTERM from a parent, Ctrl-C) only sets a flag; the engine looks at it at the
+# boundaries of its units of work (a training iteration, a batch of windows, a case, before the
+# renames that publish a file) and raises ``Cancelled`` there, in ordinary code. Raising from the
+# handler itself would land in whatever statement runs next - a library's transaction, a
+# finaliser where Python drops the exception - so the handler raises only while the job has not
+# started any work yet (``caml`` parsing its arguments), where there is nothing to cut.
+#
+# The job's signal state is one value:
+#
+#   STARTING --begin_work()--> WORKING --signal--> SIGNALLED --check_cancel()--> CANCELLING
+#       \--signal (raises at once)-----------------^
+#   any state --commit_job() / emit_final()--> SETTLED (the outcome is decided; signals change nothing)
 
-    def __init__(self) -> None:
-        self.raised = False  # Cancelled was raised once: later signals are ignored
-        self.finished = False  # the final event is out: the job is over, signals change nothing
-        self.committed = False  # the outputs are in place: the job is done, signals change nothing
-        self.deferring = 0  # inside ``deferred_cancel``: remember the signal, raise at the block's end
-        self.pending = False
-        self.json_stream: Optional[TextIO] = None  # where the final JSON event goes (None: no JSON)
+_STARTING, _WORKING, _SIGNALLED, _CANCELLING, _SETTLED = "starting", "working", "signalled", "cancelling", "settled"
 
 
-_STATE = _SignalState()
+class _Job:
+    """This process's job, as the cancel protocol sees it (one process has one handler)."""
+
+    def __init__(self, state: str = _WORKING, json_stream: Optional[TextIO] = None) -> None:
+        self.state = state
+        self.reason = "terminated by a signal"
+        self.json_stream = json_stream  # where ``emit_final`` writes the one final event (None: no JSON)
+        self.final_written = False
+        self.holding = 0  # inside ``deferred_cancel``: checks leave a signal for the end of the block
+
+
+_JOB = _Job()
 
 #: The signals that cancel a job: a parent's terminate, Ctrl-C, and Ctrl-Break on Windows.
 CANCEL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGBREAK") if hasattr(signal, name))
 
 
 def _on_signal(signum: int, frame: Any) -> None:
-    state = _STATE
-    if state.raised or state.finished or state.committed:
-        return
-    if state.deferring:
-        state.pending = True
-        return
-    state.raised = True
-    raise Cancelled("terminated by a signal" if signum != getattr(signal, "SIGINT", None) else "interrupted")
+    job = _JOB
+    if job.state not in (_STARTING, _WORKING):
+        return  # already signalled, cancelling, or settled: a second signal changes nothing
+    starting = job.state == _STARTING
+    job.state = _SIGNALLED
+    job.reason = "interrupted" if signum == getattr(signal, "SIGINT", None) else "terminated by a signal"
+    if starting:
+        # Nothing has started that a cut could damage. Should Python drop this exception (it can
+        # land in a finaliser), the state stays SIGNALLED and the next check raises it again.
+        raise Cancelled(job.reason)
 
 
-def install_cancel_handler(json_stream: Optional[TextIO] = None) -> Optional[Dict[int, Any]]:
-    """Make SIGTERM / SIGINT raise ``Cancelled`` once; return the previous handlers (None off the main thread).
+def install_cancel_handler(json_stream: Optional[TextIO] = None,
+                           starting: bool = False) -> Optional[Dict[int, Any]]:
+    """Make SIGTERM / SIGINT cancel this process's job; return the previous handlers (None off the main thread).
 
-    Call it before any work, so that a cancel at any moment is a clean
-    cancel. ``json_stream`` is where ``emit_final`` writes the one final event.
+    Call it before any work, so that a cancel at any moment is a clean cancel.
+    ``json_stream`` is where ``emit_final`` writes the one final event.
+    ``starting``: the work has not begun; until :func:`begin_work` a signal
+    raises ``Cancelled`` at once. Otherwise a signal is a request that the
+    next :func:`check_cancel` honours.
     """
-    global _STATE
-    _STATE = _SignalState()
-    _STATE.json_stream = json_stream
+    global _JOB
+    _JOB = _Job(_STARTING if starting else _WORKING, json_stream)
     if threading.current_thread() is not threading.main_thread():
         return None
     return {sig: signal.signal(sig, _on_signal) for sig in CANCEL_SIGNALS}
@@ -156,24 +180,31 @@ def restore_handlers(previous: Optional[Dict[int, Any]]) -> None:
         signal.signal(sig, handler)
 
 
-def emit_final(event: Dict[str, Any]) -> bool:
-    """Write the job's final JSON event (``done``, ``error`` or ``cancelled``), at most once per job.
+def begin_work() -> None:
+    """From now on a signal waits for the next unit boundary; raise ``Cancelled`` if one already came."""
+    if _JOB.state == _STARTING:
+        _JOB.state = _WORKING
+    check_cancel()
 
-    After it is out, signals no longer cancel (the outcome is told and must
-    stay true). Returns False when a final event was already written.
+
+def check_cancel(token: Optional[CancelToken] = None) -> None:
+    """A unit boundary: raise ``Cancelled`` if ``token`` is set or a cancel signal arrived.
+
+    A signal's ``Cancelled`` is raised once; the clean-up that follows (a
+    resumable checkpoint, say) passes later checks. Nothing is raised once the
+    outcome is settled (:func:`commit_job`, :func:`emit_final`).
     """
-    state = _STATE
-    if state.finished:
-        return False
-    state.deferring += 1  # no cancel between writing the event and marking it written
-    try:
-        if state.json_stream is not None:
-            state.json_stream.write(json.dumps(event, default=str) + "\n")
-            state.json_stream.flush()
-        state.finished = True
-    finally:
-        state.deferring -= 1
-    return True
+    if token is not None:
+        token.raise_if_cancelled()
+    job = _JOB
+    if job.state == _SIGNALLED and not job.holding:
+        job.state = _CANCELLING
+        raise Cancelled(job.reason)
+
+
+def cancel_requested() -> bool:
+    """True when a cancel signal arrived that no check has raised yet (the trainer shares it across ranks)."""
+    return _JOB.state == _SIGNALLED
 
 
 def commit_job() -> None:
@@ -182,69 +213,57 @@ def commit_job() -> None:
     Without this a signal arriving between the last rename and the final
     event would report "cancelled" for a job whose outputs exist.
     """
-    _STATE.committed = True
+    _JOB.state = _SETTLED
 
 
-def cancel_requested() -> bool:
-    """True when a signal arrived inside ``deferred_cancel`` and waits to take effect, or when its
-    ``Cancelled`` was raised but dropped (see :func:`raise_if_signalled`) and the work goes on."""
-    state = _STATE
-    if state.finished or state.committed:
+def emit_final(event: Dict[str, Any]) -> bool:
+    """Write the job's final JSON event (``done``, ``error`` or ``cancelled``), at most once per job.
+
+    The outcome is settled first, so no signal can cut the line or contradict
+    it. Returns False when a final event was already written.
+    """
+    job = _JOB
+    if job.final_written:
         return False
-    return state.pending or (state.raised and not state.deferring)
+    job.state, job.final_written = _SETTLED, True
+    if job.json_stream is not None:
+        job.json_stream.write(json.dumps(event, default=str) + "\n")
+        job.json_stream.flush()
+    return True
 
 
 @contextlib.contextmanager
 def deferred_cancel(raise_at_end: bool = True) -> Iterator[None]:
-    """Hold a signal's cancel back until the end of the block (a unit of work that must not be cut).
+    """One unit of work made of smaller ones: the checks inside leave a signal for the block's end.
 
-    The trainer runs each iteration in one, so a cancel always stops at an
-    iteration boundary and the checkpoint it writes resumes exactly; writing
-    several outputs uses one with ``raise_at_end=False``: once every file is
-    in place the job is done, and a late signal cannot undo that.
+    The trainer runs each iteration (step, validation, checkpoint) in one, so
+    a cancel stops between iterations and the resumable checkpoint is exact;
+    several ranks then decide together. ``raise_at_end=False``: the caller
+    checks later (or commits, and the signal changes nothing). A
+    ``CancelToken`` passed to a check inside is still honoured at once.
     """
-    state = _STATE
-    state.deferring += 1
+    job = _JOB
+    if job.state == _STARTING:
+        job.state = _WORKING  # a block that must not be cut is work
+    job.holding += 1
     try:
         yield
     finally:
-        state.deferring -= 1
-    if raise_at_end and not state.deferring and state.pending and not (state.raised or state.finished
-                                                                       or state.committed):
-        state.pending = False
-        state.raised = True
-        raise Cancelled("terminated by a signal")
+        job.holding -= 1
+    if raise_at_end:
+        check_cancel()
 
 
-def raise_if_signalled() -> None:
-    """Raise ``Cancelled`` again if a cancel signal already raised it and the work still goes on.
-
-    Python drops an exception raised where it cannot propagate - a ``__del__``, a weakref or
-    garbage-collector callback, an import lock's clean-up ("Exception ignored in ...") - so a
-    signal landing there would be lost and the job would run to its end. Called between units
-    of work, this makes the cancel take effect there instead. Not inside ``deferred_cancel``,
-    and not once the outcome is told or the outputs are in place.
-    """
-    state = _STATE
-    if state.raised and not (state.deferring or state.finished or state.committed):
-        raise Cancelled("terminated by a signal")
-
-
-def raise_pending_cancel() -> None:
-    """Raise ``Cancelled`` now if a signal was held back by ``deferred_cancel(raise_at_end=False)``."""
-    state = _STATE
-    if state.pending and not state.deferring and not (state.raised or state.finished or state.committed):
-        state.pending = False
-        state.raised = True
-        raise Cancelled("terminated by a signal")
+#: Earlier names of :func:`check_cancel` (callers on other branches use them).
+raise_if_signalled = raise_pending_cancel = check_cancel
 
 
 @contextlib.contextmanager
 def terminate_as_cancel() -> Iterator[None]:
-    """Turn SIGTERM / SIGINT into ``Cancelled`` within the block (for callers other than ``caml``'s main).
+    """SIGTERM / SIGINT cancel the block (for callers other than ``caml``'s main, which installs the handler).
 
-    ``caml`` installs the handler itself before any work (``install_cancel_handler``);
-    inside it this is a no-op.
+    Inside the block a signal is honoured at the next unit boundary, or at
+    the block's end if none came; inside ``caml`` this is a no-op.
     """
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is _on_signal:
@@ -253,5 +272,6 @@ def terminate_as_cancel() -> Iterator[None]:
     previous = install_cancel_handler(None)
     try:
         yield
+        check_cancel()
     finally:
         restore_handlers(previous)

@@ -575,8 +575,8 @@ def test_user_errors_share_one_base_class() -> None:
     from CAMLSegmentationLib.io.volume import ImageError
     from CAMLSegmentationLib.model.catalog import CatalogError
     from CAMLSegmentationLib.model.checkpoint import CheckpointError
-    from CAMLSegmentationLib.training.data import DataError
     from CAMLSegmentationLib.training.presets import PresetError
+    from CAMLSegmentationLib.training.sources import DataError
 
     for cls in (CatalogError, CheckpointError, DataError, DeviceError, ImageError, PresetError, UserError,
                 MissingFileError, OutputError, SizeLimitError):

@@ -15,8 +15,8 @@ from CAMLSegmentationLib.model.occ import (
     omni_correlation_loss,
     select_confident,
 )
+from CAMLSegmentationLib.training.objective import CAMLObjective, learning_rate, loss_weights
 from CAMLSegmentationLib.training.presets import TrainingPreset, load_preset
-from CAMLSegmentationLib.training.trainer import CAMLObjective, learning_rate, loss_weights
 
 
 def test_sharpen_values():
@@ -337,7 +337,7 @@ def test_occ_heads_on_selected_passes_only_the_picked_voxels(num_filtered):
 
 def test_shift_consistency_compares_the_overlap_of_each_pair():
     from CAMLSegmentationLib.model.losses import shift_consistency_loss
-    from CAMLSegmentationLib.training.data import random_shifted_pair
+    from CAMLSegmentationLib.training.augment import random_shifted_pair
 
     rng = np.random.default_rng(0)
     image = rng.random((20, 18, 14)).astype(np.float32)

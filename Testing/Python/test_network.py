@@ -6,7 +6,7 @@ import pytest
 import torch
 from CAMLSegmentationLib.model.checkpoint import (
     CheckpointError,
-    load_dual_model,
+    load_caml_network,
     load_sub_model,
     read_checkpoint,
     release_checkpoint,
@@ -118,7 +118,7 @@ def test_plain_state_dict_and_own_checkpoint_load(tmp_path):
                                      for k, v in model.state_dict().items() if k.startswith(("encoder1", "decoder1"))},
                            "network": model.config.to_dict()})
     for path in (plain, ddp, own):
-        dual, _ = load_dual_model(path)
+        dual, _ = load_caml_network(path)
         with torch.no_grad():
             assert torch.equal(dual.eval()(x)[0], expected_v)
     for path in (plain, own, half):
@@ -136,12 +136,12 @@ def test_wrong_architecture_and_corrupt_files_are_refused(tmp_path):
     torch.save(CAMLNet(NetworkConfig(base_filters=4)).state_dict(), truncated)
     truncated.write_bytes(truncated.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="not a readable"):
-        load_dual_model(truncated)
+        load_caml_network(truncated)
     only_v = tmp_path / "only_v.pth"
     torch.save(SubModel(NetworkConfig(base_filters=4)).state_dict(), only_v)
     load_sub_model(only_v, "v")
     with pytest.raises(CheckpointError, match="missing"):
-        load_dual_model(only_v)
+        load_caml_network(only_v)
 
 
 def test_release_keeps_v_and_a_only_and_predicts_the_same(tmp_path):
@@ -170,7 +170,7 @@ def test_release_keeps_v_and_a_only_and_predicts_the_same(tmp_path):
             assert torch.equal(sub.eval()(x), expected[which])
             assert torch.allclose(sub16.eval()(x), expected[which], atol=2e-2)
     with pytest.raises(CheckpointError, match="missing"):  # the projection heads are not shipped
-        load_dual_model(full)
+        load_caml_network(full)
     torch.save(SubModel(NetworkConfig(base_filters=4)).state_dict(), tmp_path / "only_v.pth")
     with pytest.raises(CheckpointError, match="missing"):  # a V-only file cannot make a V+A release
         release_checkpoint(tmp_path / "only_v.pth", tmp_path / "x.pt")

@@ -171,7 +171,7 @@ def test_training_and_inference_feed_the_network_the_same_intensities(tmp_path: 
     gives the same probabilities as segmenting the stored image with the same weights and method.
     The image has a zero-filled border (the predictor's content box leaves it out)."""
     from CAMLSegmentationLib.inference.predictor import random_model
-    from CAMLSegmentationLib.training.data import open_source
+    from CAMLSegmentationLib.training.sources import open_source
 
     image = np.pad(mri_like((40, 36, 24), scale=0.01, offset=-1.2), ((6, 2), (0, 5), (3, 0)),
                    constant_values=-1.2)

@@ -42,7 +42,8 @@ def test_short_run_lowers_loss_and_beats_chance(dataset, tmp_path):
     losses = [h["loss_s"] for h in result.history if "loss_s" in h]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     # Chance level: the best trivial answer, everything foreground.
-    from CAMLSegmentationLib.training.data import load_cases, open_source
+    from CAMLSegmentationLib.training.loading import load_cases
+    from CAMLSegmentationLib.training.sources import open_source
 
     cases = load_cases(open_source(dataset), ["case004", "case005"], None, with_label=True)
     chance = np.mean([2 * c.label.mean() / (1 + c.label.mean()) for c in cases])
@@ -404,7 +405,7 @@ def test_validation_is_the_predictor_caml_evaluate_runs_on_any_layout(dataset, t
     """One predictor: the Dice that picks best.pt is the Dice `caml evaluate` reports, and evaluate
     reads the generic layout `caml train` reads as well as LA .h5 (here: the same cases as NRRD)."""
     from CAMLSegmentationLib.io.volume import write_image, write_mask
-    from CAMLSegmentationLib.training.data import open_source
+    from CAMLSegmentationLib.training.sources import open_source
 
     (tmp_path / "val.list").write_text("case004\ncase005\n")
     preset = TINY.with_overrides(iterations=4, val_start=4, val_interval=4)
@@ -438,3 +439,37 @@ def test_validation_is_the_predictor_caml_evaluate_runs_on_any_layout(dataset, t
     assert config["inference"] == {"window": [32, 32, 16], "spacing": None, "normalization": "percentile",
                                    "flip_axes": [0, 1], "threshold": 0.5, "largest_component": False}
     assert read_checkpoint(tmp_path / "run" / "last.pt")["inference"] == config["inference"]
+
+
+def test_a_preset_can_switch_validation_off_and_the_old_way_still_loads(dataset, tmp_path):
+    """al-finetune says ``validate: false`` (#25 item 9) instead of pushing val_start past the end;
+    a preset stored with the old values still loads and still never validates."""
+    from CAMLSegmentationLib.training.presets import TrainingPreset as Preset
+    from CAMLSegmentationLib.training.presets import load_preset
+
+    finetune = load_preset("al-finetune")
+    assert finetune.validate is False and finetune.val_start == Preset().val_start
+    (tmp_path / "val.list").write_text("case004\n")
+    off = TINY.with_overrides(iterations=2, val_start=1, val_interval=1, validate=False)
+    train(TrainConfig(dataset, tmp_path / "off", Preset.from_dict(json.loads(json.dumps(off.to_dict()))),
+                      labeled=2, val_list=tmp_path / "val.list", seed=3))
+    assert not (tmp_path / "off" / "best.pt").exists()
+    assert all("val_dice" not in r for r in read_checkpoint(tmp_path / "off" / "last.pt")["history"])
+    old = dict(finetune.to_dict(), val_start=100000, val_interval=100000)
+    del old["validate"]
+    assert Preset.from_dict(old).val_start == 100000
+    on = TINY.with_overrides(iterations=2, val_start=1, val_interval=1)
+    train(TrainConfig(dataset, tmp_path / "on", on, labeled=2, val_list=tmp_path / "val.list", seed=3))
+    assert (tmp_path / "on" / "best.pt").exists()
+
+
+def test_the_resume_only_keys_are_what_last_pt_adds_to_a_model_file(dataset, tmp_path):
+    """One definition (#25 item 9): what the trainer writes only to continue is what a version drops."""
+    from CAMLSegmentationLib.training.trainer import RESUME_ONLY_KEYS
+
+    train(TrainConfig(dataset, tmp_path / "run", TINY.with_overrides(iterations=1), labeled=2, seed=3))
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
+    legacy = {"rng", "sampler"}
+    written = set(last) - {"format", "format_version", "model", "iteration", "network", "preset", "inference",
+                           "rampup_length", "split", "data_root", "seed", "supervised_only", "world_size"}
+    assert written == set(RESUME_ONLY_KEYS) - legacy

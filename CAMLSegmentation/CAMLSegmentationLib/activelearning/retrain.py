@@ -332,20 +332,14 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
             "weights": str(cohort.root / cohort.version(version)["weights"])}
 
 
-#: What a resumable training checkpoint holds only to continue training; a version needs none of it.
-#: These are the keys ``training.trainer.TrainingRun.checkpoint`` adds to the run's metadata (its owner
-#: defines them; a shared definition there would let this list go, see issue 25 item 9).
-_TRAINING_STATE = ("optimizer", "scaler", "memory_bank", "rng", "rank_states", "sampler", "history",
-                   "best_dice", "best_iteration")
-
-
 def _save_candidate(result: Any, last: Path, target: Path, preset: Any) -> None:
     """The candidate's weights file: the last iteration's model with everything stored beside it
     (network, preset, inference settings, split), without the optimizer and sampler state."""
     from ..model.checkpoint import read_checkpoint, save_checkpoint
+    from ..training.trainer import RESUME_ONLY_KEYS
 
     ckpt = read_checkpoint(last)
-    payload = {k: v for k, v in ckpt.items() if k not in _TRAINING_STATE and k not in ("format", "format_version")}
+    payload = {k: v for k, v in ckpt.items() if k not in RESUME_ONLY_KEYS and k not in ("format", "format_version")}
     payload["trained"] = {"iteration": ckpt.get("iteration"), "split": ckpt.get("split"), "seed": ckpt.get("seed")}
     save_checkpoint(target, payload)
 

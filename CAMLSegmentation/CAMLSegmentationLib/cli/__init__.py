@@ -64,11 +64,11 @@ def main(argv: Optional[List[str]] = None, restore_signals: bool = True) -> int:
     user can fix (``CAMLError``) are one line on stderr (and one ``error``
     event); any other exception is a bug and keeps its traceback.
     """
-    from ..progress import Cancelled, commit_job, emit_final, install_cancel_handler, restore_handlers
+    from ..progress import Cancelled, begin_work, commit_job, emit_final, install_cancel_handler, restore_handlers
 
     argv = list(sys.argv[1:] if argv is None else argv)
     json_mode = _wants_json(argv)
-    previous = install_cancel_handler(sys.stdout if json_mode else None)
+    previous = install_cancel_handler(sys.stdout if json_mode else None, starting=True)
     command = "caml"
     try:
         try:
@@ -82,6 +82,7 @@ def main(argv: Optional[List[str]] = None, restore_signals: bool = True) -> int:
                 parser.print_help()
                 return 2
             command = f"caml {args.command}"
+            begin_work()  # from here a signal stops the job at its next unit boundary
             return int(args.func(args) or 0)
         except CAMLError as exc:
             emit_final({"event": "error", "message": str(exc)})

@@ -110,15 +110,14 @@ def load_model_from_args(args: argparse.Namespace, with_a: bool = False) -> Infe
 
 
 def progress_callback(mode: str) -> ProgressCallback:
-    """Progress as ``--progress`` asks; each event is also a point where a cancel takes effect."""
-    from ..progress import json_lines, no_progress, raise_if_signalled, text_bar
+    """Progress as ``--progress`` asks; each event is also a unit boundary where a cancel signal takes effect."""
+    from ..progress import check_cancel, json_lines, no_progress, text_bar
 
     emit = {"json": json_lines(sys.stdout), "bar": text_bar(sys.stderr)}.get(mode, no_progress)
 
     def report(event: Any) -> None:
         emit(event)
-        # A signal whose Cancelled Python dropped (raised inside a finaliser) still stops the job.
-        raise_if_signalled()
+        check_cancel()
 
     return report
 
@@ -130,10 +129,11 @@ def json_outcome(enabled: bool) -> Iterator[Dict[str, Any]]:
     Errors and cancels are told by ``cli.main`` (one ``error`` or ``cancelled``
     line), so every command ends with exactly one final event.
     """
-    from ..progress import emit_final
+    from ..progress import check_cancel, emit_final
 
     final: Dict[str, Any] = {}
     yield final
+    check_cancel()  # a signal no unit boundary saw cancels a job whose outputs are not committed
     if enabled:
         emit_final(dict({"event": "done"}, **final))
 

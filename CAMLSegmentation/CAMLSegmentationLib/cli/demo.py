@@ -58,7 +58,7 @@ def la_root(explicit: Optional[str] = None) -> Optional[Path]:
 
 def la_demo_case(root: Path) -> str:
     """The last case of ``train.list``: a validation case (its label only ever chose checkpoints)."""
-    from ..training.data import ORDER_FILE, read_id_list
+    from ..training.sources import ORDER_FILE, read_id_list
 
     return read_id_list(root / ORDER_FILE)[-1]
 
@@ -66,7 +66,7 @@ def la_demo_case(root: Path) -> str:
 def convert_la_case(root: Path, case_id: str, out: Path) -> Tuple[Path, Path]:
     """The case's image and label as NRRD files in ``out`` (0.625 mm voxels): (image, label)."""
     from ..io.volume import write_image, write_mask
-    from ..training.data import open_source
+    from ..training.sources import open_source
 
     volume, label = open_source(root).read(case_id, with_label=True)
     assert label is not None  # read(with_label=True) raises for an unlabeled case

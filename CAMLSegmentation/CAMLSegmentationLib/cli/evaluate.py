@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.files import atomic_outputs
     from ..io.volume import check_output_paths, validate_volume
     from ..progress import ProgressEvent
-    from ..training.data import DataError, open_source, read_id_list
+    from ..training.sources import DataError, open_source, read_id_list
     from .common import load_model_from_args, options_from_args, progress_callback
 
     json_mode = args.progress == "json"

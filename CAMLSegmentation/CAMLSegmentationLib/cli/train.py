@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
         preset = preset.with_overrides(iterations=args.iterations)
     if args.labeled is not None and args.labeled < 1:
         raise UserError("--labeled must be at least 1")
-    # Each progress event is also where a cancel that Python dropped in a finaliser takes effect.
     progress = progress_callback(args.progress)
     cfg = TrainConfig(data_root=args.data, out_dir=args.out, preset=preset, labeled=args.labeled,
                       labeled_list=args.labeled_list, val_list=args.val_list, val_last=args.val_last,

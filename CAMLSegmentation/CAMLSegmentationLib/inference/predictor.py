@@ -54,7 +54,7 @@ from ..model.settings import (
     PROTOCOLS,
     InferenceSettings,
 )
-from ..progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from ..progress import CancelToken, ProgressCallback, ProgressEvent, check_cancel, no_progress
 from .preprocess import axis_starts, model_grid, normalized_content
 
 PathLike = Union[str, Path]
@@ -186,8 +186,8 @@ def sliding_window(image: Union[torch.Tensor, np.ndarray], window: Sequence[int]
             when the output and weight map fit in half its free memory, else on the CPU
             (``choose_stitch_device``); the CPU always stitches on the CPU.
         amp: float16 autocast, used only when ``device`` is CUDA.
-        progress, cancel: called / checked once per forward pass, so a cancel takes
-            effect within one batch of windows.
+        progress, cancel: called / checked once per forward pass (a cancel signal too,
+            ``progress.check_cancel``), so a cancel takes effect within one batch of windows.
 
     Returns:
         ``[C_out, I, J, K]`` float32 tensor on the CPU (a numpy array for a numpy ``image``).
@@ -224,8 +224,7 @@ def sliding_window(image: Union[torch.Tensor, np.ndarray], window: Sequence[int]
     weight: Any = None
     progress(ProgressEvent("inference", 0, len(starts), "windows"))
     for first in range(0, len(starts), batch_size):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
+        check_cancel(cancel)
         batch_starts = starts[first:first + batch_size]
         crops = [image[:, a:a + window[0], b:b + window[1], c:c + window[2]] for a, b, c in batch_starts]
         if in_numpy:

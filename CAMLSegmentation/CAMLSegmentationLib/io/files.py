@@ -6,17 +6,31 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Sequence, Union
+from typing import Iterator, List, Sequence, Tuple, Union
 
 PathLike = Union[str, Path]
 
 
+def _temporary_name_parts(path: Path) -> Tuple[str, str]:
+    """The prefix and suffix of ``path``'s temporaries: hidden, named after it, with its endings
+    (``.mask-k3j2.seg.nrrd`` for ``mask.seg.nrrd``), so writers that pick a format from the name work."""
+    return f".{path.name.split('.')[0]}-", "".join(path.suffixes) or ".tmp"
+
+
 def _temporary_beside(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
+    prefix, suffix = _temporary_name_parts(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def leftover_temporaries(path: PathLike) -> Iterator[Path]:
+    """Temporaries of ``atomic_output(path)`` that a killed writer left beside ``path``."""
+    path = Path(path)
+    prefix, suffix = _temporary_name_parts(path)
+    if path.parent.is_dir():
+        yield from path.parent.glob(f"{prefix}*{suffix}")
 
 
 def fsync_path(path: PathLike, directory: bool = False) -> None:
@@ -45,12 +59,12 @@ def atomic_outputs(paths: Sequence[PathLike], commit: bool = False) -> Iterator[
     writers that pick a format from the name still work. Each is fsynced,
     then all are renamed (``os.replace``: atomic on one file system, readers
     see the old file or the new one), then their folders are fsynced. A
-    cancel signal arriving during the renames is held back: once the first
-    file is in place the others follow, so the outputs are all new or all old.
+    cancel signal is honoured just before the renames (a unit boundary), never
+    between them: the outputs are all new or all old.
     ``commit``: these are the job's final outputs; once they are in place a
     cancel no longer applies (``progress.commit_job``).
     """
-    from ..progress import commit_job, deferred_cancel
+    from ..progress import check_cancel, commit_job
 
     targets = [Path(p) for p in paths]
     temps: List[Path] = []
@@ -64,13 +78,13 @@ def atomic_outputs(paths: Sequence[PathLike], commit: bool = False) -> Iterator[
         for tmp in temps:
             os.chmod(tmp, 0o666 & ~umask)
             fsync_path(tmp)
-        with deferred_cancel(raise_at_end=False):
-            for tmp, target in zip(temps, targets):
-                os.replace(tmp, target)
-            for folder in dict.fromkeys(t.parent for t in targets):
-                fsync_path(folder, directory=True)
-            if commit:
-                commit_job()
+        check_cancel()  # the last boundary before the outputs appear
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+        for folder in dict.fromkeys(t.parent for t in targets):
+            fsync_path(folder, directory=True)
+        if commit:
+            commit_job()
     finally:
         for tmp in temps:
             if tmp.exists():

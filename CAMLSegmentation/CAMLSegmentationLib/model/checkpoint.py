@@ -46,21 +46,22 @@ class CheckpointError(CAMLError, ValueError):
 
 def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> None:
     """Write a checkpoint atomically: a crash mid-write leaves the previous file intact."""
-    payload = _plain(dict(payload))
+    payload = plain_types(dict(payload))
     payload.setdefault("format", FORMAT)
     payload.setdefault("format_version", FORMAT_VERSION)
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with numpy scalars and arrays turned into the types ``weights_only`` loading accepts."""
+def plain_types(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and numpy arrays as tensors: the types
+    ``torch.load(weights_only=True)`` accepts (the one converter for what goes into a checkpoint)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_types(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain_types(v) for v in value]
     if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
+        return tuple(plain_types(v) for v in value)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -198,8 +199,10 @@ def _load(module: torch.nn.Module, state: Dict[str, torch.Tensor], source: str) 
     module.load_state_dict(sub, strict=True)
 
 
-def load_dual_model(path: PathLike, config: Optional[NetworkConfig] = None) -> Tuple[CAMLNet, Dict[str, Any]]:
-    """Build the dual model from a checkpoint (strict: every parameter must be present)."""
+def load_caml_network(path: PathLike, config: Optional[NetworkConfig] = None) -> Tuple[CAMLNet, Dict[str, Any]]:
+    """The whole training network (``CAMLNet``: sub-models V and A and the OCC heads) and the checkpoint
+    dict, from a full checkpoint (strict: every parameter present). For inference with V (and A),
+    ``inference.predictor.load_inference_model`` builds the predictor's model instead."""
     ckpt = read_checkpoint(path)
     cfg = config or NetworkConfig.from_dict(ckpt.get("network", {}))
     model = CAMLNet(cfg)

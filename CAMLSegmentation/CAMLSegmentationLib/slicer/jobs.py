@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import MODULE_DIR
+from ..io.files import leftover_temporaries  # standard library only: Slicer's process never imports torch
 
 PathLike = Union[str, Path]
 
@@ -95,14 +96,6 @@ def _file_state(path: Path) -> Optional[Tuple[int, int]]:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
-
-
-def _atomic_temporaries(path: Path) -> Iterable[Path]:
-    """Leftovers of ``files.atomic_output(path)`` from a killed writer."""
-    stem = path.name.split(".")[0]
-    suffix = "".join(path.suffixes) or ".tmp"
-    if path.parent.is_dir():
-        yield from path.parent.glob(f".{stem}-*{suffix}")
 
 
 class Job:
@@ -243,7 +236,7 @@ class Job:
 
     def _remove_partial_outputs(self) -> None:
         for path in self.outputs:
-            for tmp in _atomic_temporaries(path):
+            for tmp in leftover_temporaries(path):
                 tmp.unlink(missing_ok=True)
             if _file_state(path) != self._before[path] and path.is_file():
                 path.unlink()

@@ -1,1 +1,2 @@
-"""Semi-supervised training: case sources and augmentation, presets, the trainer."""
+"""Semi-supervised training: case sources, split, loading and augmentation, presets, the CAML
+objective, sampler, batches, validation, rank plumbing and the trainer that runs them."""

@@ -62,6 +62,7 @@ class TrainingPreset:
     occ_temperature: float = 0.1
     occ_heads_on: str = "agreeing"  # "agreeing" (official: every V/A-agreeing unlabeled voxel) or "selected"
     # bookkeeping
+    validate: bool = True  # false: no validation (and no best.pt) even when validation cases are given
     val_interval: int = 200
     val_start: int = 800
     checkpoint_interval: int = 200

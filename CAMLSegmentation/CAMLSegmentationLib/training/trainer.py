@@ -1,4 +1,7 @@
-"""Semi-supervised CAML training: two-stream batches, the CAML objective, validation, checkpoints.
+"""Semi-supervised CAML training: the job that ties the parts together and its resumable checkpoint.
+
+The parts, one module each: :mod:`.objective` (the CAML loss), :mod:`.sampler` (the two case
+streams), :mod:`.batches` (augmented crops), :mod:`.validation`, :mod:`.ranks` (torchrun plumbing).
 
 One iteration: a batch of ``labeled_batch`` labeled and ``unlabeled_batch``
 unlabeled random crops (after random rot90/flip) goes through both
@@ -25,37 +28,43 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from ..devices import resolve_device
 from ..errors import MissingFileError, UserError
-from ..inference.metrics import dice
-from ..inference.predictor import InferenceOptions, largest_component, model_from_network, segment_volume
-from ..io.volume import Volume
 from ..model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from ..model.losses import dice_loss, mutual_consistency_loss, shift_consistency_loss, sigmoid_rampup
 from ..model.network import CAMLNet, NetworkConfig
-from ..model.occ import MemoryBank, gather_across_ranks, omni_correlation, omni_correlation_loss, select_confident
+from ..model.occ import MemoryBank
 from ..model.settings import InferenceSettings
 from ..progress import (
-    Cancelled,
     CancelToken,
     ProgressCallback,
     ProgressEvent,
-    cancel_requested,
     deferred_cancel,
     no_progress,
-    raise_if_signalled,
-    raise_pending_cancel,
 )
-from . import data as data_mod
+from .batches import make_batch
+from .loading import load_cases
+from .objective import CAMLObjective, learning_rate, loss_weights
 from .presets import TrainingPreset
+from .ranks import (
+    all_ranks_finite,
+    distributed_rank_world,
+    gather_rank_states,
+    rank_state,
+    restore_rank_state,
+    rng_state,
+    set_rng_state,
+    stop_if_cancelled,
+)
+from .sampler import TwoStreamSampler
+from .sources import Case, DataError, open_source
+from .split import Split, make_split
+from .validation import ValidationCase, validate
 
 LOG = logging.getLogger("caml.train")
 
@@ -112,342 +121,6 @@ def load_initial_weights(net: CAMLNet, path: Path) -> None:
                          for k in wanted if k in state}, strict=False)
 
 
-# --------------------------------------------------------------------------- objective
-
-
-class CAMLObjective(nn.Module):
-    """The full CAML training loss as one module, so DistributedDataParallel can wrap it.
-
-    Holds the network; the memory bank is plain state updated inside forward.
-    """
-
-    def __init__(self, net: CAMLNet, bank: MemoryBank, preset: TrainingPreset,
-                 supervised_only: bool = False) -> None:
-        super().__init__()
-        self.net = net
-        self.bank = bank
-        self.preset = preset
-        self.supervised_only = supervised_only
-        self.memory_generator = torch.Generator()
-
-    def _heads(self) -> List[nn.Module]:
-        n = self.net
-        return [n.projection_head1, n.prediction_head1, n.projection_head2, n.prediction_head2]
-
-    def _zero_through_heads(self) -> torch.Tensor:
-        # DDP expects every parameter to get a gradient each step; when no OCC
-        # term can be formed this keeps the heads in the graph with zero weight.
-        return sum(p.sum() * 0.0 for h in self._heads() for p in h.parameters())  # type: ignore[return-value]
-
-    def forward(self, image: torch.Tensor, label: torch.Tensor, case_index: torch.Tensor,
-                lambda_c: float, lambda_o: float, shifts: Optional[torch.Tensor] = None,
-                lambda_t: float = 0.0) -> Tuple[torch.Tensor, Dict[str, float]]:
-        p = self.preset
-        nl = label.shape[0]
-        use_amp = p.amp and image.is_cuda
-        with torch.autocast(device_type=image.device.type, dtype=torch.float16, enabled=use_amp):
-            logits_v, logits_a, feat_v, feat_a = self.net(image)
-        # Losses in float32 whatever the forward precision.
-        prob_v = F.softmax(logits_v.float(), dim=1)
-        prob_a = F.softmax(logits_a.float(), dim=1)
-        fg = label == 1
-        loss_s = dice_loss(prob_v[:nl, 1], fg) + dice_loss(prob_a[:nl, 1], fg)
-        parts = {"loss_s": float(loss_s.detach())}
-        if self.supervised_only:
-            loss = p.lambda_s * loss_s
-            parts["loss"] = float(loss.detach())
-            return loss, parts
-
-        loss_c = mutual_consistency_loss(prob_v, prob_a, p.sharpen_temperature)
-        feat_v = feat_v.float()
-        feat_a = feat_a.float()
-
-        self._update_memory(prob_v[:nl], prob_a[:nl], feat_v[:nl], feat_a[:nl], label, case_index)
-        memory = self.bank.sample(p.memory_per_class, self.memory_generator)
-        loss_o = self._occ_loss(prob_v[nl:], prob_a[nl:], feat_v[nl:], feat_a[nl:], memory)
-
-        loss = p.lambda_s * loss_s + lambda_c * loss_c + lambda_o * loss_o
-        if shifts is not None:
-            loss_t = (shift_consistency_loss(prob_v[nl:], shifts) + shift_consistency_loss(prob_a[nl:], shifts))
-            loss = loss + lambda_t * loss_t
-            parts["loss_t"] = float(loss_t.detach())
-        parts.update(loss=float(loss.detach()), loss_c=float(loss_c.detach()), loss_o=float(loss_o.detach()))
-        return loss, parts
-
-    @torch.no_grad()
-    def _update_memory(self, prob_v: torch.Tensor, prob_a: torch.Tensor, feat_v: torch.Tensor,
-                       feat_a: torch.Tensor, label: torch.Tensor, case_index: torch.Tensor) -> None:
-        net = self.net
-        correct = (prob_v.argmax(1) == label) & (prob_a.argmax(1) == label)
-        # Channels-last for BOTH models (the official code forgets it for model A).
-        fv = feat_v.permute(0, 2, 3, 4, 1)
-        fa = feat_a.permute(0, 2, 3, 4, 1)
-        was_training = net.projection_head1.training
-        net.projection_head1.eval()
-        net.projection_head2.eval()
-        updates = []
-        for b in range(label.shape[0]):
-            m = correct[b]
-            proj = (net.projection_head1(fv[b][m]) + net.projection_head2(fa[b][m])) / 2
-            updates.append((case_index[b:b + 1], proj, label[b][m]))
-        net.projection_head1.train(was_training)
-        net.projection_head2.train(was_training)
-        for idx, proj, lab in updates:
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                for r_idx, r_proj, r_lab in gather_across_ranks(proj, lab, idx):
-                    self.bank.update(r_idx, r_proj, r_lab)
-            else:
-                self.bank.update(int(idx), proj, lab)
-
-    def _occ_loss(self, prob_v: torch.Tensor, prob_a: torch.Tensor, feat_v: torch.Tensor,
-                  feat_a: torch.Tensor, memory: List[Optional[torch.Tensor]]) -> torch.Tensor:
-        p = self.preset
-        net = self.net
-        conf_v, pred_v = prob_v.max(1)
-        pred_a = prob_a.argmax(1)
-        agree = pred_v == pred_a
-        if int(agree.sum()) < 2 or all(m is None for m in memory):
-            return self._zero_through_heads()
-        uv = feat_v.permute(0, 2, 3, 4, 1)[agree]
-        ua = feat_a.permute(0, 2, 3, 4, 1)[agree]
-        # V's label and confidence pick the same rows for both models.
-        picks = select_confident(pred_v[agree], conf_v[agree], net.config.num_classes, p.num_filtered)
-        if p.occ_heads_on == "selected":
-            # Only the picked voxels go through the heads: the loss uses no
-            # others, but the heads' BatchNorm statistics then come from the
-            # picked voxels alone. Several times cheaper on a CPU.
-            rows = torch.cat(picks)
-            uv, ua = uv[rows], ua[rows]
-            offsets = torch.cumsum(torch.tensor([0] + [int(q.numel()) for q in picks[:-1]]), 0)
-            picks = [torch.arange(int(o), int(o) + int(q.numel()), device=rows.device)
-                     for o, q in zip(offsets, picks)]
-            if uv.shape[0] < 2:
-                return self._zero_through_heads()
-        # Otherwise every agreeing voxel goes through the heads, so their
-        # BatchNorm statistics are taken over all of them (official code).
-        pred_feat_v = net.prediction_head1(net.projection_head1(uv))
-        pred_feat_a = net.prediction_head2(net.projection_head2(ua))
-        corr_v = omni_correlation(pred_feat_v, picks, memory, p.occ_temperature)
-        corr_a = omni_correlation(pred_feat_a, picks, memory, p.occ_temperature)
-        if corr_v is None or corr_a is None:
-            return self._zero_through_heads()
-        return omni_correlation_loss(corr_a, corr_v)
-
-
-def loss_weights(preset: TrainingPreset, iteration: int, num_labeled: int) -> Tuple[float, float, float]:
-    """(lambda_c, lambda_o, lambda_t) at ``iteration`` (1-based, as in the official loop).
-
-    All three unlabeled terms ramp up together; lambda_t weighs the shift consistency.
-    """
-    ramp = sigmoid_rampup(iteration // preset.rampup_interval, preset.rampup_for(num_labeled))
-    return preset.lambda_c * ramp, preset.lambda_o * ramp, preset.shift_consistency * ramp
-
-
-def learning_rate(preset: TrainingPreset, iteration: int) -> float:
-    if preset.lr_schedule == "poly":
-        return preset.lr * (1.0 - min(iteration, preset.iterations) / (preset.iterations + 1)) ** 0.9
-    return preset.lr
-
-
-# --------------------------------------------------------------------------- batches
-
-
-class TwoStreamSampler:
-    """Labeled indices come from successive random permutations (every case once per pass);
-    unlabeled indices likewise from their own stream. State is plain lists, saved for resume."""
-
-    def __init__(self, num_labeled: int, num_unlabeled: int, rng: np.random.Generator) -> None:
-        self.sizes = (num_labeled, num_unlabeled)
-        self.rng = rng
-        self.queues: List[List[int]] = [[], []]
-
-    def _take(self, stream: int, n: int) -> List[int]:
-        out: List[int] = []
-        while len(out) < n:
-            if not self.queues[stream]:
-                self.queues[stream] = [int(i) for i in self.rng.permutation(self.sizes[stream])]
-            out.append(self.queues[stream].pop(0))
-        return out
-
-    def next(self, n_labeled: int, n_unlabeled: int) -> Tuple[List[int], List[int]]:
-        return self._take(0, n_labeled), self._take(1, n_unlabeled)
-
-
-def make_batch(labeled: Sequence[data_mod.Case], unlabeled: Sequence[data_mod.Case],
-               li: Sequence[int], ui: Sequence[int], preset: TrainingPreset,
-               rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Augment and crop: returns images ``[nl+nu, 1, *patch]``, labels ``[nl, *patch]`` and shifts.
-
-    With the preset's ``shift_consistency`` each unlabeled index gives two crops offset
-    by a random shift (``data.random_shifted_pair``), the shifts being ``[len(ui), 3]``;
-    otherwise one crop each and no shifts.
-
-    Geometric augmentation (rot90/flip in the (i, j) plane, random crop) as the
-    official code, the crop reaching past the image by the preset's
-    ``crop_margin``, then the preset's intensity augmentation on each crop.
-    With ``roi_probability`` set, a case is first cut to a random ROI box; no
-    draw is spent on it otherwise, so presets without it keep their exact stream.
-    """
-    patch = preset.patch_size
-    margin = tuple(int(round(preset.crop_margin * p)) for p in patch)
-
-    def intensity(img: np.ndarray) -> np.ndarray:
-        return data_mod.random_intensity(img, rng, preset.intensity_probability, preset.intensity_scale,
-                                         preset.intensity_shift, preset.intensity_gamma, preset.intensity_noise)
-
-    def roi(img: np.ndarray, lab: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        if preset.roi_probability <= 0:
-            return img, lab
-        return data_mod.random_roi(img, lab, rng, preset.roi_probability, preset.roi_min_fraction)
-
-    images, labels = [], []
-    for i in li:
-        img, lab = roi(labeled[i].image, labeled[i].label)
-        img, lab = data_mod.random_rot_flip(img, lab, rng)
-        img, lab = data_mod.random_crop(img, lab, patch, rng, margin)
-        images.append(intensity(img))
-        labels.append(lab)
-    shifts = []
-    for i in ui:
-        img, _ = roi(unlabeled[i].image, None)
-        img, _ = data_mod.random_rot_flip(img, None, rng)
-        if preset.shift_consistency > 0:
-            first, second, shift = data_mod.random_shifted_pair(
-                img, patch, rng, [int(round(preset.shift_max * p)) for p in patch])
-            images += [intensity(first), intensity(second)]
-            shifts.append(shift)
-            continue
-        img, _ = data_mod.random_crop(img, None, patch, rng, margin)
-        images.append(intensity(img))
-    x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
-    y = torch.from_numpy(np.stack(labels).astype(np.int64))
-    return x, y, (torch.tensor(shifts, dtype=torch.int64) if shifts else None)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-@dataclass
-class ValidationCase:
-    """A validation case as stored (its own grid and intensities) with its reference label."""
-
-    case_id: str
-    volume: Volume
-    label: np.ndarray
-
-
-def validate(net: CAMLNet, cases: Sequence[ValidationCase], settings: InferenceSettings,
-             device: torch.device) -> Dict[str, Any]:
-    """Mean and per-case Dice of sub-model V through the predictor ``caml segment`` runs.
-
-    Each case is segmented from its stored voxels with the default
-    ``InferenceOptions`` (normalisation, resampling, sliding window and
-    threshold included) and scored on its own grid, so the number that
-    selects a checkpoint is the number ``caml evaluate`` reports for it.
-    Each mask is scored as predicted and with only its largest connected
-    component; the post-processing with the higher mean Dice is the
-    checkpoint's (``largest_component``, stored in best.pt's settings), as
-    nnU-Net chooses its post-processing on validation.
-    """
-    model = model_from_network(net, settings, device)
-    plain, kept = {}, {}
-    for case in cases:
-        mask = segment_volume(case.volume, model, InferenceOptions(lcc=False)).mask
-        plain[case.case_id] = dice(mask > 0, case.label > 0)
-        kept[case.case_id] = dice(largest_component(mask) > 0, case.label > 0)
-    plain_mean, kept_mean = float(np.mean(list(plain.values()))), float(np.mean(list(kept.values())))
-    use_lcc = kept_mean > plain_mean
-    return {"dice": kept_mean if use_lcc else plain_mean, "per_case": kept if use_lcc else plain,
-            "largest_component": use_lcc, "dice_as_predicted": plain_mean, "dice_largest_component": kept_mean}
-
-
-# --------------------------------------------------------------------------- run
-
-
-def _distributed() -> Tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays as Python ints, floats and lists, so ``torch.load(weights_only=True)`` reads them."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
-
-
-def _rng_state(rng: np.random.Generator, objective: CAMLObjective) -> Dict[str, Any]:
-    state: Dict[str, Any] = {"numpy": _plain(rng.bit_generator.state), "torch": torch.get_rng_state(),
-                             "memory": objective.memory_generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any], rng: np.random.Generator, objective: CAMLObjective) -> None:
-    rng.bit_generator.state = state["numpy"]
-    torch.set_rng_state(state["torch"])
-    objective.memory_generator.set_state(state["memory"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _rank_state(rng: np.random.Generator, objective: CAMLObjective, sampler: TwoStreamSampler) -> Dict[str, Any]:
-    """What decides this rank's batches and memory draws: its RNG states and sampler queues."""
-    return {"rng": _rng_state(rng, objective), "sampler": [list(q) for q in sampler.queues]}
-
-
-def _gather_rank_states(local: Dict[str, Any], rank: int, world: int) -> Optional[List[Dict[str, Any]]]:
-    """Every rank's ``_rank_state``, in rank order, on rank 0 (None elsewhere).
-
-    A collective: every rank must call it at the same iteration.
-    """
-    if world == 1:
-        return [local]
-    gathered: Optional[List[Any]] = [None] * world if rank == 0 else None
-    dist.gather_object(local, gathered, dst=0)
-    return gathered
-
-
-def _restore_rank_state(checkpoint: Dict[str, Any], rank: int, world: int, seed: int,
-                        rng: np.random.Generator, objective: CAMLObjective, sampler: TwoStreamSampler) -> None:
-    """Put this rank's saved RNG states and sampler queues back.
-
-    Each rank continues its own streams, so ranks keep drawing different
-    batches and the run continues as if never interrupted. Checkpoints
-    written before states were saved per rank hold rank 0's only. A rank
-    with no saved state (more processes than the interrupted run had) takes
-    rank 0's model-side torch state but fresh data streams of its own.
-    """
-    saved = checkpoint.get("rank_states")
-    if saved is None:
-        saved = [{"rng": checkpoint["rng"], "sampler": checkpoint["sampler"]}]
-    if len(saved) != world and rank == 0:
-        LOG.warning("resuming with %d process(es) a run saved with %d: batches will differ from an "
-                    "uninterrupted run", world, len(saved))
-    if rank < len(saved):
-        _set_rng_state(saved[rank]["rng"], rng, objective)
-        sampler.queues = [list(q) for q in saved[rank]["sampler"]]
-        return
-    _set_rng_state(saved[0]["rng"], rng, objective)
-    iteration = int(checkpoint["iteration"])
-    rng.bit_generator.state = np.random.default_rng([seed, rank, iteration]).bit_generator.state
-    objective.memory_generator.manual_seed(seed + 7919 * rank + 104729 * iteration)
-    sampler.queues = [[], []]
 def restore_scaler(scaler: torch.amp.GradScaler, state: Optional[Dict[str, Any]]) -> None:
     """Load a GradScaler's saved state when there is one to load.
 
@@ -460,15 +133,6 @@ def restore_scaler(scaler: torch.amp.GradScaler, state: Optional[Dict[str, Any]]
         scaler.load_state_dict(state)
 
 
-def _all_ranks_finite(finite: bool, world: int, device: torch.device) -> bool:
-    """``finite`` on every rank (a collective under DDP: all ranks call it at the same step)."""
-    if world > 1:
-        flag = torch.tensor([1.0 if finite else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return float(flag) > 0
-    return finite
-
-
 def finite_state(net: nn.Module, iteration: int) -> Dict[str, torch.Tensor]:
     """``net``'s state_dict, or ``FloatingPointError`` naming the first parameter or buffer
     (BatchNorm running statistics included) that holds a NaN or an infinity."""
@@ -477,23 +141,6 @@ def finite_state(net: nn.Module, iteration: int) -> Dict[str, torch.Tensor]:
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise FloatingPointError(f"{key} is not finite at iteration {iteration}")
     return state
-
-
-def _stop_if_cancelled(world: int, device: torch.device) -> None:
-    """At an iteration boundary: raise ``Cancelled`` if a signal arrived during the step.
-
-    With several ranks the decision is shared (any rank signalled stops all
-    at the same iteration), or the others would wait forever in the next
-    step's all-reduce.
-    """
-    if world > 1:
-        flag = torch.tensor([1.0 if cancel_requested() else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if float(flag) > 0:
-            raise Cancelled("terminated by a signal")
-        return
-    raise_pending_cancel()
-    raise_if_signalled()  # a cancel Python dropped (raised inside a finaliser) still stops the run here
 
 
 def _setup_logging(out_dir: Path) -> logging.Handler:
@@ -508,21 +155,21 @@ def _setup_logging(out_dir: Path) -> logging.Handler:
 def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
     """Open the data, make the split, load and validate every case (before anything is written)."""
     preset = cfg.preset
-    source = data_mod.open_source(cfg.data_root)
-    split = data_mod.make_split(source, labeled=cfg.labeled, labeled_list=cfg.labeled_list,
+    source = open_source(cfg.data_root)
+    split = make_split(source, labeled=cfg.labeled, labeled_list=cfg.labeled_list,
                                 val_list=cfg.val_list, val_last=cfg.val_last,
                                 min_labeled=preset.labeled_batch, unlabeled_list=cfg.unlabeled_list,
                                 holdout_list=cfg.holdout_list)
     if not cfg.supervised_only and preset.unlabeled_batch > 0 and not split.unlabeled:
-        raise data_mod.DataError(f"{cfg.data_root}: no unlabeled cases left for the unlabeled stream "
+        raise DataError(f"{cfg.data_root}: no unlabeled cases left for the unlabeled stream "
                                  "(every case is labeled); use --supervised-only or fewer labeled cases")
     norm = preset.normalization
-    labeled = data_mod.load_cases(source, split.labeled, preset.spacing, with_label=True, progress=progress,
+    labeled = load_cases(source, split.labeled, preset.spacing, with_label=True, progress=progress,
                                   normalization=norm)
-    unlabeled = [] if cfg.supervised_only else data_mod.load_cases(
+    unlabeled = [] if cfg.supervised_only else load_cases(
         source, split.unlabeled, preset.spacing, with_label=False, progress=progress, normalization=norm)
     validation = []
-    for case_id in split.validation:
+    for case_id in split.validation if preset.validate else ():
         volume, label = source.read(case_id, with_label=True)
         validation.append(ValidationCase(case_id, volume, label))  # type: ignore[arg-type]
     return split, labeled, unlabeled, validation
@@ -546,6 +193,13 @@ def _read_resume_state(cfg: TrainConfig, last_path: Path) -> Optional[Dict[str, 
     return state
 
 
+#: The keys of a resumable training checkpoint (``last.pt``) that only continuing the training needs;
+#: a model file made from it (an active-learning version, a release) drops them. ``rng`` and
+#: ``sampler`` are the single-rank names that checkpoints written before ``rank_states`` hold.
+RESUME_ONLY_KEYS = ("optimizer", "scaler", "memory_bank", "rank_states", "best_dice", "best_iteration", "history",
+                    "rng", "sampler")
+
+
 class TrainingRun:
     """One training job, in four parts: set up (constructor), :meth:`restore`, :meth:`step`, :meth:`after_step`.
 
@@ -553,8 +207,8 @@ class TrainingRun:
     and the resumable state (what :meth:`checkpoint` writes) is in one place.
     """
 
-    def __init__(self, cfg: TrainConfig, split: data_mod.Split, labeled: List[data_mod.Case],
-                 unlabeled: List[data_mod.Case], validation: List[ValidationCase],
+    def __init__(self, cfg: TrainConfig, split: Split, labeled: List[Case],
+                 unlabeled: List[Case], validation: List[ValidationCase],
                  device: torch.device, rank: int, world: int, progress: ProgressCallback) -> None:
         preset = self.preset = cfg.preset
         self.cfg, self.device, self.rank, self.world, self.progress = cfg, device, rank, world, progress
@@ -603,7 +257,7 @@ class TrainingRun:
             self.optimizer.load_state_dict(state["optimizer"])
             self.bank.load_state_dict(state["memory_bank"])
             restore_scaler(self.scaler, state.get("scaler"))
-            _restore_rank_state(state, self.rank, self.world, self.cfg.seed, self.rng, self.objective,
+            restore_rank_state(state, self.rank, self.world, self.cfg.seed, self.rng, self.objective,
                                 self.sampler)
             self.start_iter = self.iteration = self.completed = int(state["iteration"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
@@ -621,45 +275,44 @@ class TrainingRun:
 
     def checkpoint(self, iteration: int, rank_states: Optional[List[Dict[str, Any]]]) -> Dict[str, Any]:
         """The resumable state at ``iteration`` (``last.pt``); ``FloatingPointError`` if a weight or
-        BatchNorm buffer is not finite (such a file could only fail again on ``--resume``)."""
-        return dict(self.meta, model=finite_state(self.net, iteration), optimizer=self.optimizer.state_dict(),
-                    scaler=self.scaler.state_dict(), memory_bank=self.bank.state_dict(),
-                    rank_states=rank_states, iteration=iteration, best_dice=self.best_dice,
-                    best_iteration=self.best_iter, history=self.history)
+        BatchNorm buffer is not finite (such a file could only fail again on ``--resume``).
+
+        What a model file (a version, a release) keeps is the metadata, the model and the
+        iteration; the rest is in :data:`RESUME_ONLY_KEYS`."""
+        resume_only = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                       "memory_bank": self.bank.state_dict(), "rank_states": rank_states,
+                       "best_dice": self.best_dice, "best_iteration": self.best_iter, "history": self.history}
+        return dict(self.meta, model=finite_state(self.net, iteration), iteration=iteration, **resume_only)
 
     # -- step ------------------------------------------------------------------------------
     def step(self) -> Dict[str, Any]:
         """One optimisation step; returns its record (iteration and loss terms)."""
         preset, device = self.preset, self.device
-        # A cancel signal during the step is held back to its end: stopping mid-step would
-        # leave BatchNorm statistics and the optimizer half-updated, and the resumed run
-        # would differ from an uninterrupted one.
-        with deferred_cancel(raise_at_end=False):
-            self._snapshot = (_rng_state(self.rng, self.objective), [list(q) for q in self.sampler.queues],
-                              list(self.bank.slots))
-            li, ui = self.sampler.next(preset.labeled_batch, self.n_unlabeled_draws)
-            x, y, shifts = make_batch(self.labeled, self.unlabeled, li, ui, preset, self.rng)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
-            y = y.to(device, non_blocking=True)
-            self.iteration += 1
-            lambda_c, lambda_o, lambda_t = loss_weights(preset, self.iteration, len(self.labeled))
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(preset, self.iteration - 1)
-            loss, parts = self.model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o,
-                                     shifts, lambda_t)
-            # Every rank decides together, before the backward pass's gradient all-reduce: a rank
-            # that stopped alone would leave the others waiting there forever.
-            if not _all_ranks_finite(math.isfinite(parts["loss"]), self.world, device):
-                # This forward pass already put non-finite statistics into BatchNorm's running
-                # buffers: nothing of the live network may be saved any more.
-                self.diverged = True
-                raise FloatingPointError(f"loss became {parts['loss']} at iteration {self.iteration} "
-                                         "(on this or another rank); the last good checkpoint is kept")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.completed, self._snapshot = self.iteration, None
+        self._snapshot = (rng_state(self.rng, self.objective), [list(q) for q in self.sampler.queues],
+                          list(self.bank.slots))
+        li, ui = self.sampler.next(preset.labeled_batch, self.n_unlabeled_draws)
+        x, y, shifts = make_batch(self.labeled, self.unlabeled, li, ui, preset, self.rng)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+        y = y.to(device, non_blocking=True)
+        self.iteration += 1
+        lambda_c, lambda_o, lambda_t = loss_weights(preset, self.iteration, len(self.labeled))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(preset, self.iteration - 1)
+        loss, parts = self.model(x, y, torch.tensor(li, device=device), lambda_c, lambda_o,
+                                 shifts, lambda_t)
+        # Every rank decides together, before the backward pass's gradient all-reduce: a rank
+        # that stopped alone would leave the others waiting there forever.
+        if not all_ranks_finite(math.isfinite(parts["loss"]), self.world, device):
+            # This forward pass already put non-finite statistics into BatchNorm's running
+            # buffers: nothing of the live network may be saved any more.
+            self.diverged = True
+            raise FloatingPointError(f"loss became {parts['loss']} at iteration {self.iteration} "
+                                     "(on this or another rank); the last good checkpoint is kept")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.completed, self._snapshot = self.iteration, None
         return {"iteration": self.iteration, **parts}
 
     # -- after the step --------------------------------------------------------------------
@@ -667,7 +320,7 @@ class TrainingRun:
         """Validation (best.pt), the log line, the periodic last.pt and the progress event."""
         preset, iteration = self.preset, self.iteration
         parts = {k: v for k, v in record.items() if k != "iteration"}
-        if self.validation and iteration >= preset.val_start and (
+        if self.validation and preset.validate and iteration >= preset.val_start and (
                 iteration % preset.val_interval == 0 or iteration == preset.iterations):
             if self.rank == 0:
                 val = validate(self.net, self.validation, self.settings, self.device)
@@ -687,7 +340,7 @@ class TrainingRun:
                 LOG.info("iteration %d " + " ".join(f"{k} %.4f" for k in parts), iteration, *parts.values())
         if iteration % preset.checkpoint_interval == 0 or iteration == preset.iterations:
             # Every rank reaches this at the same iteration, so the gather cannot hang.
-            rank_states = _gather_rank_states(_rank_state(self.rng, self.objective, self.sampler),
+            rank_states = gather_rank_states(rank_state(self.rng, self.objective, self.sampler),
                                               self.rank, self.world)
             if self.rank == 0:
                 save_checkpoint(self.last_path, self.checkpoint(iteration, rank_states))
@@ -697,7 +350,7 @@ class TrainingRun:
     def save_interrupted(self) -> None:
         """Keep what was learned: a resumable checkpoint at the last completed iteration."""
         if self._snapshot is not None:
-            _set_rng_state(self._snapshot[0], self.rng, self.objective)
+            set_rng_state(self._snapshot[0], self.rng, self.objective)
             self.sampler.queues = self._snapshot[1]
             self.bank.slots = self._snapshot[2]
         # Under DDP the other ranks' states cannot be gathered from here (they may be
@@ -709,7 +362,7 @@ class TrainingRun:
             return
         if self.rank == 0 and self.world == 1 and self.completed > self.start_iter and self.out_dir.exists():
             try:
-                payload = self.checkpoint(self.completed, [_rank_state(self.rng, self.objective, self.sampler)])
+                payload = self.checkpoint(self.completed, [rank_state(self.rng, self.objective, self.sampler)])
             except FloatingPointError as exc:
                 LOG.info("not saving iteration %d: %s; the last good checkpoint is kept", self.completed, exc)
                 return
@@ -723,7 +376,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
           cancel: Optional[CancelToken] = None) -> TrainResult:
     """Run (or resume) a training job; see the module docstring and :class:`TrainingRun`."""
     preset = cfg.preset
-    rank, world = _distributed()
+    rank, world = distributed_rank_world()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -761,8 +414,12 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
         while run.iteration < preset.iterations:
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            run.after_step(run.step())
-            _stop_if_cancelled(world, device)
+            # A cancel signal is honoured between iterations only (never mid-step: BatchNorm statistics
+            # and the optimizer would be half-updated and a resumed run would differ from an
+            # uninterrupted one), by every rank at the same iteration.
+            with deferred_cancel(raise_at_end=False):
+                run.after_step(run.step())
+            stop_if_cancelled(world, device)
     except BaseException:
         run.save_interrupted()
         raise
