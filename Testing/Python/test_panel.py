@@ -190,11 +190,30 @@ def test_segment_shows_progress_and_adds_the_left_atrium(harness, panel):
     click(ui.show3DButton)
     assert ui.show3DButton.checked is shown
 
-    if os.environ.get("CAML_PANEL_PICTURE"):  # make screenshot: the README's picture of the panel
-        widget_of(ui.logCollapsibleButton).setCollapsed(True)
-        harness.panel("CAMLSegmentation").resize(420, 760)
-        harness.processEvents(0.2)
-        assert harness.panel("CAMLSegmentation").grab().save(os.environ["CAML_PANEL_PICTURE"])
+
+
+def test_the_readme_picture_of_the_panel_shows_a_finished_run(harness, tmp_path):
+    """``make screenshot`` (``python -m slicer_harness.picture``) on this harness: the phantom segmented
+    through the panel, then the panel rendered with ``QWidget.grab()`` to a small palette PNG."""
+    from slicer_harness.picture import segment_phantom_and_render
+
+    harness.closeScene()
+    out = tmp_path / "Panel.png"
+    panel = segment_phantom_and_render(harness, out, quality="fast")
+    ui = panel.ui
+    assert widget_of(ui.inputVolumeSelector).displayedText() == "CAMLPhantom"
+    assert ui.statusLabel.text.startswith("Done.") and ui.progressBar.value == 100
+    assert widget_of(ui.outputSegmentationSelector).displayedText() == "CAMLPhantom left atrium"  # renamed node
+    assert ui.correctButton.enabled and ui.segmentButton.text == "Segment"
+    assert not harness.takeErrors() and not harness.takeDialogs()
+
+    from PyQt5 import QtGui
+
+    image = QtGui.QImage(str(out))
+    assert image.format() == QtGui.QImage.Format_Indexed8
+    assert image.width() >= 400 and 500 <= image.height() <= 700
+    assert out.stat().st_size < 120_000
+    assert len(set(image.colorTable())) > 16  # text, frames and the progress bar, not a blank widget
 
 
 def test_a_second_volume_keeps_the_first_result(harness, panel):
