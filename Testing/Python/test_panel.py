@@ -346,3 +346,44 @@ def test_an_input_that_cannot_be_segmented_says_why_in_one_line(harness, panel, 
     click(ui.segmentButton)
     assert ui.statusLabel.text == "Cannot segment: Select an input volume first."
     assert panel._run is None and ui.segmentButton.text == "Segment"
+
+
+# -- the module's self-test, as Slicer runs it ----------------------------------------------------
+
+def test_the_self_test_passes_as_ctest_runs_it(harness, panel):
+    """CTest (``slicer_add_python_unittest``) loads ``CAMLSegmentationTest`` with unittest and runs each
+    ``test_*`` method: the panel test builds a second Widget without a parent, as the template does."""
+    import io
+    import unittest
+
+    selfTest = harness.entries["CAMLSegmentation"].pyModule.CAMLSegmentationTest
+    suite = unittest.TestLoader().loadTestsFromTestCase(selfTest)
+    assert sorted(t._testMethodName for t in suite) == ["test_PanelEnablesSegment", "test_SegmentGeneratedVolume"]
+    out = io.StringIO()
+    result = unittest.TextTestRunner(stream=out, verbosity=2).run(suite)
+    assert result.wasSuccessful() and result.testsRun == 2 and not result.skipped, out.getvalue()
+    segs = harness.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert segs.GetNumberOfItems() == 1 and left_atrium(segs.GetItemAsObject(0))
+
+
+def test_the_self_test_without_torch_logs_a_skip(harness, panel, monkeypatch, caplog):
+    """An application without PyTorch: Reload and Test (``runTest``) still checks the panel and logs why it
+    did not segment instead of raising; under CTest the segmenting test is reported as skipped. (torch is
+    installed here: the Logic's metadata lookup is made to find none, as in an application without it.)"""
+    import io
+    import logging
+    import unittest
+
+    pyModule = harness.entries["CAMLSegmentation"].pyModule
+    monkeypatch.setattr(pyModule.CAMLSegmentationLogic, "installedTorchVersion", staticmethod(lambda: None))
+    with caplog.at_level(logging.INFO):
+        pyModule.CAMLSegmentationTest().runTest()
+    skips = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "self-test" in r.getMessage()]
+    assert skips == [f"CAMLSegmentation self-test: segmenting skipped, missing PyTorch {pyModule.TORCH_REQUIREMENT}"]
+    assert "Panel test passed" in caplog.text
+    assert harness.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+    suite = unittest.TestLoader().loadTestsFromTestCase(pyModule.CAMLSegmentationTest)
+    result = unittest.TextTestRunner(stream=io.StringIO()).run(suite)
+    assert result.wasSuccessful() and [t._testMethodName for t, _ in result.skipped] == [
+        "test_SegmentGeneratedVolume"]
