@@ -387,3 +387,63 @@ def test_the_self_test_without_torch_logs_a_skip(harness, panel, monkeypatch, ca
     result = unittest.TextTestRunner(stream=io.StringIO()).run(suite)
     assert result.wasSuccessful() and [t._testMethodName for t, _ in result.skipped] == [
         "test_SegmentGeneratedVolume"]
+
+
+# -- Sample Data ----------------------------------------------------------------------------------
+
+def test_sample_data_loads_the_phantom_both_ways_and_shows_it(harness, panel):
+    """Against the behaviour of Slicer's ``Modules/Scripted/SampleData/SampleData.py`` as read (Slicer/Slicer
+    at 01c2def0e79b; ``slicer-core`` does not ship it, so ``slicer_harness.sampledata`` re-implements it):
+    ``SampleData.downloadSample(name)`` never calls the custom downloader, it copies the source's URI into
+    the cache and loads the file; only the module's button calls ``customDownloader(source)``. Both load the
+    phantom the module wrote once under ``$CAML_HOME/samples``; the button also shows it in the views."""
+    import SampleData
+    from CAMLSegmentationLib.io.phantom import PHANTOM_SEED, mri_phantom
+    from CAMLSegmentationLib.slicer import mrml_bridge
+    from CAMLSegmentationLib.slicer.logic import samplePhantomPath
+
+    expected, _label = mri_phantom(seed=PHANTOM_SEED)
+    source = SampleData.SampleDataLogic().sourceForSampleName("CAMLPhantom")
+    assert source is not None and source in SampleData.SampleDataLogic.sampleDataSourcesByCategory("CAML Segmentation")
+    assert samplePhantomPath().is_file() and source.uris == [samplePhantomPath().as_uri()]
+
+    node = SampleData.downloadSample("CAMLPhantom")
+    assert node.IsA("vtkMRMLScalarVolumeNode") and node.GetName() == "CAMLPhantom"
+    got = mrml_bridge.volume_from_node(node)
+    assert got.same_geometry(expected, tol=1e-4)
+    np.testing.assert_array_equal(got.array, expected.array)
+    # The panel (entered) offers the new volume at once: Segment can be pressed.
+    assert panel.logic.getParameterNode().inputVolume is node and panel.ui.segmentButton.enabled
+
+    harness.closeScene()
+    red = harness.layoutManager.sliceLogic("Red")
+    red.GetSliceNode().SetFieldOfView(250, 250, 1)
+    clicked = SampleData.clickSample("CAMLPhantom")  # the Sample Data module's button
+    assert clicked.GetName() == "CAMLPhantom" and clicked.GetAttribute("CAMLSegmentation.Synthetic")
+    np.testing.assert_array_equal(mrml_bridge.volume_from_node(clicked).array, expected.array)
+    assert red.GetSliceCompositeNode().GetBackgroundVolumeID() == clicked.GetID()
+    fov = red.GetSliceNode().GetFieldOfView()
+    assert max(fov[:2]) < 120, fov  # fitted to the 90 x 80 mm phantom, not the 250 mm default
+
+
+def test_sample_data_without_a_writable_home_is_refused_in_one_line(harness, tmp_path, monkeypatch, caplog):
+    """When the phantom cannot be written, the source is not registered and start-up logs one line."""
+    import logging
+
+    import SampleData
+    from CAMLSegmentationLib.slicer import logic as slicer_logic
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the samples folder would be")
+    monkeypatch.setenv("CAML_HOME", str(blocker))
+    saved = harness.modules.sampleDataSources
+    harness.modules.sampleDataSources = {}
+    try:
+        with caplog.at_level(logging.WARNING):
+            slicer_logic.registerSampleData()
+        assert SampleData.SampleDataLogic().sourceForSampleName("CAMLPhantom") is None
+    finally:
+        harness.modules.sampleDataSources = saved
+    lines = [r.getMessage() for r in caplog.records if "CAMLSegmentation" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("CAMLSegmentation: no CAMLPhantom sample data: ")
+    assert "\n" not in lines[0]
