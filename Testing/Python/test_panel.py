@@ -447,3 +447,41 @@ def test_sample_data_without_a_writable_home_is_refused_in_one_line(harness, tmp
     lines = [r.getMessage() for r in caplog.records if "CAMLSegmentation" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("CAMLSegmentation: no CAMLPhantom sample data: ")
     assert "\n" not in lines[0]
+
+
+# -- what a user does around a run ------------------------------------------------------------------
+
+def test_leaving_and_reentering_closing_the_scene_and_a_reloaded_panel(harness, panel):
+    """Another module and back, File > Close Scene while idle, and a panel cleaned up as a module reload does:
+    the panel keeps following the scene, and the old one no longer reacts."""
+    ui = panel.ui
+    mri = volume(harness)
+    choose(ui.inputVolumeSelector, mri)
+    choose_item(ui.qualitySelector, "Fast preview (quicker, rougher)")
+    segment_and_wait(harness, panel)
+    seg = ui.outputSegmentationSelector.currentNode()
+    assert seg is not None and ui.correctButton.enabled
+
+    harness.openModule("SegmentEditor")
+    harness.openModule("CAMLSegmentation")
+    assert ui.inputVolumeSelector.currentNode() is mri and ui.outputSegmentationSelector.currentNode() is seg
+    assert ui.qualitySelector.currentText == "Fast preview (quicker, rougher)" and ui.segmentButton.enabled
+
+    harness.closeScene()  # idle: nothing to cancel
+    assert ui.inputVolumeSelector.currentNode() is None and ui.outputSegmentationSelector.currentNode() is None
+    assert not ui.segmentButton.enabled and not ui.correctButton.enabled and not ui.show3DButton.enabled
+    assert ui.segmentButton.toolTip == "Select an input volume"
+    second = volume(harness, "after close")
+    harness.processEvents()
+    assert ui.inputVolumeSelector.currentNode() is second and ui.segmentButton.enabled
+
+    # A reload: Slicer calls cleanup() on the old panel and builds a new one; the old one must stay quiet.
+    pyModule = harness.entries["CAMLSegmentation"].pyModule
+    old = pyModule.CAMLSegmentationWidget()
+    old.cleanup()
+    params = panel.logic.getParameterNode()
+    params.inputVolume = None
+    harness.closeScene()
+    assert not harness.takeErrors()
+    assert not ui.segmentButton.enabled  # the panel that is still in use follows
+    old.parent.close()
