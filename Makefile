@@ -3,7 +3,7 @@
 #                 ../shared/data/LA is beside the repository, else a synthetic phantom
 #   make test   - the whole test suite (creates .venv on first use)
 # Others: make demo-synthetic (the phantom even with the data), make screenshot (regenerates
-# Resources/Screenshot.png from the phantom), make slicer SLICER=/path/to/Slicer (adds the
+# Resources/Screenshot.png and Resources/Panel.png from the phantom), make slicer SLICER=/path/to/Slicer (adds the
 # module to that Slicer's settings), make bench, make lint, make clean.
 PYTHON ?= python3
 VENV   := .venv
@@ -28,11 +28,14 @@ demo: $(STAMP)
 demo-synthetic: $(STAMP)
 	$(BIN)/python -m CAMLSegmentationLib.cli.demo --synthetic
 
-# The Extensions Index / README picture: the bundled model on the synthetic phantom (never patient data).
+# The Extensions Index / README pictures: the bundled model on the synthetic phantom (never patient data),
+# and the module's panel after that run, rendered by the test harness on real Qt (offscreen).
 screenshot: $(STAMP)
 	$(BIN)/python -m CAMLSegmentationLib.cli.demo --synthetic --out build/screenshot
 	$(BIN)/caml segment build/screenshot/synthetic_mri.nrrd build/screenshot/screenshot.seg.nrrd \
 		--snapshot Resources/Screenshot.png --progress none
+	PYTHONPATH=CAMLSegmentation:Testing/SlicerHarness QT_QPA_PLATFORM=offscreen \
+		$(BIN)/python -m slicer_harness.picture Resources/Panel.png
 
 slicer:
 	@test -n "$(SLICER)" || { echo "usage: make slicer SLICER=/path/to/Slicer (the application or its folder)"; exit 2; }

@@ -87,7 +87,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: binds the .ui to the parameter node, forwards clicks to the Logic, shows progress."""
 
     def __init__(self, parent: Any = None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # State first: without a parent, the base class builds the panel (calls setup()) in its __init__.
         VTKObservationMixin.__init__(self)
         self.logic: Optional[CAMLSegmentationLogic] = None
         self._params: Optional[CAMLSegmentationParameters] = None
@@ -95,6 +95,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run: Optional[SegmentationRun] = None
         self._loggedLines = 0
         self._timer = None
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -466,12 +467,15 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class CAMLSegmentationTest(ScriptedLoadableModuleTest):
-    """Self-test: Developer mode > Reload and Test, and CTest (``slicer_add_python_unittest``).
+    """Self-test: Developer mode > Reload and Test (``runTest``), and CTest (``slicer_add_python_unittest``
+    runs each ``test_*`` method).
 
-    It segments a generated volume with the bundled model on the CPU through the
-    same ``caml segment`` child process the panel uses. Where PyTorch or the
-    engine's packages are missing it does not pass quietly: it reports a skip
-    with the reason (``unittest.SkipTest``, logged too).
+    ``test_PanelEnablesSegment`` builds the panel and selects a volume as a user
+    does; ``test_SegmentGeneratedVolume`` segments a generated volume with the
+    bundled model on the CPU through the same ``caml segment`` child the panel
+    uses. Where PyTorch or the engine's packages are missing, segmenting is
+    skipped with the reason: logged by ``runTest`` (Reload and Test shows no
+    error for a missing optional dependency), ``unittest.SkipTest`` under CTest.
     """
 
     def setUp(self) -> None:
@@ -479,22 +483,52 @@ class CAMLSegmentationTest(ScriptedLoadableModuleTest):
 
     def runTest(self) -> None:
         self.setUp()
+        self.test_PanelEnablesSegment()
+        self.setUp()
+        missing = self.missingForSegmenting()
+        if missing:
+            reason = "CAMLSegmentation self-test: segmenting skipped, missing " + ", ".join(missing)
+            logging.warning(reason)
+            self.delayDisplay(reason)
+            return
         self.test_SegmentGeneratedVolume()
 
-    def test_SegmentGeneratedVolume(self) -> None:
-        import unittest
-
-        self.delayDisplay("Generating a test volume")
+    @staticmethod
+    def missingForSegmenting() -> list:
         logic = CAMLSegmentationLogic()
-        params = logic.getParameterNode()
         missing = ([f"PyTorch {TORCH_REQUIREMENT}"] if not logic.torchAvailable() else []) + logic.missingPackages()
-        if not params.model:
+        if not logic.getParameterNode().model:
             missing.append("a model in the catalog")
+        return missing
+
+    def test_PanelEnablesSegment(self) -> None:
+        """The panel built as Slicer builds it: Segment waits for a volume, then is enabled."""
+        self.delayDisplay("Building the panel")
+        widget = CAMLSegmentationWidget()  # no parent: the base class makes one and calls setup()
+        try:
+            ui = widget.ui
+            self.assertFalse(ui.segmentButton.enabled)
+            self.assertEqual(ui.segmentButton.toolTip, _("Select an input volume"))
+            volumeNode = makeTestVolume(slicer.mrmlScene, shape=(24, 20, 16))
+            ui.inputVolumeSelector.setCurrentNode(volumeNode)
+            self.assertIs(widget.logic.getParameterNode().inputVolume, volumeNode)
+            self.assertTrue(ui.segmentButton.enabled)
+            self.assertEqual(ui.segmentButton.text, _("Segment"))
+            self.assertEqual(ui.segmentButton.toolTip, _("Segment the left atrium"))
+        finally:
+            widget.cleanup()
+            widget.parent.close()
+        self.delayDisplay("Panel test passed")
+
+    def test_SegmentGeneratedVolume(self) -> None:
+        missing = self.missingForSegmenting()
         if missing:
             reason = "CAMLSegmentation self-test not run, missing: " + ", ".join(missing)
             logging.warning(reason)
-            self.delayDisplay(reason)
-            raise unittest.SkipTest(reason)
+            self.skipTest(reason)
+        self.delayDisplay("Generating a test volume")
+        logic = CAMLSegmentationLogic()
+        params = logic.getParameterNode()
         volumeNode = makeTestVolume(slicer.mrmlScene)
         params.inputVolume = volumeNode
         logic.applyQualityPreset(params, "fast")

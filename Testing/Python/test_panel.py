@@ -190,11 +190,30 @@ def test_segment_shows_progress_and_adds_the_left_atrium(harness, panel):
     click(ui.show3DButton)
     assert ui.show3DButton.checked is shown
 
-    if os.environ.get("CAML_PANEL_PICTURE"):  # make screenshot: the README's picture of the panel
-        widget_of(ui.logCollapsibleButton).setCollapsed(True)
-        harness.panel("CAMLSegmentation").resize(420, 760)
-        harness.processEvents(0.2)
-        assert harness.panel("CAMLSegmentation").grab().save(os.environ["CAML_PANEL_PICTURE"])
+
+
+def test_the_readme_picture_of_the_panel_shows_a_finished_run(harness, tmp_path):
+    """``make screenshot`` (``python -m slicer_harness.picture``) on this harness: the phantom segmented
+    through the panel, then the panel rendered with ``QWidget.grab()`` to a small palette PNG."""
+    from slicer_harness.picture import segment_phantom_and_render
+
+    harness.closeScene()
+    out = tmp_path / "Panel.png"
+    panel = segment_phantom_and_render(harness, out, quality="fast")
+    ui = panel.ui
+    assert widget_of(ui.inputVolumeSelector).displayedText() == "CAMLPhantom"
+    assert ui.statusLabel.text.startswith("Done.") and ui.progressBar.value == 100
+    assert widget_of(ui.outputSegmentationSelector).displayedText() == "CAMLPhantom left atrium"  # renamed node
+    assert ui.correctButton.enabled and ui.segmentButton.text == "Segment"
+    assert not harness.takeErrors() and not harness.takeDialogs()
+
+    from PyQt5 import QtGui
+
+    image = QtGui.QImage(str(out))
+    assert image.format() == QtGui.QImage.Format_Indexed8
+    assert image.width() >= 400 and 500 <= image.height() <= 700
+    assert out.stat().st_size < 120_000
+    assert len(set(image.colorTable())) > 16  # text, frames and the progress bar, not a blank widget
 
 
 def test_a_second_volume_keeps_the_first_result(harness, panel):
@@ -327,3 +346,142 @@ def test_an_input_that_cannot_be_segmented_says_why_in_one_line(harness, panel, 
     click(ui.segmentButton)
     assert ui.statusLabel.text == "Cannot segment: Select an input volume first."
     assert panel._run is None and ui.segmentButton.text == "Segment"
+
+
+# -- the module's self-test, as Slicer runs it ----------------------------------------------------
+
+def test_the_self_test_passes_as_ctest_runs_it(harness, panel):
+    """CTest (``slicer_add_python_unittest``) loads ``CAMLSegmentationTest`` with unittest and runs each
+    ``test_*`` method: the panel test builds a second Widget without a parent, as the template does."""
+    import io
+    import unittest
+
+    selfTest = harness.entries["CAMLSegmentation"].pyModule.CAMLSegmentationTest
+    suite = unittest.TestLoader().loadTestsFromTestCase(selfTest)
+    assert sorted(t._testMethodName for t in suite) == ["test_PanelEnablesSegment", "test_SegmentGeneratedVolume"]
+    out = io.StringIO()
+    result = unittest.TextTestRunner(stream=out, verbosity=2).run(suite)
+    assert result.wasSuccessful() and result.testsRun == 2 and not result.skipped, out.getvalue()
+    segs = harness.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert segs.GetNumberOfItems() == 1 and left_atrium(segs.GetItemAsObject(0))
+
+
+def test_the_self_test_without_torch_logs_a_skip(harness, panel, monkeypatch, caplog):
+    """An application without PyTorch: Reload and Test (``runTest``) still checks the panel and logs why it
+    did not segment instead of raising; under CTest the segmenting test is reported as skipped. (torch is
+    installed here: the Logic's metadata lookup is made to find none, as in an application without it.)"""
+    import io
+    import logging
+    import unittest
+
+    pyModule = harness.entries["CAMLSegmentation"].pyModule
+    monkeypatch.setattr(pyModule.CAMLSegmentationLogic, "installedTorchVersion", staticmethod(lambda: None))
+    with caplog.at_level(logging.INFO):
+        pyModule.CAMLSegmentationTest().runTest()
+    skips = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "self-test" in r.getMessage()]
+    assert skips == [f"CAMLSegmentation self-test: segmenting skipped, missing PyTorch {pyModule.TORCH_REQUIREMENT}"]
+    assert "Panel test passed" in caplog.text
+    assert harness.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+    suite = unittest.TestLoader().loadTestsFromTestCase(pyModule.CAMLSegmentationTest)
+    result = unittest.TextTestRunner(stream=io.StringIO()).run(suite)
+    assert result.wasSuccessful() and [t._testMethodName for t, _ in result.skipped] == [
+        "test_SegmentGeneratedVolume"]
+
+
+# -- Sample Data ----------------------------------------------------------------------------------
+
+def test_sample_data_loads_the_phantom_both_ways_and_shows_it(harness, panel):
+    """Against the behaviour of Slicer's ``Modules/Scripted/SampleData/SampleData.py`` as read (Slicer/Slicer
+    at 01c2def0e79b; ``slicer-core`` does not ship it, so ``slicer_harness.sampledata`` re-implements it):
+    ``SampleData.downloadSample(name)`` never calls the custom downloader, it copies the source's URI into
+    the cache and loads the file; only the module's button calls ``customDownloader(source)``. Both load the
+    phantom the module wrote once under ``$CAML_HOME/samples``; the button also shows it in the views."""
+    import SampleData
+    from CAMLSegmentationLib.io.phantom import PHANTOM_SEED, mri_phantom
+    from CAMLSegmentationLib.slicer import mrml_bridge
+    from CAMLSegmentationLib.slicer.logic import samplePhantomPath
+
+    expected, _label = mri_phantom(seed=PHANTOM_SEED)
+    source = SampleData.SampleDataLogic().sourceForSampleName("CAMLPhantom")
+    assert source is not None and source in SampleData.SampleDataLogic.sampleDataSourcesByCategory("CAML Segmentation")
+    assert samplePhantomPath().is_file() and source.uris == [samplePhantomPath().as_uri()]
+
+    node = SampleData.downloadSample("CAMLPhantom")
+    assert node.IsA("vtkMRMLScalarVolumeNode") and node.GetName() == "CAMLPhantom"
+    got = mrml_bridge.volume_from_node(node)
+    assert got.same_geometry(expected, tol=1e-4)
+    np.testing.assert_array_equal(got.array, expected.array)
+    # The panel (entered) offers the new volume at once: Segment can be pressed.
+    assert panel.logic.getParameterNode().inputVolume is node and panel.ui.segmentButton.enabled
+
+    harness.closeScene()
+    red = harness.layoutManager.sliceLogic("Red")
+    red.GetSliceNode().SetFieldOfView(250, 250, 1)
+    clicked = SampleData.clickSample("CAMLPhantom")  # the Sample Data module's button
+    assert clicked.GetName() == "CAMLPhantom" and clicked.GetAttribute("CAMLSegmentation.Synthetic")
+    np.testing.assert_array_equal(mrml_bridge.volume_from_node(clicked).array, expected.array)
+    assert red.GetSliceCompositeNode().GetBackgroundVolumeID() == clicked.GetID()
+    fov = red.GetSliceNode().GetFieldOfView()
+    assert max(fov[:2]) < 120, fov  # fitted to the 90 x 80 mm phantom, not the 250 mm default
+
+
+def test_sample_data_without_a_writable_home_is_refused_in_one_line(harness, tmp_path, monkeypatch, caplog):
+    """When the phantom cannot be written, the source is not registered and start-up logs one line."""
+    import logging
+
+    import SampleData
+    from CAMLSegmentationLib.slicer import logic as slicer_logic
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the samples folder would be")
+    monkeypatch.setenv("CAML_HOME", str(blocker))
+    saved = harness.modules.sampleDataSources
+    harness.modules.sampleDataSources = {}
+    try:
+        with caplog.at_level(logging.WARNING):
+            slicer_logic.registerSampleData()
+        assert SampleData.SampleDataLogic().sourceForSampleName("CAMLPhantom") is None
+    finally:
+        harness.modules.sampleDataSources = saved
+    lines = [r.getMessage() for r in caplog.records if "CAMLSegmentation" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("CAMLSegmentation: no CAMLPhantom sample data: ")
+    assert "\n" not in lines[0]
+
+
+# -- what a user does around a run ------------------------------------------------------------------
+
+def test_leaving_and_reentering_closing_the_scene_and_a_reloaded_panel(harness, panel):
+    """Another module and back, File > Close Scene while idle, and a panel cleaned up as a module reload does:
+    the panel keeps following the scene, and the old one no longer reacts."""
+    ui = panel.ui
+    mri = volume(harness)
+    choose(ui.inputVolumeSelector, mri)
+    choose_item(ui.qualitySelector, "Fast preview (quicker, rougher)")
+    segment_and_wait(harness, panel)
+    seg = ui.outputSegmentationSelector.currentNode()
+    assert seg is not None and ui.correctButton.enabled
+
+    harness.openModule("SegmentEditor")
+    harness.openModule("CAMLSegmentation")
+    assert ui.inputVolumeSelector.currentNode() is mri and ui.outputSegmentationSelector.currentNode() is seg
+    assert ui.qualitySelector.currentText == "Fast preview (quicker, rougher)" and ui.segmentButton.enabled
+
+    harness.closeScene()  # idle: nothing to cancel
+    assert ui.inputVolumeSelector.currentNode() is None and ui.outputSegmentationSelector.currentNode() is None
+    assert not ui.segmentButton.enabled and not ui.correctButton.enabled and not ui.show3DButton.enabled
+    assert ui.segmentButton.toolTip == "Select an input volume"
+    second = volume(harness, "after close")
+    harness.processEvents()
+    assert ui.inputVolumeSelector.currentNode() is second and ui.segmentButton.enabled
+
+    # A reload: Slicer calls cleanup() on the old panel and builds a new one; the old one must stay quiet.
+    pyModule = harness.entries["CAMLSegmentation"].pyModule
+    old = pyModule.CAMLSegmentationWidget()
+    old.cleanup()
+    params = panel.logic.getParameterNode()
+    params.inputVolume = None
+    harness.closeScene()
+    assert not harness.takeErrors()
+    assert not ui.segmentButton.enabled  # the panel that is still in use follows
+    old.parent.close()

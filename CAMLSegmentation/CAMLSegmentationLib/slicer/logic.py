@@ -24,26 +24,81 @@ from .framework import IN_SLICER_APP, MODULE_NAME, TORCH_REQUIREMENT, ScriptedLo
 from .parameters import QUALITY_PRESETS, CAMLSegmentationParameters
 from .runs import SegmentationRun
 
-#: What the Sample Data module shows; the volume is generated on click, never downloaded.
+#: What the Sample Data module shows: the project's phantom, generated here (never downloaded).
 SAMPLE_NAME = "CAMLPhantom"
+SAMPLE_CATEGORY = "CAML Segmentation"
+
+
+def samplePhantomPath() -> Path:
+    """Where the phantom's NRRD file lives: ``$CAML_HOME/samples`` (``~/.caml/samples``)."""
+    from CAMLSegmentationLib.model.catalog import caml_home
+
+    return caml_home() / "samples" / f"{SAMPLE_NAME}.nrrd"
+
+
+def ensureSamplePhantomFile() -> Path:
+    """Write the phantom's NRRD once (a second or two of numpy); later calls find it and return at once."""
+    path = samplePhantomPath()
+    if path.is_file() and path.stat().st_size > 0:
+        return path
+    from CAMLSegmentationLib.io.phantom import PHANTOM_SEED, mri_phantom
+    from CAMLSegmentationLib.slicer import mrml_bridge
+
+    volume, _label = mri_phantom(seed=PHANTOM_SEED)
+    scene = slicer.vtkMRMLScene()  # a private scene: nothing appears in the user's
+    node = mrml_bridge.volume_to_node(volume, scene, SAMPLE_NAME)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{time.time_ns()}.partial.nrrd")  # another Slicer may write too
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(partial))
+    storage.SetUseCompression(True)
+    try:
+        if not storage.WriteData(node):
+            raise OSError(f"cannot write {partial}")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def loadSamplePhantomFromSource(source: Any) -> Any:
+    """The Sample Data button: load the phantom as ``downloadSample`` does, then show it in the views."""
+    import SampleData
+
+    ensureSamplePhantomFile()  # it may have been deleted since start-up
+    nodes = [n for n in SampleData.SampleDataLogic().downloadFromSource(source) if hasattr(n, "IsA")]
+    if not nodes:
+        raise RuntimeError(_("The CAML phantom could not be loaded from {path}.").format(path=samplePhantomPath()))
+    node = nodes[0]
+    node.SetAttribute("CAMLSegmentation.Synthetic", "phantom: not patient data")
+    slicer.util.setSliceViewerLayers(background=node, fit=True)
+    return node
 
 
 def registerSampleData() -> None:
-    """A synthetic MRI-like chest phantom in the Sample Data module ("CAML Segmentation" category).
+    """The synthetic MRI-like phantom in the Sample Data module ("CAML Segmentation" category).
 
-    No patient data ships with the extension: a click generates the project's
-    phantom (``CAMLSegmentationLib.io.phantom``, numpy only) into the scene.
+    No patient data ships with the extension. Slicer's ``SampleData.downloadSample(name)``
+    never calls a source's custom downloader (only the module's button does): it copies
+    each URI into the cache and loads the file. So the phantom is written once to a local
+    file (``ensureSamplePhantomFile``) whose ``file://`` URI is the source's, and both
+    paths load that file; the button also shows the volume in the slice views.
     """
     try:
         import SampleData
     except ImportError:  # Sample Data module disabled
         return
+    try:
+        path = ensureSamplePhantomFile()
+    except Exception as exc:  # one line: the module still works, only its sample is missing
+        logging.warning("CAMLSegmentation: no %s sample data: %s", SAMPLE_NAME, str(exc).splitlines()[0] if str(exc)
+                        else type(exc).__name__)
+        return
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        # No URI, file or node name: SampleDataSource needs those lists of equal length, and the
-        # custom downloader makes the node itself.
-        category="CAML Segmentation", sampleName=SAMPLE_NAME, uris=[], fileNames=[],
+        category=SAMPLE_CATEGORY, sampleName=SAMPLE_NAME, uris=[path.as_uri()], fileNames=[path.name],
+        nodeNames=[SAMPLE_NAME], loadFileType="VolumeFile",
         thumbnailFileName=str(moduleResourcePath("Icons/CAMLSegmentation.png")),
-        customDownloader=lambda source=None: CAMLSegmentationLogic().loadSamplePhantom())
+        customDownloader=loadSamplePhantomFromSource)
 
 
 class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogic):

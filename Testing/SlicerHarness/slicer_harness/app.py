@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 from PyQt5 import QtCore, QtGui, QtWidgets, uic
 from PyQt5.QtCore import pyqtProperty, pyqtSignal, pyqtSlot
 
-from . import scripted, widgets
+from . import sampledata, scripted, widgets
 from .pythonqt import SLOT_ERRORS, HarnessError, PythonQtClass, find_signal, python_slot, record_error, unwrap, wrap
 
 # -- the .ui loader -------------------------------------------------------------------------------
@@ -191,6 +191,43 @@ class qSlicerApplication(QtCore.QObject):
     def moduleManager(self) -> Any:
         return self._harness.moduleManager
 
+    @pyqtSlot(result=object)
+    def coreIOManager(self) -> Any:
+        return wrap(self._harness.ioManager)
+
+
+class qSlicerCoreIOManager(QtCore.QObject):
+    """``slicer.app.coreIOManager()``: ``loadNodes(fileType, properties, loadedNodes)`` for ``VolumeFile``
+    (``qSlicerVolumesReader``: a scalar volume read by MRML's archetype storage node, with its display node);
+    other file types are refused."""
+
+    def __init__(self, scene: Any) -> None:
+        super().__init__()
+        self._scene = scene
+
+    @pyqtSlot(str, "QVariantMap", result=bool)
+    @pyqtSlot(str, "QVariantMap", object, result=bool)
+    def loadNodes(self, fileType: str, properties: Dict[str, Any], loadedNodes: Any = None) -> bool:
+        import slicer
+
+        if fileType != "VolumeFile":
+            raise HarnessError(f"coreIOManager().loadNodes({fileType!r}): only VolumeFile is in the harness")
+        path = str(properties["fileName"])
+        name = str(properties.get("name") or Path(path).name.split(".")[0])
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(path)
+        node = slicer.vtkMRMLScalarVolumeNode()
+        node.SetName(self._scene.GenerateUniqueName(name))
+        if not storage.ReadData(node):
+            return False
+        self._scene.AddNode(node)
+        self._scene.AddNode(storage)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+        node.CreateDefaultDisplayNodes()
+        if loadedNodes is not None:
+            loadedNodes.AddItem(node)
+        return True
+
 
 class qSlicerModuleManager(QtCore.QObject):
     moduleAboutToBeUnloaded = pyqtSignal(str)
@@ -292,6 +329,7 @@ class Harness:
         self.qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["SlicerHarness"])
         self.layoutManager = qSlicerLayoutManager(scene)
         self.moduleManager = qSlicerModuleManager()
+        self.ioManager = qSlicerCoreIOManager(scene)
         self.app = qSlicerApplication(self)
         self.mainWindow = qSlicerMainWindow(self)
         self.modules = Modules()
@@ -442,6 +480,11 @@ def install(scene: Any = None) -> Harness:
                 widgets.qMRMLSegmentEditorWidget):
         harness._setAttr(slicer, cls.__name__, PythonQtClass(cls))
     harness.addModule(ModuleEntry(harness, "SegmentEditor", lambda panel: SegmentEditorModuleWidget(scene)))
+    harness._setModule("SampleData", sampledata)
+    if scene.GetCacheManager() is None:  # the application gives the scene its cache (Sample Data downloads there)
+        cacheManager = slicer.vtkCacheManager()
+        cacheManager.SetRemoteCacheDirectory(os.path.join(harness.app._temp, "cache", "RemoteIO"))
+        scene.SetCacheManager(cacheManager)
     # The Segmentations module registers the representation converters at start-up (qSlicerSegmentationsModule).
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     registered = {rule.GetClassName() for rule in factory.GetConverterRules()}

@@ -293,6 +293,12 @@ class qMRMLWidget(QtWidgets.QWidget):
         return icon.pixmap(32, 32)
 
 
+def vtk_modified_event() -> int:
+    import vtk
+
+    return vtk.vtkCommand.ModifiedEvent
+
+
 def _vtk_observe(obj: Any, events: List[int], callback: Any) -> List[int]:
     from .pythonqt import record_error
 
@@ -335,6 +341,7 @@ class qMRMLNodeComboBox(QtWidgets.QWidget):
         super().__init__(parent)
         self._scene = None
         self._observations: List[int] = []
+        self._nodeObservations: List[Any] = []  # (node, tag): names follow renames, as qMRMLSceneModel's items do
         self._nodes: List[Any] = []
         self._current = None
         self._attributes: Dict[str, Dict[str, Any]] = {}
@@ -544,7 +551,11 @@ class qMRMLNodeComboBox(QtWidgets.QWidget):
                 node = scene.GetNthNode(i)
                 if node is not None and self._matches(node):
                     nodes.append(node)
+        for node, tag in self._nodeObservations:
+            node.RemoveObserver(tag)
         self._nodes = nodes
+        self._nodeObservations = [(node, tag) for node in nodes
+                                  for tag in _vtk_observe(node, [vtk_modified_event()], self._renamed)]
         current = self._current if self._current in nodes else None
         if current is None and not self._v["noneEnabled"] and nodes:
             current = nodes[0]  # QComboBox makes the first row current; with no "None" row it is a node
@@ -558,6 +569,13 @@ class qMRMLNodeComboBox(QtWidgets.QWidget):
         finally:
             self._updating = False
         self._select(current, force=True)
+
+    def _renamed(self) -> None:
+        offset = 1 if self._v["noneEnabled"] else 0
+        for index, node in enumerate(self._nodes):
+            name = node.GetName() or node.GetID()
+            if self._combo.itemText(index + offset) != name:
+                self._combo.setItemText(index + offset, name)
 
     def _nodeAt(self, comboIndex: int) -> Any:
         index = comboIndex - (1 if self._v["noneEnabled"] else 0)
