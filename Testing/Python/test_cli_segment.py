@@ -139,8 +139,11 @@ def test_models_register_list_and_checksum(tmp_path: Path, weights: Path, empty_
                                            capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["models"]) == 0
     assert "tiny-la" not in capsys.readouterr().out
-    assert cli.main(["models", "register", str(weights), "--id", "tiny-la", "--version", "2", "--default"]) == 0
+    assert cli.main(["models", "register", str(weights), "--id", "tiny-la", "--version", "2", "--default",
+                     "--title", "tiny test model"]) == 0
     capsys.readouterr()
+    stored_entry = json.loads((empty_user_catalog / "models" / "models.json").read_text())["models"][0]
+    assert stored_entry["title"] == "tiny test model"  # what the panel's Model list shows
     assert cli.main(["models"]) == 0
     listing = capsys.readouterr().out
     assert "tiny-la" in listing and "(default)" in listing

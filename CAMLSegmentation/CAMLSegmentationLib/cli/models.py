@@ -20,7 +20,9 @@ def add_parser(subparsers: Any) -> None:
     r.add_argument("weights", metavar="FILE", help="checkpoint written by `caml train` (e.g. best.pt)")
     r.add_argument("--id", required=True, help="model id to use with --model")
     r.add_argument("--version", default="1")
-    r.add_argument("--description", default="")
+    r.add_argument("--description", default="", help="one line for people (what, how trained, on what)")
+    r.add_argument("--title", default="",
+                   help="a few words people choose the model by, shown in the Slicer panel's Model list")
     r.add_argument("--training-data", default="", help="what it was trained on, for the record")
     r.add_argument("--training", default="", help="how, how long and on what machine it was trained")
     r.add_argument("--metrics", metavar="METRICS_JSON",
@@ -86,7 +88,7 @@ def register(args: argparse.Namespace) -> int:
     entry = register_model(args.weights, args.id, version=args.version, description=args.description,
                            training_data=args.training_data, training=args.training, metrics=metrics,
                            catalog_path=args.catalog, default=args.default, half=args.fp16,
-                           largest_component=args.lcc, onnx=args.onnx)
+                           largest_component=args.lcc, onnx=args.onnx, title=args.title)
     print(f"registered {entry.id} (version {entry.version}, sha256 {entry.sha256[:12]}...) -> {entry.path}\n"
           f"  use it with `caml segment IN --model {entry.id}`")
     return 0

@@ -315,7 +315,8 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
                    training_data: str = "", metrics: Optional[Dict[str, Any]] = None,
                    catalog_path: Optional[PathLike] = None, default: bool = False,
                    training: str = "", half: bool = False,
-                   largest_component: Optional[bool] = None, onnx: Optional[bool] = None) -> ModelEntry:
+                   largest_component: Optional[bool] = None, onnx: Optional[bool] = None,
+                   title: str = "") -> ModelEntry:
     """Store a trained checkpoint's release form beside a catalog and list it there.
 
     The catalog is the user's (``$CAML_HOME/models/models.json``) unless
@@ -370,7 +371,8 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
                            preset=str(preset.get("name", "")),
                            training_data=training_data, training=training,
                            metrics=dict(metrics or ckpt.get("metrics") or {}),
-                           description=description or f"registered from {weights}", default=default,
+                           description=description or f"registered from {weights}", title=title,
+                           default=default,
                            catalog=str(catalog_path), source="user",
                            onnx={w: {"file": p.name, "sha256": sha256_file(p)} for w, p in exports.items()})
         data: Dict[str, Any] = {"schema_version": SCHEMA_VERSION, "models": []}
