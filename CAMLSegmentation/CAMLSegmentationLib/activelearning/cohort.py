@@ -53,6 +53,8 @@ PathLike = Union[str, Path]
 
 STATE_DIR = "caml-al"
 DB_NAME = "state.sqlite"
+#: Stands for the version ``add_version`` is recording, before SQLite numbers it (a candidate's scores).
+NEW_VERSION = -1
 SCHEMA_VERSION = 2  # 2: versions.sha256, jobs.process_start, image_problems (a version-1 cohort is upgraded)
 #: Seeds go to numpy and torch alike: numpy takes 0 .. 2**32 - 1.
 SEED_RANGE = (0, 2 ** 32 - 1)
@@ -794,7 +796,7 @@ class Cohort:
                     val_scores: Optional[Dict[int, Dict[str, ScoredCase]]] = None,
                     job_message: str = "", final: bool = False) -> int:
         """Copy ``weights`` into versions/ and record the version, its checksum (and its job's end)
-        in one transaction. ``val_scores``: ``{version: {case: (dice, label sha256)}}``, -1 for this one.
+        in one transaction. ``val_scores``: ``{version: {case: (dice, label sha256)}}``, ``NEW_VERSION`` for this one.
         ``final``: the commit is the command's outcome (a late cancel no longer undoes it)."""
         name = f"job-{job:04d}.pt" if job is not None else f"initial-{now().replace(':', '')}.pt"
         target = self._copy_version_file(self.root, weights, name)
@@ -808,7 +810,7 @@ class Cohort:
                  json.dumps(list(train_cases)), int(promote), note, digest))
             version = int(cur.lastrowid)
             for v, per_case in (val_scores or {}).items():
-                self._store_val_scores(con, version if v == -1 else v, per_case)
+                self._store_val_scores(con, version if v == NEW_VERSION else v, per_case)
             if promote:
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)", (str(version),))
             if job is not None:

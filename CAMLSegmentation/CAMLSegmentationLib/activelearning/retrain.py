@@ -41,6 +41,7 @@ from . import storage
 from .cohort import (
     IMAGE_ERRORS,
     MIN_VALIDATION,
+    NEW_VERSION,
     Cohort,
     CohortError,
     ScoredCase,
@@ -57,7 +58,7 @@ def scored_on_validation(cohort: Cohort, version: int, case_ids: Sequence[str], 
                          weights: Optional[Path] = None, progress: ProgressCallback = no_progress,
                          cancel: Optional[CancelToken] = None, store: bool = True) -> Dict[str, ScoredCase]:
     """``{case: (Dice, sha256 of the label scored)}`` of a version (or of ``weights`` not yet a
-    version: pass version -1) on validation cases.
+    version: pass ``NEW_VERSION``) on validation cases.
 
     Uses ``segment_volume``, the predictor every user-facing command uses, and the cache of
     scores for versions already recorded; new scores are cached when ``store``, under the hash
@@ -67,7 +68,7 @@ def scored_on_validation(cohort: Cohort, version: int, case_ids: Sequence[str], 
     from ..inference.predictor import InferenceOptions, load_inference_model, segment_volume
 
     out: Dict[str, ScoredCase] = {}
-    if version >= 0:
+    if version != NEW_VERSION:
         for case_id, value in cohort.cached_val_scores(version, case_ids).items():
             out[case_id] = (value, cohort.label_sha256(case_id))
     todo = [c for c in case_ids if c not in out]
@@ -80,9 +81,9 @@ def scored_on_validation(cohort: Cohort, version: int, case_ids: Sequence[str], 
         result = segment_volume(cohort.read_image(case_id), model, InferenceOptions(), cancel=cancel)
         label, label_sha = cohort.read_label(case_id)
         out[case_id] = (dice(result.mask > 0, label > 0), label_sha)
-        progress(ProgressEvent("validate", n, len(todo), f"version {version if version >= 0 else 'new'} "
+        progress(ProgressEvent("validate", n, len(todo), f"version {version if version != NEW_VERSION else 'new'} "
                                                           f"{case_id}"))
-    if version >= 0 and store:
+    if version != NEW_VERSION and store:
         cohort.store_val_scores(version, {c: out[c] for c in todo})
     return out
 
@@ -294,7 +295,7 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
     todo = list(validation)
     for _ in range(5):  # labels replaced during the scoring are scored again, for both
         if validation:
-            cand_scores.update(scored_on_validation(cohort, -1, todo, device, weights=candidate,
+            cand_scores.update(scored_on_validation(cohort, NEW_VERSION, todo, device, weights=candidate,
                                                     progress=progress, cancel=cancel))
             if base is not None:  # cached by the commit below, with the version
                 base_scores.update(scored_on_validation(cohort, base, todo, device, progress=progress,
@@ -323,7 +324,7 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
     version = cohort.add_version(
         candidate, parent=base, job=job["id"], val_dice=cand_dice, val_cases=len(validation),
         train_cases=labeled, promote=promoted, note=why,
-        val_scores={-1: cand_scores, **({base: base_scores} if base is not None else {})},
+        val_scores={NEW_VERSION: cand_scores, **({base: base_scores} if base is not None else {})},
         job_message=why, final=True)
     progress(ProgressEvent("retrain", 3, 3, why))
     return {"job": job["id"], "version": version, "promoted": promoted, "reason": why,

@@ -24,6 +24,7 @@ from typing import Any, Dict
 from ..activelearning.cohort import DEFAULT_PRESET, DEFAULT_VAL_EVERY, MAX_VERSION, ROLES, SEED_RANGE
 from ..activelearning.retrain import PROMOTE_CHOICES
 from ..activelearning.strategies import STRATEGIES
+from .common import add_progress_argument
 
 
 def _int_in(low: int, high: int, what: str) -> Any:
@@ -59,9 +60,8 @@ def add_parser(subparsers: Any) -> None:
         if device:
             p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:K")
         if progress:
-            p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
-                           help="progress as a text bar on stderr, JSON lines on stdout (ending in a 'done' or "
-                                "'error' line), or nothing")
+            add_progress_argument(p, help="progress as a text bar on stderr, JSON lines on stdout (ending in a "
+                                          "'done' or 'error' line), or nothing")
 
     p = sub.add_parser("init", help="make a folder of images a cohort (creates caml-al/state.sqlite)")
     common(p)
@@ -136,7 +136,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _progress(args: argparse.Namespace) -> Any:
-    from .segment import progress_callback
+    from .common import progress_callback
 
     return progress_callback(getattr(args, "progress", "none"))
 
