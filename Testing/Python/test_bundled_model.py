@@ -26,15 +26,35 @@ def own_caml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
+BUNDLED_IDS = [e.id for e in read_catalog(bundled_catalog_path(), "bundled")]
+
+
 @pytest.fixture(scope="module")
 def shipped():
+    """The bundled default: what `caml segment`, the panel and `make demo` use when no model is named."""
     entries = read_catalog(bundled_catalog_path(), "bundled")
     defaults = [e for e in entries if e.default]
     assert len(defaults) == 1, f"{bundled_catalog_path()} must mark exactly one bundled model as default"
     return defaults[0]
 
 
-def test_shipped_file_matches_its_catalog_entry(shipped) -> None:
+@pytest.fixture(params=BUNDLED_IDS)
+def bundled(request):
+    """Each bundled model in turn: every one must hold to its own card, default or not."""
+    return next(e for e in read_catalog(bundled_catalog_path(), "bundled") if e.id == request.param)
+
+
+def test_bundled_models_together_keep_the_repository_lean() -> None:
+    """The weights files together well under 30 MB (issue #24), with their ONNX exports under 50 MB."""
+    entries = read_catalog(bundled_catalog_path(), "bundled")
+    weights = [e.path for e in entries]
+    exports = [Path(e.catalog).parent / x["file"] for e in entries for x in e.onnx.values()]
+    assert sum(f.stat().st_size for f in weights) < 25 * 2**20, [f.name for f in weights]
+    assert sum(f.stat().st_size for f in weights + exports) < 50 * 2**20
+
+
+def test_shipped_file_matches_its_catalog_entry(bundled) -> None:
+    shipped = bundled
     assert shipped.path.is_file(), shipped.path
     assert sha256_file(shipped.path) == shipped.sha256
     assert shipped.path.stat().st_size < 30 * 2**20  # the repository stays lean
@@ -75,14 +95,14 @@ def test_caml_segment_without_a_model_uses_the_shipped_one(tmp_path: Path, shipp
 
 
 def test_shipped_model_reproduces_its_card_on_two_validation_cases(la_root: Path, tmp_path: Path,
-                                                                    shipped) -> None:
-    card = shipped.metrics["per_case_dice"]
+                                                                    bundled) -> None:
+    card = bundled.metrics["per_case_dice"]
     cases = sorted(card)[:2]
     case_list = tmp_path / "two.list"
     case_list.write_text("\n".join(cases) + "\n")
     out = tmp_path / "eval"
     assert cli.main(["evaluate", "--data", str(la_root), "--list", str(case_list), "--out", str(out),
-                     "--progress", "none"]) == 0
+                     "--model", bundled.id, "--progress", "none"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     for row in report["cases"]:
         assert abs(100.0 * row["dice"] - card[row["case"]]) <= 0.5, (row["case"], row["dice"], card[row["case"]])

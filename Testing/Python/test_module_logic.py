@@ -255,7 +255,9 @@ def test_the_device_shown_is_the_one_the_engine_reports(logic, params):
     run = logic.startSegmentation(params)
     assert "auto" in run.status
     logic.finishSegmentation(run, params)
-    assert run.device == "cpu" and run.deviceMessage == "Ran on cpu."
+    # The test model was registered with its ONNX export (the test extras install onnx and onnxruntime),
+    # so the engine's auto backend ran ONNX Runtime on the CPU, and says so.
+    assert run.device == "cpu (onnxruntime)" and run.deviceMessage == "Ran on cpu (onnxruntime)."
 
 
 def test_missing_packages_and_one_confirmation(logic, monkeypatch):

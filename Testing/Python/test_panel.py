@@ -30,6 +30,7 @@ for path in (str(MODULE_DIR), str(HARNESS_DIR)):
         sys.path.insert(0, path)
 
 import slicer_harness  # noqa: E402
+from CAMLSegmentationLib.model import catalog  # noqa: E402
 
 #: A volume big enough that the Standard protocol is still running when a test cancels it.
 LONG_SHAPE = (160, 160, 96)
@@ -137,7 +138,9 @@ def test_the_panel_opens_and_segment_waits_for_a_volume(harness, panel):
     assert items(ui.qualitySelector) == ["Standard (as scored in the model card)", "Fast preview (quicker, rougher)"]
     assert items(ui.lccSelector) == ["Model's choice", "Always", "Never"]
     assert ui.lccSelector.currentText == "Model's choice"
-    assert ui.modelSelector.currentText.startswith("caml-la-cpu8")
+    default = catalog.default_model()  # the bundled default, listed under its title with its id
+    assert ui.modelSelector.currentData == default.id and f"({default.id} v{default.version}, bundled)" in (
+        ui.modelSelector.currentText)
     torch = importlib.metadata.version("torch")
     assert ui.versionLabel.text == f"CAML engine 0.1.0 · PyTorch {torch}"
 
