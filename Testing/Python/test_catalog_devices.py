@@ -35,6 +35,24 @@ def test_bundled_catalog_is_valid_and_documents_its_schema() -> None:
         assert verify(entry) == entry.path
 
 
+def test_register_into_the_bundled_catalog_by_a_relative_path(tmp_path: Path, monkeypatch) -> None:
+    """How a release is added to Resources/Models: the bundled catalog named relative to the working
+    folder is still the bundled catalog, not a second one that 'defines' its ids again."""
+    from CAMLSegmentationLib.model import catalog as catalog_mod
+
+    bundled = tmp_path / "Resources" / "Models" / "models.json"
+    first = register_model(tiny_checkpoint(tmp_path / "a.pt", window=(32, 32, 16)), "first", catalog_path=bundled,
+                           onnx=False)
+    monkeypatch.setattr(catalog_mod, "bundled_catalog_path", lambda: bundled)
+    monkeypatch.chdir(tmp_path)
+    second = register_model(tiny_checkpoint(tmp_path / "b.pt", window=(32, 32, 16)), "second",
+                            catalog_path=Path("Resources/Models/models.json"), onnx=False, title="the second")
+    assert [e.id for e in read_catalog(bundled)] == [first.id, second.id]
+    assert read_catalog(bundled)[1].title == "the second"
+    with pytest.raises(CatalogError, match="already in the catalog"):
+        register_model(tmp_path / "b.pt", "first", catalog_path=Path("Resources/Models/models.json"), onnx=False)
+
+
 def test_register_reads_preset_and_verifies_checksum(tmp_path: Path) -> None:
     weights = tiny_checkpoint(tmp_path / "best.pt", window=(32, 32, 16), spacing=(1.25, 1.25, 1.25))
     catalog = tmp_path / "home" / "models" / "models.json"

@@ -343,8 +343,11 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
     weights = Path(weights)
     ckpt = read_checkpoint(weights)  # before the lock: a refused file changes nothing
     preset = ckpt.get("preset") or {}
-    catalog_path = Path(catalog_path) if catalog_path else user_catalog_path()
-    others = [(bundled_catalog_path(), "bundled")] if catalog_path != bundled_catalog_path() else []
+    catalog_path = Path(catalog_path).absolute() if catalog_path else user_catalog_path()
+    # The bundled catalog named by another path (relative, through a link) is still the bundled one.
+    is_bundled = catalog_path.exists() and bundled_catalog_path().exists() and catalog_path.samefile(
+        bundled_catalog_path())
+    others = [] if is_bundled else [(bundled_catalog_path(), "bundled")]
     file_name = stored_file_name(model_id, str(version))
     target = catalog_path.parent / file_name
     with catalog_lock(catalog_path):
