@@ -16,49 +16,23 @@ and mean the same (default: its defaults).
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "CAMLSegmentation"))
-LA_ROOT = REPO.parent / "shared" / "data" / "LA"
+from la_bench import la_case_path, setup
 
 
 def main() -> None:
-    from CAMLSegmentationLib.cli.segment import (
-        add_inference_arguments,
-        add_model_arguments,
-        load_model_from_args,
-        options_from_args,
-    )
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_arguments(parser)
-    parser.add_argument("--cases", type=int, default=16, help="the last N cases of train.list (default 16)")
-    parser.add_argument("--fraction", type=float, default=0.8, help="the box's share of each axis (default 0.8)")
-    add_inference_arguments(parser)
-    args = parser.parse_args()
-    if not (LA_ROOT / "train.list").is_file():
-        raise SystemExit(f"needs the LA data in {LA_ROOT}")
-
-    import torch
+    args, model, options, ids = setup(__doc__, lambda p: p.add_argument(
+        "--fraction", type=float, default=0.8, help="the box's share of each axis (default 0.8)"))
     from CAMLSegmentationLib.inference.metrics import dice
     from CAMLSegmentationLib.inference.predictor import segment_volume
     from CAMLSegmentationLib.io.volume import Volume, read_la_h5, read_volume
 
-    torch.set_num_threads(1)
-    model = load_model_from_args(args, with_a=args.ensemble)
-    options = options_from_args(args)
-    ids = (LA_ROOT / "train.list").read_text().split()[-args.cases:]
     print(f"{model.name} on {model.device}: central {args.fraction:.0%} box, protocol {options.protocol}, "
           f"overlap {options.overlap}, blend {options.blend}, tta={options.tta} ensemble={options.ensemble} "
           f"lcc={'model' if options.lcc is None else options.lcc}")
     rows, seconds = [], []
     for case in ids:
-        path = LA_ROOT / "2018LA_Seg_Training Set" / case / "mri_norm2.h5"
+        path = la_case_path(case)
         whole = read_volume(path)
         _, label = read_la_h5(path)
         shape = np.array(whole.shape)
