@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -200,6 +200,14 @@ RESUME_ONLY_KEYS = ("optimizer", "scaler", "memory_bank", "rank_states", "best_d
                     "rng", "sampler")
 
 
+class StepUndo(NamedTuple):
+    """The stream state before a step: restored when the step is cut short, so ``last.pt`` resumes exactly."""
+
+    rng: Any
+    queues: List[List[int]]
+    bank_slots: List[Any]
+
+
 class TrainingRun:
     """One training job, in four parts: set up (constructor), :meth:`restore`, :meth:`step`, :meth:`after_step`.
 
@@ -244,8 +252,9 @@ class TrainingRun:
                      "data_root": str(cfg.data_root), "seed": cfg.seed,
                      "supervised_only": cfg.supervised_only, "world_size": world}
         self.model: nn.Module = self.objective
-        # What a step cut by an error must roll back so the checkpoint stays exact.
-        self._snapshot: Optional[Tuple[Any, ...]] = None
+        # What a step cut by an error must roll back so the checkpoint stays exact ("snapshot" is
+        # kept for the PNG picture of io/snapshot.py).
+        self._undo: Optional[StepUndo] = None
         # Set when a step produced a non-finite loss: the live weights are no recovery point.
         self.diverged = False
 
@@ -288,8 +297,8 @@ class TrainingRun:
     def step(self) -> Dict[str, Any]:
         """One optimisation step; returns its record (iteration and loss terms)."""
         preset, device = self.preset, self.device
-        self._snapshot = (rng_state(self.rng, self.objective), [list(q) for q in self.sampler.queues],
-                          list(self.bank.slots))
+        self._undo = StepUndo(rng_state(self.rng, self.objective), [list(q) for q in self.sampler.queues],
+                              list(self.bank.slots))
         li, ui = self.sampler.next(preset.labeled_batch, self.n_unlabeled_draws)
         x, y, shifts = make_batch(self.labeled, self.unlabeled, li, ui, preset, self.rng)
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
@@ -312,7 +321,7 @@ class TrainingRun:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.completed, self._snapshot = self.iteration, None
+        self.completed, self._undo = self.iteration, None
         return {"iteration": self.iteration, **parts}
 
     # -- after the step --------------------------------------------------------------------
@@ -349,10 +358,10 @@ class TrainingRun:
 
     def save_interrupted(self) -> None:
         """Keep what was learned: a resumable checkpoint at the last completed iteration."""
-        if self._snapshot is not None:
-            set_rng_state(self._snapshot[0], self.rng, self.objective)
-            self.sampler.queues = self._snapshot[1]
-            self.bank.slots = self._snapshot[2]
+        if self._undo is not None:
+            set_rng_state(self._undo.rng, self.rng, self.objective)
+            self.sampler.queues = self._undo.queues
+            self.bank.slots = self._undo.bank_slots
         # Under DDP the other ranks' states cannot be gathered from here (they may be
         # anywhere in their step), so the last periodic checkpoint stands.
         if self.diverged:
