@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from CAMLSegmentationLib.inference.regions import DISAGREEMENT_THRESHOLD, MIN_REGION_VOXELS, uncertain_regions
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2] / "CAMLSegmentation"
