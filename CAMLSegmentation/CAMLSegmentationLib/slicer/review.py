@@ -22,7 +22,7 @@ class UncertainRegionReviewMixin:
         """Centre the slice views on the next region of ``uncertaintyNode`` (the |p_V - p_A| map).
 
         Returns ``{"index": n (1-based), "count": N, "region": UncertainRegion, "ras": (r, a, s),
-        "millilitres": float}``; with no region above ``threshold``, ``count`` is 0 and the views
+        "millilitres": float, "threshold": float}``; with no region above ``threshold``, ``count`` is 0 and the views
         stay where they are. A changed or another map starts again from its largest region.
         """
         import numpy as np
@@ -40,7 +40,7 @@ class UncertainRegionReviewMixin:
             self._reviewState = state
         regions = state["regions"]
         if not regions:
-            return {"index": 0, "count": 0, "region": None, "ras": None, "millilitres": 0.0}
+            return {"index": 0, "count": 0, "region": None, "ras": None, "millilitres": 0.0, "threshold": threshold}
         n = state["next"] % len(regions)
         state["next"] = n + 1
         region = regions[n]
@@ -48,4 +48,4 @@ class UncertainRegionReviewMixin:
         mrml_bridge.jump_slices_to(uncertaintyNode.GetScene(), ras)
         voxel_ml = float(np.prod(uncertaintyNode.GetSpacing())) / 1000.0
         return {"index": n + 1, "count": len(regions), "region": region, "ras": ras,
-                "millilitres": region.voxels * voxel_ml}
+                "millilitres": region.voxels * voxel_ml, "threshold": threshold}
