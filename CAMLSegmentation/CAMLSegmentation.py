@@ -21,6 +21,7 @@ is installed.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Optional
 
 import slicer
@@ -498,7 +499,8 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         result = None
         with slicer.util.tryWithErrorDisplay(_("Accept failed."), waitCursor=True):
             result = self.logic.alAccept()  # into the cohort the case came from
-            self._alReopen(_("Accepted {case} as {status}.").format(case=result["case"], status=result["status"]))
+            self._alReopen(_("Accepted {case} into {cohort} as {status}.").format(
+                case=result["case"], cohort=Path(result["cohort"]).name, status=result["status"]))
         self._alUpdateButtons()
         if result is None:
             return

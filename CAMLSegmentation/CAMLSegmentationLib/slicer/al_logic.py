@@ -221,7 +221,7 @@ class ActiveLearningLogicMixin:
             raise ValueError(_("Load a case with Next case first."))
         result = al_mrml.accept_segment(folder, caseId, segmentationNode, volumeNode, role)
         node.SetParameter("alCase", "")
-        return result
+        return dict(result, cohort=str(folder))
 
     def alCaseNodes(self) -> List[Any]:
         """The nodes the last Next case added (image, segmentation, disagreement map) still in the scene."""
