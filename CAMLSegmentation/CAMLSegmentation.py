@@ -453,7 +453,9 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  "{version}.").format(cases=status["cases"], train=counts["accepted-train"],
                                       val=counts["accepted-val"], todo=counts["unlabeled"] + counts["predicted"],
                                       version=status["current_version"] or _("none"))
-        self.ui.alStatusLabel.text = " ".join(t for t in [prefix, line, *status["notes"], *status["problems"]] if t)
+        engineLines = [t[:1].upper() + t[1:] + ("" if t.endswith(".") else ".")
+                       for t in [*status["notes"], *status["problems"]] if t]
+        self.ui.alStatusLabel.text = " ".join(t for t in [prefix, line, *engineLines] if t)
         self.ui.alCorrectionLabel.text = self.logic.alCorrectionSummary(status)
 
     def _alReopen(self, prefix: str) -> None:

@@ -128,7 +128,6 @@ class qSlicerLayoutManager(QtCore.QObject):
         self.layoutNode = slicer.vtkMRMLLayoutNode()
         self.layoutNode.SetSingletonTag("vtkMRMLLayoutNode")
         self.layoutNode = scene.AddNode(self.layoutNode)
-        self.layoutNode.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
 
     @pyqtSlot(result=object)
     def mrmlSliceLogics(self) -> Any:
