@@ -163,6 +163,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+        self._alUpdateButtons()  # the loaded case went with the scene: nothing to accept
 
     def initializeParameterNode(self) -> None:
         params = self.logic.getParameterNode()
@@ -408,8 +409,11 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     def cleanupActiveLearning(self) -> None:
-        if self._alRun is not None and self._alRun.running:
-            self.logic.alCancel(self._alRun)
+        if self._alRun is not None:
+            if self._alRun.running:
+                self.logic.alCancel(self._alRun)
+            self.logic.alForget(self._alRun)
+            self._alRun = None
         self._alTimer.stop()
 
     def onAlCohortChanged(self, path: str, ask: bool = True) -> None:
@@ -508,7 +512,8 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if self.logic.alCaseNodes() and slicer.util.confirmYesNoDisplay(
                 _("Case {case} is stored in the cohort. Remove its image, segmentation and disagreement map "
-                  "from the scene?").format(case=result["case"]), windowTitle=_("Accepted")):
+                  "from the scene?").format(case=result["case"]), windowTitle=_("Accepted"),
+                dontShowAgainSettingsKey="CAMLSegmentation/RemoveAcceptedCaseNodes"):
             self.logic.alRemoveCaseNodes()
         if result.get("retrain_due"):
             self.ui.alStatusLabel.text += " " + _("Retraining (every-N-accepts setting)...")

@@ -146,3 +146,17 @@ def test_every_widget_the_panel_code_names_is_in_the_ui_file():
     assert {"qualitySelector", "ttaCheckBox"} <= everywhere <= names, everywhere - names
     assert "activeLearningCollapsibleButton" in names
     assert ui.index("activeLearningCollapsibleButton") > ui.index("correctButton")  # below segmentation
+
+
+def test_correction_effort_line_from_the_status_json():
+    """``caml al status --json`` carries ``correction`` (one record per accepted case) once the engine records
+    it; the panel's line shows the latest first and is empty without it."""
+    summary = slicer_logic.CAMLSegmentationLogic.alCorrectionSummary
+    assert summary({"counts": {}}) == "" and summary({"correction": []}) == ""
+    records = [{"case": f"c{n}", "accept_order": n, "proposal_version": 1, "dice": 0.80 + n / 100,
+                "voxels_changed": 1000 - 100 * n, "seconds": 60.0 - n} for n in (1, 4, 2, 3)]
+    records.append({"case": "c5", "accept_order": 5, "proposal_version": None, "dice": None,
+                    "voxels_changed": 2400, "seconds": None})  # painted from scratch: no proposal
+    assert summary({"correction": records}) == (
+        "Correction effort (latest first): c5: Dice -, 2400 voxels changed; "
+        "c4: Dice 0.840, 600 voxels changed, 56 s; c3: Dice 0.830, 700 voxels changed, 57 s")

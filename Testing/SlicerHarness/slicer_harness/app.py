@@ -461,6 +461,12 @@ class Harness:
     def uninstall(self) -> None:
         import slicer
 
+        # slicer.util.mainWindow() finds the main window among the top-level widgets by its object name:
+        # a later harness in the same process must not find this one.
+        self.mainWindow.setObjectName("")
+        self.mainWindow.close()
+        self.mainWindow.deleteLater()
+
         for name, module in self._saved.items():
             if module is None:
                 sys.modules.pop(name, None)
