@@ -253,6 +253,23 @@ def test_the_chart_is_shown_on_request_not_when_a_cohort_opens(harness, panel, t
     layout.SetViewArrangement(arrangement)
 
 
+def test_a_retrain_that_makes_a_second_version_shows_the_chart(harness, panel, tmp_path):
+    ui = panel.ui
+    root = make_cohort(tmp_path, iterations=2, accepted=("pt0", "pt1"))
+    layout = harness.layoutManager.layoutNode
+    arrangement = layout.GetViewArrangement()
+    open_folder(panel, root)
+    click(ui.alRetrainButton)
+    run = panel._alRun
+    wait_al(harness, panel, 600)
+    with Cohort.open(root) as cohort:
+        assert len(cohort.versions()) == 2, ui.alStatusLabel.text
+    assert ui.alStatusLabel.text.startswith(run.job.result["reason"] + " 4 cases: 2 training")
+    assert ui.alVersionsTable.rowCount == 2 and ui.alProgressBar.value == 100
+    assert layout.GetViewArrangement() != arrangement and nodes(harness, "vtkMRMLPlotChartNode") == 1
+    layout.SetViewArrangement(arrangement)
+
+
 def test_use_selected_version_runs_in_a_child_and_the_table_follows(harness, panel, tmp_path):
     ui = panel.ui
     root = make_cohort(tmp_path)
