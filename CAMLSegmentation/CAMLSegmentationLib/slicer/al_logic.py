@@ -82,15 +82,12 @@ class ActiveLearningLogicMixin:
         return run.result()
 
     # -- the cohort ----------------------------------------------------------------------------
-    @staticmethod
-    def alFolderKind(folder: str) -> str:
+    def alFolderKind(self, folder: str) -> str:
         """``cohort`` (it has the state database), ``images`` (a folder of images, not a cohort yet)
         or ``none``; reads only the file system."""
-        from CAMLSegmentationLib.activelearning.cohort import db_path
-
         if not folder or not Path(folder).is_dir():
             return "none"
-        if db_path(folder).is_file():
+        if self.alIsCohort(folder):
             return "cohort"
         return "images" if (Path(folder) / "images").is_dir() else "none"
 

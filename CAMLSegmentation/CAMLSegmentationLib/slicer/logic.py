@@ -565,6 +565,13 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
         return _("CAML engine {engine} · PyTorch {torch}").format(
             engine=__version__, torch=torch if torch else _("not installed"))
 
+    @staticmethod
+    def alIsCohort(folder: str) -> bool:
+        """``folder`` holds an active-learning cohort's state (the engine's own definition of where it is)."""
+        from CAMLSegmentationLib.activelearning.cohort import db_path
+
+        return bool(folder) and db_path(folder).is_file()
+
 
 def writeVolume(volume: Any, path: Path) -> None:
     """Write an engine ``Volume`` (LPS geometry) for ``caml`` to read, with SimpleITK like the engine."""
