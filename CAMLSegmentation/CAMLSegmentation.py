@@ -355,6 +355,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._alStatus: Optional[dict] = None  # the open cohort's last status
         labels = {"disagreement": _("Disagreement of models V and A"), "entropy": _("Entropy of model V"),
                   "random": _("Random"), "first": _("Cohort order")}
+        self._alRetrainToolTip = ui.alRetrainButton.toolTip  # the .ui's, shown again after a Cancel
         ui.alStrategySelector.clear()
         for value in STRATEGIES:  # the engine's list sets the choices and their order
             ui.alStrategySelector.addItem(labels.get(value, value), value)
@@ -389,10 +390,8 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.alRetrainButton.enabled = idle or retraining
         ui.alRetrainButton.text = _("Cancel") if retraining else _("Retrain")
         ui.alRetrainButton.toolTip = (_("Stop the retrain: the cohort and its current version stay as they are; "
-                                        "Resume retrain continues it later.") if retraining else
-                                      _("Fine-tune CAML in the background: accepted cases are labeled, every other "
-                                        "image unlabeled. The new version becomes current if it is not worse on "
-                                        "the validation cases."))
+                                        "Resume retrain continues it later.") if retraining
+                                      else self._alRetrainToolTip)
         ui.alResumeButton.enabled = idle and self.logic.alResumableJob(self._alFolder()) is not None
         ui.alUseVersionButton.enabled = idle and ui.alVersionsTable.rowCount > 0
         ui.alShowChartButton.enabled = hasCohort and ui.alVersionsTable.rowCount > 0
