@@ -129,6 +129,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             box.connect("toggled(bool)", self.updateParameterNodeFromGUI)
         ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         ui.correctButton.connect("clicked(bool)", self.onCorrectButton)
+        ui.uncertainRegionButton.connect("clicked(bool)", self.onUncertainRegionButton)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -162,6 +163,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+        self._alUpdateButtons()  # the loaded case went with the scene: nothing to accept
 
     def initializeParameterNode(self) -> None:
         params = self.logic.getParameterNode()
@@ -226,6 +228,7 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         _("Segment the left atrium") if p.inputVolume is not None
                                         else _("Select an input volume"))
             ui.correctButton.enabled = not running and p.outputSegmentation is not None
+            ui.uncertainRegionButton.enabled = not running and p.uncertaintyVolume is not None
             for widget in (ui.inputsCollapsibleButton, ui.advancedCollapsibleButton, ui.outputsCollapsibleButton):
                 widget.enabled = not running
         finally:
@@ -330,134 +333,294 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editor.setSourceVolumeNode(editorNode.GetSourceVolumeNode())
             editor.setCurrentSegmentID(editorNode.GetSelectedSegmentID())
 
+    def onUncertainRegionButton(self) -> None:
+        """Centre the slice views on the next region where CAML's sub-models disagree, largest first."""
+        with slicer.util.tryWithErrorDisplay(_("Cannot find the uncertain regions."), waitCursor=True):
+            shown = self.logic.nextUncertainRegion(self._params.uncertaintyVolume)
+            if shown["count"]:
+                self.ui.statusLabel.text = _(
+                    "Uncertain region {index} of {count}: {ml:.2f} mL, disagreement up to {peak:.2f}. "
+                    "Correct it, or press again for the next.").format(
+                    index=shown["index"], count=shown["count"], ml=shown["millilitres"], peak=shown["region"].peak)
+            else:
+                self.ui.statusLabel.text = _("CAML's two sub-models agree everywhere (no disagreement above "
+                                             "{threshold}).").format(threshold=shown["threshold"])
+
     # -- the "Active learning" section: forwards clicks to the Logic's al* methods ----------
     def setupActiveLearning(self) -> None:
+        from CAMLSegmentationLib.activelearning.strategies import STRATEGIES
+
         ui = self.ui
         self._alRun: Optional[ActiveLearningRun] = None
+        self._alStatus: Optional[dict] = None  # the open cohort's last status
+        labels = {"disagreement": _("Disagreement of models V and A"), "entropy": _("Entropy of model V"),
+                  "random": _("Random"), "first": _("Cohort order")}
+        self._alRetrainToolTip = ui.alRetrainButton.toolTip  # the .ui's, shown again after a Cancel
         ui.alStrategySelector.clear()
-        for label, value in (("Disagreement of models V and A", "disagreement"), ("Entropy of model V", "entropy"),
-                             ("Random", "random"), ("Cohort order", "first")):
-            ui.alStrategySelector.addItem(label, value)
+        for value in STRATEGIES:  # the engine's list sets the choices and their order
+            ui.alStrategySelector.addItem(labels.get(value, value), value)
         ui.alCohortPathLineEdit.connect("currentPathChanged(QString)", self.onAlCohortChanged)
+        ui.alCreateButton.connect("clicked(bool)", self.onAlCreate)
         ui.alNextButton.connect("clicked(bool)", self.onAlNext)
         ui.alAcceptButton.connect("clicked(bool)", self.onAlAccept)
         ui.alRetrainButton.connect("clicked(bool)", self.onAlRetrain)
+        ui.alResumeButton.connect("clicked(bool)", self.onAlResume)
         ui.alUseVersionButton.connect("clicked(bool)", self.onAlUseVersion)
+        ui.alShowChartButton.connect("clicked(bool)", self.onAlShowChart)
         self._alTimer = qt.QTimer()
         self._alTimer.setInterval(200)
         self._alTimer.connect("timeout()", self.onAlTimer)
-        self._alUpdateButtons()
+        # The path edit restored the last folder opened (its history, kept in the settings): reopen it,
+        # without asking anything while the module is being set up.
+        self.onAlCohortChanged(self._alFolder(), ask=False)
 
     def _alFolder(self) -> str:
         return self.ui.alCohortPathLineEdit.currentPath
 
     def _alUpdateButtons(self) -> None:
-        running = self._alRun is not None and self._alRun.running
-        hasCohort = self.logic.alIsCohort(self._alFolder())
-        self.ui.alNextButton.enabled = hasCohort and not running
-        self.ui.alAcceptButton.enabled = hasCohort and not running and bool(
-            self.logic.getParameterNode().node.GetParameter("alCase"))
-        self.ui.alRetrainButton.enabled = hasCohort and (not running or self._alRun.kind == "retrain")
-        self.ui.alRetrainButton.text = "Cancel" if running and self._alRun.kind == "retrain" else "Retrain"
-        self.ui.alUseVersionButton.enabled = hasCohort and not running
+        ui = self.ui
+        run = self._alRun
+        running = run is not None and run.running
+        hasCohort = self._alStatus is not None
+        idle = hasCohort and not running
+        retraining = running and run.kind == "retrain"
+        ui.alCreateButton.enabled = not running and self.logic.alFolderKind(self._alFolder()) == "images"
+        ui.alNextButton.enabled = idle
+        ui.alAcceptButton.enabled = not running and bool(self.logic.getParameterNode().node.GetParameter("alCase"))
+        ui.alRetrainButton.enabled = idle or retraining
+        ui.alRetrainButton.text = _("Cancel") if retraining else _("Retrain")
+        ui.alRetrainButton.toolTip = (_("Stop the retrain: the cohort and its current version stay as they are; "
+                                        "Resume retrain continues it later.") if retraining
+                                      else self._alRetrainToolTip)
+        ui.alResumeButton.enabled = idle and self.logic.alResumableJob(self._alFolder()) is not None
+        ui.alUseVersionButton.enabled = idle and ui.alVersionsTable.rowCount > 0
+        ui.alShowChartButton.enabled = hasCohort and ui.alVersionsTable.rowCount > 0
+
+    def _alDependenciesReady(self, ask: bool = True) -> bool:
+        """The install offer of the Segment path, before a cohort is touched: active learning needs PyTorch
+        (in the child processes) and the engine's packages (numpy, SQLite, file locks here)."""
+        if not ask:
+            return self.logic.ensureDependencies(lambda text: False)
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the required Python packages.")):
+            if self.logic.ensureDependencies(slicer.util.confirmOkCancelDisplay):
+                return True
+        self.ui.alStatusLabel.text = _("Missing Python packages: the cohort was not opened or changed.")
+        return False
 
     def cleanupActiveLearning(self) -> None:
-        if self._alRun is not None and self._alRun.running:
-            self.logic.alCancel(self._alRun)
+        if self._alRun is not None:
+            if self._alRun.running:
+                self.logic.alCancel(self._alRun)
+            self.logic.alForget(self._alRun)
+            self._alRun = None
         self._alTimer.stop()
 
-    def onAlCohortChanged(self, path: str) -> None:
-        # The line edit reports every keystroke: act only on a folder that holds images/.
-        if not path or not (Path(path) / "images").is_dir():
-            self.ui.alStatusLabel.text = "Choose a folder that holds images/<id>.nrrd|.nii.gz|... files."
-            self._alUpdateButtons()
-            return
-        with slicer.util.tryWithErrorDisplay("Cannot open the cohort.", waitCursor=True):
-            weights = self.logic.alModelWeights(self._params.model if self._params is not None else "")
-            status = self.logic.alOpenCohort(path, weights)
-            counts = status["counts"]
-            self.ui.alStatusLabel.text = (
-                f"{status['cases']} cases: {counts['accepted-train']} training, {counts['accepted-val']} "
-                f"validation, {counts['unlabeled'] + counts['predicted']} to label. "
-                + " ".join(status["notes"] + status["problems"]))
-            self.refreshAlVersions()
+    def onAlCohortChanged(self, path: str, ask: bool = True) -> None:
+        """A folder was typed or chosen: open it when it is a cohort; never make it one (Create cohort does)."""
+        self._alStatus = None
+        kind = self.logic.alFolderKind(path)
+        if kind == "none":
+            self.ui.alStatusLabel.text = _("Choose a cohort folder, or a folder that holds images/<id>.nrrd|"
+                                           ".nii.gz|... files to make one.")
+        elif kind == "images":
+            self.ui.alStatusLabel.text = _("Not a cohort yet: Create cohort makes it one (nothing is written "
+                                           "before you confirm).")
+        elif self._alDependenciesReady(ask):
+            self._alOpen(path)
+        elif not ask:
+            self.ui.alStatusLabel.text = _("Active learning needs PyTorch and more Python packages: choose the "
+                                           "folder again to install them.")
+        self.refreshAlVersions()
         self._alUpdateButtons()
 
-    def onAlNext(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Next case failed to start.", waitCursor=True):
-            device = self._params.device if self._params is not None else "auto"
-            self._alRun = self.logic.alStartNext(self._alFolder(), self.ui.alStrategySelector.currentData,
-                                                 device, self.ui.alUncertaintyCheckBox.checked)
+    def _alOpen(self, path: str) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Cannot open the cohort."), waitCursor=True):
+            status = self.logic.alOpenCohort(path)
+            self._alStatus = status
+            self._alShowStatus(status)
+            self._alRemember()
+
+    def _alRemember(self) -> None:
+        """Put the open folder first in the path edit's history (kept in the settings: the next session
+        reopens it). Its signals are blocked meanwhile: reordering the list must not reopen anything."""
+        pathEdit = self.ui.alCohortPathLineEdit
+        wasBlocked = pathEdit.blockSignals(True)
+        try:
+            pathEdit.addCurrentPathToHistory()
+        finally:
+            pathEdit.blockSignals(wasBlocked)
+
+    def _alShowStatus(self, status: dict, prefix: str = "") -> None:
+        counts = status["counts"]
+        line = _("{cases} cases: {train} training, {val} validation, {todo} to label; current version "
+                 "{version}.").format(cases=status["cases"], train=counts["accepted-train"],
+                                      val=counts["accepted-val"], todo=counts["unlabeled"] + counts["predicted"],
+                                      version=status["current_version"] or _("none"))
+        engineLines = [t[:1].upper() + t[1:] + ("" if t.endswith(".") else ".")
+                       for t in [*status["notes"], *status["problems"]] if t]
+        self.ui.alStatusLabel.text = " ".join(t for t in [prefix, line, *engineLines] if t)
+        self.ui.alCorrectionLabel.text = self.logic.alCorrectionSummary(status)
+
+    def _alReopen(self, prefix: str) -> None:
+        """Read the cohort's status again after a change (the line edit may show another folder by now)."""
+        if self.logic.alFolderKind(self._alFolder()) != "cohort":
+            self.ui.alStatusLabel.text = prefix
+            return
+        with slicer.util.tryWithErrorDisplay(_("Cannot read the cohort."), waitCursor=True):
+            self._alStatus = self.logic.alOpenCohort(self._alFolder())
+            self._alShowStatus(self._alStatus, prefix)
+
+    def _alStartRun(self, start: Any, what: str) -> None:
+        with slicer.util.tryWithErrorDisplay(what, waitCursor=True):
+            self._alRun = start()
+            self.ui.alProgressBar.value = 0
+            self.ui.alStatusLabel.text = self._alRun.status
             self._alTimer.start()
         self._alUpdateButtons()
 
+    def _alDevice(self) -> str:
+        return self._params.device if self._params is not None else "auto"
+
+    def onAlCreate(self) -> None:
+        folder = self._alFolder()
+        if not self._alDependenciesReady():
+            return
+        model = self._params.model if self._params is not None else ""
+        if not slicer.util.confirmOkCancelDisplay(self.logic.alCreateQuestion(folder, model),
+                                                  windowTitle=_("Create cohort")):
+            self.ui.alStatusLabel.text = _("Not created: nothing was written.")
+            return
+        self._alStartRun(lambda: self.logic.alStartCreate(folder, model), _("Cannot create the cohort."))
+
+    def onAlNext(self) -> None:
+        if not self._alDependenciesReady():
+            return
+        folder, strategy = self._alFolder(), self.ui.alStrategySelector.currentData
+        uncertainty = self.ui.alUncertaintyCheckBox.checked
+        self._alStartRun(lambda: self.logic.alStartNext(folder, strategy, self._alDevice(), uncertainty),
+                         _("Next case failed to start."))
+
     def onAlAccept(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Accept failed.", waitCursor=True):
-            result = self.logic.alAccept(self._alFolder())
-            self.ui.alStatusLabel.text = f"Accepted {result['case']} as {result['status']}."
-            if result.get("retrain_due"):
-                self.ui.alStatusLabel.text += " Retraining (every-N-accepts setting)..."
-                self.onAlRetrain()
+        result = None
+        with slicer.util.tryWithErrorDisplay(_("Accept failed."), waitCursor=True):
+            result = self.logic.alAccept()  # into the cohort the case came from
+            self._alReopen(_("Accepted {case} into {cohort} as {status}.").format(
+                case=result["case"], cohort=Path(result["cohort"]).name, status=result["status"]))
         self._alUpdateButtons()
+        if result is None:
+            return
+        if self.logic.alCaseNodes() and slicer.util.confirmYesNoDisplay(
+                _("Case {case} is stored in the cohort. Remove its image, segmentation and disagreement map "
+                  "from the scene?").format(case=result["case"]), windowTitle=_("Accepted"),
+                dontShowAgainSettingsKey="CAMLSegmentation/RemoveAcceptedCaseNodes"):
+            self.logic.alRemoveCaseNodes()
+        if result.get("retrain_due"):
+            self.ui.alStatusLabel.text += " " + _("Retraining (every-N-accepts setting)...")
+            self.onAlRetrain()
 
     def onAlRetrain(self) -> None:
         if self._alRun is not None and self._alRun.running:
-            self.logic.alCancel(self._alRun)
+            self.logic.alCancel(self._alRun)  # the timer reports the end
+            self.ui.alStatusLabel.text = _("Cancelling: the retrain stops at its next checkpoint...")
             return
-        with slicer.util.tryWithErrorDisplay("Retrain failed to start.", waitCursor=True):
-            device = self._params.device if self._params is not None else "auto"
-            self._alRun = self.logic.alStartRetrain(self._alFolder(), device)
-            self._alTimer.start()
-        self._alUpdateButtons()
+        if not self._alDependenciesReady():
+            return
+        folder = self._alFolder()
+        self._alStartRun(lambda: self.logic.alStartRetrain(folder, self._alDevice()), _("Retrain failed to start."))
+
+    def onAlResume(self) -> None:
+        if not self._alDependenciesReady():
+            return
+        folder = self._alFolder()
+        self._alStartRun(lambda: self.logic.alStartRetrain(folder, self._alDevice(), resume=True),
+                         _("Resume failed to start."))
+
+    def onAlUseVersion(self) -> None:
+        row = self.ui.alVersionsTable.currentRow()
+        if row < 0:
+            self.ui.alStatusLabel.text = _("Select a version in the table first.")
+            return
+        if not self._alDependenciesReady():
+            return
+        folder = self._alFolder()
+        version = int(self.ui.alVersionsTable.item(row, 0).text().lstrip("* "))
+        self._alStartRun(lambda: self.logic.alStartUse(folder, version), _("Cannot switch versions."))
+
+    def onAlShowChart(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Cannot show the chart."), waitCursor=True):
+            self.logic.alShowChart(self._alFolder())
 
     def onAlTimer(self) -> None:
         run = self._alRun
         if not runEndedAtTick(run, self._alTimer, self.ui.alProgressBar, self.ui.alStatusLabel):
             return
         self._alRun = None
-        if run.job.state == "cancelled":
-            self.ui.alStatusLabel.text = "Cancelled: the cohort and its current version are unchanged."
+        self.logic.alForget(run)
+        if run.abandoned:
+            self.ui.alStatusLabel.text = _("Cancelled ({why}): nothing was loaded.").format(why=run.abandoned)
+            self.ui.alProgressBar.value = 0
+        elif run.job.state == "cancelled":
+            self.ui.alStatusLabel.text = _("Cancelled: the cohort and its current version are unchanged.")
+            self.ui.alProgressBar.value = 0
         elif run.kind == "next":
-            with slicer.util.tryWithErrorDisplay("Next case failed.", waitCursor=True):
-                loaded = self.logic.alFinishNext(run)
-                slicer.util.setSliceViewerLayers(background=loaded["volume"], fit=True)
-                if loaded["uncertainty"] is not None:
-                    slicer.util.setSliceViewerLayers(foreground=loaded["uncertainty"], foregroundOpacity=0.4)
-                self.ui.alStatusLabel.text = (f"Case {loaded['case']} ({loaded['strategy']} score "
-                                              f"{loaded['score']:.3g}): correct it, then Accept.")
-                self._params.outputSegmentation = loaded["segmentation"]
-                self._params.inputVolume = loaded["volume"]
+            self._alFinishNext(run)
         else:
-            if run.job.state == "done":
-                self.ui.alStatusLabel.text = run.job.result.get("reason", "Retrained.")
-            else:
-                self.ui.alStatusLabel.text = f"Retrain failed: {run.job.error}"
-            self.refreshAlVersions()
+            self._alFinishChange(run)
         self._alUpdateButtons()
 
-    def refreshAlVersions(self) -> None:
-        versions = self.logic.alVersions(self._alFolder())
+    def _alFinishNext(self, run: Any) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Next case failed."), waitCursor=True):
+            loaded = self.logic.alFinishNext(run)
+            slicer.util.setSliceViewerLayers(background=loaded["volume"], fit=True)
+            if loaded["uncertainty"] is not None:
+                slicer.util.setSliceViewerLayers(foreground=loaded["uncertainty"], foregroundOpacity=0.4)
+            score = loaded["score"]
+            self.ui.alStatusLabel.text = _("Case {case} ({strategy} score {score}): correct it, then Accept.").format(
+                case=loaded["case"], strategy=loaded["strategy"], score="-" if score is None else f"{score:.3g}")
+            params = self._params if self._params is not None else self.logic.getParameterNode()
+            params.inputVolume = loaded["volume"]
+            params.outputSegmentation = loaded["segmentation"]
+            params.uncertaintyVolume = loaded["uncertainty"]
+
+    def _alFinishChange(self, run: Any) -> None:
+        """A create, retrain or use ended: say how, then show the cohort as it is now."""
+        try:
+            result = self.logic.alResult(run)
+        except RuntimeError as exc:
+            failed = {"init": _("Cannot create the cohort: {why}"), "use": _("Cannot switch versions: {why}")}.get(
+                run.kind, _("Retrain failed: {why}"))
+            self.ui.alStatusLabel.text = failed.format(why=str(exc).strip().splitlines()[-1] if str(exc).strip()
+                                                       else run.kind)
+            self.ui.alProgressBar.value = 0
+            self.refreshAlVersions()
+            return
+        if run.kind == "init":
+            self._alReopen(_("Cohort created."))
+            if run.cohort == self._alFolder():
+                self._alRemember()
+        elif run.kind == "use":
+            self._alReopen(_("Version {version} is now current.").format(version=result.get("id", "?")))
+        else:
+            self._alReopen(str(result.get("reason") or _("Retrained.")))
+        versions = self.refreshAlVersions()
+        # The chart comes up by itself once a retrain made a second version (not into a scene closed meanwhile).
+        if run.kind == "retrain" and len(versions) >= 2 and not run.sceneClosed:
+            self.onAlShowChart()
+
+    def refreshAlVersions(self) -> list:
+        """The versions table of the open cohort (the chart only changes when shown: onAlShowChart)."""
         table = self.ui.alVersionsTable
+        versions = []
+        if self._alStatus is not None:
+            with slicer.util.tryWithErrorDisplay(_("Cannot read the versions."), waitCursor=True):
+                versions = self.logic.alVersions(self._alFolder())
         table.setRowCount(len(versions))
         for row, v in enumerate(versions):
             dice = v["current_val_dice"] if v["current_val_dice"] is not None else v["val_dice"]
             cells = [("* " if v["current"] else "") + str(v["id"]), "-" if dice is None else f"{dice:.4f}", v["note"]]
             for col, text in enumerate(cells):
                 table.setItem(row, col, qt.QTableWidgetItem(text))
-        chart = self.logic.alUpdatePlot(self._alFolder(), versions)
-        if versions:
-            slicer.modules.plots.logic().ShowChartInLayout(chart)
-
-    def onAlUseVersion(self) -> None:
-        row = self.ui.alVersionsTable.currentRow()
-        if row < 0:
-            return
-        with slicer.util.tryWithErrorDisplay("Cannot switch versions.", waitCursor=True):
-            version = int(self.ui.alVersionsTable.item(row, 0).text().lstrip("* "))
-            self.logic.alUseVersion(self._alFolder(), version)
-            self.ui.alStatusLabel.text = f"Version {version} is now current."
-            self.refreshAlVersions()
-
+        return versions
 
 
 

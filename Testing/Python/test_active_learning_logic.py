@@ -55,7 +55,8 @@ def logic_and_cohort(tmp_path):
     scene = slicer.vtkMRMLScene()
     logic = slicer_logic.CAMLSegmentationLogic(scene)
     logic.engineCommand = ENGINE
-    status = logic.alOpenCohort(str(root), str(weights))
+    Cohort.init(root, model=weights).close()
+    status = logic.alOpenCohort(str(root))
     assert status["current_version"] == 1 and status["cases"] == 4
     return logic, scene, root
 
@@ -117,7 +118,11 @@ def test_version_plot_holds_one_point_per_version(logic_and_cohort, tmp_path):
             cohort.accept(c, read_image(root / "truth" / f"{c}.nrrd"), role="val")
         for seed in (3, 4):
             cohort.add_version(save_model(tmp_path / f"v{seed}.pt", seed=seed), 1, None, None, 0, [], promote=False)
-    versions = logic.alVersions(str(root), rescore=True, device="cpu")
+    from CAMLSegmentationLib.activelearning.retrain import version_table
+
+    with Cohort.open(root) as cohort:  # scoring loads models: a child's work in Slicer, done here in the test
+        version_table(cohort, True, "cpu")
+    versions = logic.alVersions(str(root))  # the cached scores, read without torch
     chart2 = logic.alUpdatePlot(str(root), versions)
     assert chart2 is chart  # refreshed in place, no new nodes
     assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
@@ -126,7 +131,8 @@ def test_version_plot_holds_one_point_per_version(logic_and_cohort, tmp_path):
     assert xs.tolist() == [1.0, 2.0, 3.0]
     assert ys.tolist() == pytest.approx([v["current_val_dice"] for v in versions])
     assert all(0.0 <= y <= 1.0 for y in ys)
-    assert logic.alUseVersion(str(root), 3)["current"]
+    used = logic.alResult(logic.alStartUse(str(root), 3))  # `caml al use` in a child
+    assert used["id"] == 3 and used["current"]
     assert [v["current"] for v in logic.alVersions(str(root))] == [False, False, True]
 
 
@@ -140,3 +146,17 @@ def test_every_widget_the_panel_code_names_is_in_the_ui_file():
     assert {"qualitySelector", "ttaCheckBox"} <= everywhere <= names, everywhere - names
     assert "activeLearningCollapsibleButton" in names
     assert ui.index("activeLearningCollapsibleButton") > ui.index("correctButton")  # below segmentation
+
+
+def test_correction_effort_line_from_the_status_json():
+    """``caml al status --json`` carries ``correction`` (one record per accepted case) once the engine records
+    it; the panel's line shows the latest first and is empty without it."""
+    summary = slicer_logic.CAMLSegmentationLogic.alCorrectionSummary
+    assert summary({"counts": {}}) == "" and summary({"correction": []}) == ""
+    records = [{"case": f"c{n}", "accept_order": n, "proposal_version": 1, "dice": 0.80 + n / 100,
+                "voxels_changed": 1000 - 100 * n, "seconds": 60.0 - n} for n in (1, 4, 2, 3)]
+    records.append({"case": "c5", "accept_order": 5, "proposal_version": None, "dice": None,
+                    "voxels_changed": 2400, "seconds": None})  # painted from scratch: no proposal
+    assert summary({"correction": records}) == (
+        "Correction effort (latest first): c5: Dice -, 2400 voxels changed; "
+        "c4: Dice 0.840, 600 voxels changed, 56 s; c3: Dice 0.830, 700 voxels changed, 57 s")

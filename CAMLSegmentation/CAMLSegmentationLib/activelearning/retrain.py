@@ -208,6 +208,14 @@ def _resumable_job(cohort: Cohort) -> Dict[str, Any]:
     return job
 
 
+def resumable_job(cohort: Cohort) -> Optional[Dict[str, Any]]:
+    """The retrain job ``retrain(..., resume=True)`` would continue, or None (what the panel's Resume offers)."""
+    try:
+        return _resumable_job(cohort)
+    except CohortError:
+        return None
+
+
 def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] = None, device: str = "auto",
             promote: str = "auto", resume: bool = False, seed: Optional[int] = None,
             progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None) -> Dict[str, Any]:

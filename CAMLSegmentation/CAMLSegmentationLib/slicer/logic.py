@@ -22,6 +22,7 @@ import slicer
 from .al_logic import ActiveLearningLogicMixin
 from .framework import IN_SLICER_APP, MODULE_NAME, TORCH_REQUIREMENT, ScriptedLoadableModuleLogic, _, moduleResourcePath
 from .parameters import QUALITY_PRESETS, CAMLSegmentationParameters
+from .review import UncertainRegionReviewMixin
 from .runs import SegmentationRun
 
 #: What the Sample Data module shows: the project's phantom, generated here (never downloaded).
@@ -101,7 +102,7 @@ def registerSampleData() -> None:
         customDownloader=loadSamplePhantomFromSource)
 
 
-class CAMLSegmentationLogic(ActiveLearningLogicMixin, ScriptedLoadableModuleLogic):
+class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin, ScriptedLoadableModuleLogic):
     """All behaviour of the module; works on any MRML scene, with or without the Slicer GUI."""
 
     #: Python packages ``caml segment`` needs besides torch (import name -> pip requirement). h5py is

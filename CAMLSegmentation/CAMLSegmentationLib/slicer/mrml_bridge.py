@@ -240,3 +240,25 @@ def paste_mask(mask: np.ndarray, full_shape: Sequence[int], start: Sequence[int]
     sl = tuple(slice(int(a), int(a) + n) for a, n in zip(start, mask.shape))
     full[sl] = mask
     return full
+
+
+def voxel_to_world(node: Any, ijk: Sequence[float]) -> Tuple[float, float, float]:
+    """The RAS position (world, through the node's parent transforms) of voxel ``ijk`` of a volume node."""
+    import vtk
+
+    ras = node_ijk_to_ras(node) @ np.array([float(v) for v in ijk] + [1.0])
+    point = [float(v) for v in ras[:3]]
+    transform_node = node.GetParentTransformNode()
+    if transform_node is not None:
+        to_world = vtk.vtkGeneralTransform()
+        transform_node.GetTransformToWorld(to_world)
+        point = list(to_world.TransformPoint(point))
+    return point[0], point[1], point[2]
+
+
+def jump_slices_to(scene: Any, ras: Sequence[float]) -> None:
+    """Centre every slice view of ``scene`` on the RAS point (Slicer's Shift+move and markups jump do the same)."""
+    import slicer
+
+    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, float(ras[0]), float(ras[1]), float(ras[2]),
+                                          slicer.vtkMRMLSliceNode.CenteredJumpSlice)

@@ -100,15 +100,21 @@ def describeEvent(event: Dict[str, Any]) -> Tuple[Optional[float], str]:
 
 
 class ActiveLearningRun:
-    """One ``caml al next`` or ``caml al retrain`` child process followed by the panel."""
+    """One ``caml al`` child process followed by the panel: ``init``, ``next``, ``retrain`` or ``use``."""
 
     def __init__(self, job: Any, kind: str, cohort: str) -> None:
         self.job = job
         self.kind = kind
+        #: The cohort folder the command works on (a Next case is accepted into this one).
         self.cohort = cohort
+        #: Why the Logic gave the run up (the scene was closed under a Next), or "": its result is ignored.
+        self.abandoned = ""
+        #: The scene was closed while the run was followed: it must not add nodes to the new one.
+        self.sceneClosed = False
         self.fraction = 0.0
-        self.status = f"Starting {kind}..."
+        self.status = _("Starting {kind}...").format(kind=kind)
         self.log: List[str] = []
+        self._stdout: List[str] = []
 
     @property
     def running(self) -> bool:
@@ -121,9 +127,29 @@ class ActiveLearningRun:
             if fraction is not None and event.get("stage") in (None, "train", "score", "retrain", "validate"):
                 self.fraction = fraction
             if event.get("event") == "done":
-                status = "Done."
+                status = _("Done.")
             if status:
                 self.status = status
             if event.get("event") == "log":
-                self.log.append(str(event.get("message", "")))
+                if event.get("stream") == "stdout":
+                    self._stdout.append(str(event.get("message", "")))
+                else:
+                    self.log.append(str(event.get("message", "")))
         return events
+
+    def result(self) -> Dict[str, Any]:
+        """The finished command's result: the ``done`` event's outputs (``--progress json``), else the one
+        JSON object a ``--json`` command printed (several lines, which the job reads as log lines)."""
+        if self.job.result:
+            return dict(self.job.result)
+        import json
+
+        text = "\n".join(self._stdout).strip()
+        start = text.find("{")
+        try:
+            value = json.loads(text[start:]) if start >= 0 else None
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise RuntimeError(f"caml al {self.kind} printed no result")
+        return value

@@ -124,6 +124,10 @@ class qSlicerLayoutManager(QtCore.QObject):
             sliceNode.SetOrientation(orientation)
             sliceNode.SetDimensions(256, 256, 1)
             self._logics.AddItem(logic)
+        # The layout node the application's layout manager keeps (a singleton: it survives Close Scene).
+        self.layoutNode = slicer.vtkMRMLLayoutNode()
+        self.layoutNode.SetSingletonTag("vtkMRMLLayoutNode")
+        self.layoutNode = scene.AddNode(self.layoutNode)
 
     @pyqtSlot(result=object)
     def mrmlSliceLogics(self) -> Any:
@@ -328,6 +332,7 @@ class Harness:
         self.scene = scene
         self.qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["SlicerHarness"])
         self.layoutManager = qSlicerLayoutManager(scene)
+        self._plotsLogic: Any = None
         self.moduleManager = qSlicerModuleManager()
         self.ioManager = qSlicerCoreIOManager(scene)
         self.app = qSlicerApplication(self)
@@ -337,6 +342,19 @@ class Harness:
         self.current: Optional[str] = None
         self._saved: Dict[str, Any] = {}
         self._savedAttrs: Dict[str, Any] = {}
+
+    def plotsLogic(self) -> Any:
+        """``slicer.modules.plots.logic()``: the real ``vtkSlicerPlotsLogic`` (slicer-core) on the scene, with the
+        application logic whose selection node it sets; ``ShowChartInLayout`` switches the layout node."""
+        if self._plotsLogic is None:
+            import slicer
+
+            self._appLogic = slicer.vtkMRMLApplicationLogic()
+            self._appLogic.SetMRMLScene(self.scene)
+            self._plotsLogic = slicer.vtkSlicerPlotsLogic()
+            self._plotsLogic.SetMRMLScene(self.scene)
+            self._plotsLogic.SetMRMLApplicationLogic(self._appLogic)
+        return self._plotsLogic
 
     # -- modules --------------------------------------------------------------------------------
     def addModule(self, entry: ModuleEntry) -> None:
@@ -443,6 +461,12 @@ class Harness:
     def uninstall(self) -> None:
         import slicer
 
+        # slicer.util.mainWindow() finds the main window among the top-level widgets by its object name:
+        # a later harness in the same process must not find this one.
+        self.mainWindow.setObjectName("")
+        self.mainWindow.close()
+        self.mainWindow.deleteLater()
+
         for name, module in self._saved.items():
             if module is None:
                 sys.modules.pop(name, None)
@@ -480,6 +504,13 @@ def install(scene: Any = None) -> Harness:
                 widgets.qMRMLSegmentEditorWidget):
         harness._setAttr(slicer, cls.__name__, PythonQtClass(cls))
     harness.addModule(ModuleEntry(harness, "SegmentEditor", lambda panel: SegmentEditorModuleWidget(scene)))
+    harness.addModule(ModuleEntry(harness, "Plots", lambda panel: None, logic=harness.plotsLogic))
+    # QSettings (a path edit's history, "don't show again"): the application's names, in a folder of this run.
+    QtCore.QCoreApplication.setOrganizationName(harness.app.organizationName)
+    QtCore.QCoreApplication.setApplicationName(harness.app.applicationName)
+    settingsDir = os.path.join(harness.app._temp, "settings")
+    for settingsFormat in (QtCore.QSettings.NativeFormat, QtCore.QSettings.IniFormat):
+        QtCore.QSettings.setPath(settingsFormat, QtCore.QSettings.UserScope, settingsDir)
     harness._setModule("SampleData", sampledata)
     if scene.GetCacheManager() is None:  # the application gives the scene its cache (Sample Data downloads there)
         cacheManager = slicer.vtkCacheManager()

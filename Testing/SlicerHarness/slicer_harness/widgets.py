@@ -196,18 +196,57 @@ class ctkPathLineEdit(QtWidgets.QWidget):
 
     def setSettingKey(self, v: str) -> None:
         self._values["settingKey"] = v
+        self.retrieveHistory()  # as ctkPathLineEdit::setSettingKey does
 
     @pyqtSlot()
     def browse(self) -> None:
         raise HarnessError("ctkPathLineEdit.browse() opens a file dialog: set currentPath in the test instead")
 
+    #: ``ctkPathLineEditPrivate::sMaxHistory``: the paths the history keeps.
+    MAX_HISTORY = 5
+
+    def _historyKey(self) -> str:
+        """``ctkPathLineEditPrivate::settingKey()``: the QSettings key of the history."""
+        return "ctkPathLineEdit/" + (self._values["settingKey"] or self.objectName())
+
+    @staticmethod
+    def _history(settings: QtCore.QSettings, key: str) -> List[str]:
+        value = settings.value(key) or []
+        return [value] if isinstance(value, str) else [str(v) for v in value]
+
     @pyqtSlot()
     def retrieveHistory(self) -> None:
-        pass
+        """As ``ctkPathLineEdit::retrieveHistory``: the combo box lists the paths kept in QSettings; with no
+        path set yet, the most recent one becomes the current path."""
+        path = self._currentPath()
+        wasBlocking = self.blockSignals(True)
+        self._combo.clear()
+        for item in self._history(QtCore.QSettings(), self._historyKey())[:self.MAX_HISTORY]:
+            self._combo.addItem(item)
+        if not path:
+            self.blockSignals(wasBlocking)
+            self._combo.setCurrentIndex(0)
+        else:
+            self.setCurrentPath(path)
+            self.blockSignals(wasBlocking)
 
     @pyqtSlot()
     def addCurrentPathToHistory(self) -> None:
-        pass
+        """As ``ctkPathLineEdit::addCurrentPathToHistory``: the current path goes first in the QSettings
+        history (once), and into the combo box's list."""
+        path = self._currentPath()
+        if not path:
+            return
+        settings = QtCore.QSettings()
+        history = [p for p in self._history(settings, self._historyKey()) if p != path]
+        settings.setValue(self._historyKey(), [path] + history)
+        index = self._combo.findText(path)
+        if index >= 0:
+            self._combo.removeItem(index)
+        while self._combo.count() >= self.MAX_HISTORY:
+            self._combo.removeItem(self._combo.count() - 1)
+        self._combo.insertItem(0, path)
+        self._combo.setCurrentIndex(0)
 
 
 class ctkMessageBox(QtWidgets.QMessageBox):
