@@ -313,9 +313,9 @@ def test_quality_flips_and_largest_component_reach_the_command(harness, panel):
     params = panel.logic.getParameterNode()
     assert (params.quality, params.tta, params.largestComponent) == ("fast", True, False)
     click(ui.segmentButton)
-    argv = panel._run.job.argv
-    assert argv[argv.index("--protocol") + 1] == "fast"
-    assert "--tta" in argv and "--no-lcc" in argv and "--lcc" not in argv
+    args = panel._run.job.args  # the warm worker's request: caml segment's arguments
+    assert args[args.index("--protocol") + 1] == "fast"
+    assert "--tta" in args and "--no-lcc" in args and "--lcc" not in args
     click(ui.segmentButton)  # Cancel
     harness.waitUntil(lambda: panel._run is None, 60, "the cancel to land")
 
