@@ -32,8 +32,11 @@ stdout, the events::
     {"event": "error", "request": ID, "message": "one line"}
     {"event": "cancelled", "request": ID, "message": "..."}
 
-``info["warm"]`` says the model came from the cache. A malformed request line
-is answered with an ``error`` event (with its ``request`` when it has one).
+``info["warm"]`` says the model came from the cache. A malformed request line,
+or a segment request whose id is missing or in use, is answered with an
+``error`` event without ``request`` (``"request": null``), so that it cannot be
+taken for the end of another request; a segment request whose arguments
+are wrong ends with its own ``error`` event.
 Anything else the process prints (a library's warning, the traceback of an
 internal error) goes to stderr: stdout carries the protocol only.
 
@@ -202,16 +205,15 @@ class Worker:
         except ValueError:
             request = None
         if not isinstance(request, dict) or request.get("command") not in COMMANDS:
-            ident = request.get("request") if isinstance(request, dict) else None
-            self.out.send({"event": "error", "request": ident,
+            self.out.send({"event": "error", "request": None,
                            "message": f"not a worker request (one JSON object with \"command\" one of "
                                       f"{', '.join(COMMANDS)}): {line.strip()[:200]}"})
             return "error"
         command, ident = request["command"], str(request.get("request", ""))
         if command == "segment":
             with self._lock:
-                if not ident or ident in self._tokens:
-                    self.out.send({"event": "error", "request": ident or None,
+                if not ident or ident in self._tokens:  # answered without an id: that id's request goes on
+                    self.out.send({"event": "error", "request": None,
                                    "message": f"a segment request needs a \"request\" id not in use, got {ident!r}"})
                     return "error"
                 self._tokens[ident] = self._token_type()

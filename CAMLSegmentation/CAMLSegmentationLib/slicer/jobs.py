@@ -312,9 +312,13 @@ class EngineWorker:
             self._count += 1
             request = WorkerRequest(self, str(self._count), outputs)
             request.args = [str(a) for a in args]
-            self._open[request.ident] = request
-        if not self._send({"command": "segment", "request": request.ident, "args": request.args}):
+            ended = self._ended.is_set()
+            if not ended:
+                self._open[request.ident] = request
+        if ended:
             request._end(f"the engine worker is not running ({self._exit_reason()})")
+        else:  # should the worker be dying, its end (read from its stdout) ends this request too
+            self._send({"command": "segment", "request": request.ident, "args": request.args})
         return request
 
     def stop(self, timeout: float = WORKER_STOP_SECONDS) -> None:
@@ -377,6 +381,8 @@ class EngineWorker:
             if event is None or event.get("event") == "ready":
                 continue
             ident = event.get("request")
+            if ident is None and event.get("event") in FINAL_EVENTS:  # about a bad request line: no request's end
+                event = {"event": "log", "stream": "stdout", "message": str(event.get("message", ""))}
             with self._lock:
                 request = self._open.get(str(ident)) if ident is not None else next(iter(self._open.values()), None)
                 if request is not None and event.get("event") in FINAL_EVENTS and ident is not None:
@@ -384,9 +390,9 @@ class EngineWorker:
             if request is not None:
                 request._deliver(event)
         self.returncode = self._process.wait()
-        self._ended.set()
-        self._stderr_thread.join()
+        self._stderr_thread.join()  # its last lines say why it ended
         with self._lock:
+            self._ended.set()
             requests, self._open = list(self._open.values()), {}
         for request in requests:
             request._end(f"the engine worker stopped ({self._exit_reason()})")
