@@ -14,8 +14,10 @@ a second click of at most 1.5 s on two CPU cores.
 
 For each click it prints the whole seconds, the engine's request seconds
 (read, preprocess, network, write) and network seconds as the worker reports
-them, and whether the model was already loaded; the rest of a click is the
-Slicer side (crop, NRRD write, mask read, segment node). Unless
+them, whether the model was already loaded, and the CPU seconds the worker
+and this process spent on it (Linux; on shared cores they tell the click's
+own cost apart from the other jobs'); the rest of a click is the Slicer side
+(crop, NRRD write, mask read, segment node). Unless
 ``--no-child``, the same request as a fresh ``caml segment`` child process
 (what every click cost before the warm engine) is timed for comparison.
 The catalog's default model (``--model`` for another) on the device the
@@ -35,6 +37,15 @@ from pathlib import Path
 from la_bench import LA_ROOT, la_case_path
 
 TARGET_SECOND_CLICK = 1.5
+
+
+def cpu_seconds(pid) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; NaN elsewhere or when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except (OSError, TypeError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load_case(case: str, folder: Path, scene):
@@ -100,15 +111,20 @@ def main() -> int:
         seconds = []
         try:
             for click in range(1, args.clicks + 1):
-                start = time.perf_counter()
+                worker = logic._engineWorker
+                worker_cpu = cpu_seconds(worker.pid) if worker is not None and worker.alive else 0.0
+                own_cpu, start = time.process_time(), time.perf_counter()
                 run = logic.startSegmentation(params)
                 logic.finishSegmentation(run, params)
                 seconds.append(time.perf_counter() - start)
+                # CPU seconds tell what the click costs apart from the other jobs sharing the cores.
+                cpu = cpu_seconds(run.job.pid) - worker_cpu + time.process_time() - own_cpu
                 info = run.info
                 print(f"click {click}: {seconds[-1]:6.2f} s  (engine request {info.get('request_seconds', 0):.2f} s, "
                       f"network {info.get('network_seconds', 0):.2f} s, model "
                       f"{'already loaded' if info.get('warm') else 'loaded'}; {info.get('windows')} windows on "
-                      f"{info.get('device')}, worker pid {run.job.pid})")
+                      f"{info.get('device')}; {cpu:.2f} CPU s in the worker and this process; worker pid "
+                      f"{run.job.pid})")
             if args.child:
                 out = Path(tmp) / "child.nrrd"
                 argv = logic.segmentCommand(nrrd, out, params, params.device)
