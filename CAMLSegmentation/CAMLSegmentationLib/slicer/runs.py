@@ -25,7 +25,8 @@ def runEndedAtTick(run: Any, timer: Any, progressBar: Any, statusLabel: Any) -> 
 
 
 class SegmentationRun:
-    """State of one ``caml segment`` job started by ``CAMLSegmentationLogic.startSegmentation``."""
+    """State of one segmentation started by ``CAMLSegmentationLogic.startSegmentation``: ``job`` is the
+    warm worker's request (``jobs.WorkerRequest``), followed as a ``caml segment`` ``Job`` would be."""
 
     def __init__(self, job: Any, workDir: Path, inputNode: Any, outputNode: Any,
                  engineInput: Any, cropStart: Tuple[int, int, int], fullShape: Tuple[int, int, int],
