@@ -103,13 +103,14 @@ def test_the_worker_gives_caml_segments_mask_and_the_second_click_is_warm(logic,
     worker = logic.engineWorker()
     assert first.job.pid == worker.pid and worker.alive
     assert first.info["warm"] is False and any("loaded model" in line for line in first.log)
+    assert f"Loading model {params.model}" in first.log  # the status line while the model loads
     assert first.device == "cpu (onnxruntime)"
 
     second = logic.startSegmentation(params)
     assert logic.finishSegmentation(second, params) is seg
     assert second.job.pid == worker.pid  # the same process ...
     assert second.info["warm"] is True  # ... with the model it already had
-    assert not any("loaded model" in line for line in second.log)
+    assert not any("loaded model" in line or "Loading model" in line for line in second.log)
 
     # The same voxels through a plain `caml segment` child give the same mask.
     inp, out = tmp_path / "in.nrrd", tmp_path / "out.nrrd"
@@ -289,7 +290,8 @@ def test_the_protocol_as_documented(tmp_path, caml_home):
         b = w.until_final("b")
         assert b["event"] == "done" and b["info"]["warm"] is False and (tmp_path / "b.nrrd").is_file()
         assert Path(b["outputs"]["mask"]) == tmp_path / "b.nrrd"
-        assert [e for e in w.events if e.get("request") == "b" and e["event"] == "progress"]
+        stages = [e["stage"] for e in w.events if e.get("request") == "b" and e["event"] == "progress"]
+        assert stages[0] == "loading_model" and "inference" in stages
         assert [e for e in w.events if e["event"] == "error" and "not in use" in e["message"]]
         assert w.until_final("c")["event"] == "cancelled" and not (tmp_path / "c.nrrd").exists()
 
@@ -299,6 +301,7 @@ def test_the_protocol_as_documented(tmp_path, caml_home):
         w.send(command="segment", request="e", args=args("e"))
         e = w.until_final("e")
         assert e["event"] == "done" and e["info"]["warm"] is True  # after an error, still warm
+        assert "loading_model" not in [x.get("stage") for x in w.events if x.get("request") == "e"]
         np.testing.assert_array_equal(read_image(tmp_path / "b.nrrd").array, read_image(tmp_path / "e.nrrd").array)
 
         # After a shutdown nothing more is read (both lines in one write: the worker may be gone after it).

@@ -26,6 +26,8 @@ stdout, the events::
 
     {"event": "ready", "pid": N, "version": "..."}        once, before the first request is read
     {"event": "progress", "request": ID, "stage": ..., "done": ..., "total": ...}   as caml segment's
+    {"event": "progress", "request": ID, "stage": "loading_model", "done": 0, "total": 0, "message": MODEL}
+                                                          before a model is loaded (not when it is cached)
     {"event": "log", "request": ID, "message": "..."}     e.g. which model was loaded, and how long it took
     then exactly one final event per request, as ``caml segment --progress json`` ends:
     {"event": "done", "request": ID, "outputs": {...}, "info": {..., "warm": true, "request_seconds": s}}
@@ -141,12 +143,17 @@ class ModelCache:
         self.warm = False
         self.load_seconds = 0.0
 
-    def load(self, args: argparse.Namespace, with_a: bool = False) -> Any:
+    def load(self, args: argparse.Namespace, with_a: bool = False,
+             before_loading: Optional[Callable[[], None]] = None) -> Any:
+        """The model ``args`` name, from the cache when its key is the cached one; ``before_loading`` is
+        called first when it is not (the panel then says it is loading the model)."""
         key = model_key(args, with_a)
         if self.model is not None and key == self.key:
             self.warm = True
             return self.model
         self.warm = False
+        if before_loading is not None:
+            before_loading()
         self.key, self.model = None, None  # the old model's memory goes before the new one comes
         gc.collect()
         start = time.perf_counter()
@@ -247,7 +254,7 @@ class Worker:
 
     def segment(self, ident: str, args: Any, token: Any) -> None:
         """One request, ending with exactly one final event."""
-        from ..progress import Cancelled
+        from ..progress import Cancelled, ProgressEvent
         from .segment import segment_files
 
         start = time.perf_counter()
@@ -260,8 +267,12 @@ class Worker:
             parsed = segment_arguments(args)
             loads = self.cache.load
 
+            def announce() -> None:  # a progress event without a total: a status line, no fraction
+                which = parsed.model or parsed.weights or "the catalog's default"
+                progress(ProgressEvent("loading_model", 0, 0, str(which)))
+
             def load_model(parsed_args: argparse.Namespace, with_a: bool = False) -> Any:
-                model = loads(parsed_args, with_a=with_a)
+                model = loads(parsed_args, with_a=with_a, before_loading=announce)
                 if not self.cache.warm:
                     self.out.send({"event": "log", "request": ident,
                                    "message": f"loaded model {getattr(model, 'name', '')} in "

@@ -303,7 +303,7 @@ class EngineWorker:
 
     @property
     def alive(self) -> bool:
-        """Started, and its process has not ended (nor been asked to)."""
+        """Started, and its process has not ended."""
         return self._process is not None and not self._ended.is_set() and self._process.poll() is None
 
     def submit(self, args: Sequence[str], outputs: Iterable[PathLike] = ()) -> WorkerRequest:
