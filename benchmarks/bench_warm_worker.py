@@ -92,9 +92,10 @@ def main() -> int:
     if case and not la_case_path(case).is_file():
         raise SystemExit(f"no LA case {case!r} in {LA_ROOT}")
 
-    load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPU cores, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
-          f"(1 / 5 / 15 min) before the run")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None  # Unix only
+    print(f"machine: {os.cpu_count()} CPU cores, " + (
+        f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) before the run" if load
+        else "load average unknown"))
     with tempfile.TemporaryDirectory(prefix="bench-warm-worker-") as tmp:
         scene = slicer.vtkMRMLScene()
         node, nrrd, name = load_case(case or "", Path(tmp), scene)
