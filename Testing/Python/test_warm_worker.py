@@ -208,6 +208,29 @@ def test_stop_ends_the_worker_and_an_engine_that_cannot_start_says_why(logic, pa
         logic.finishSegmentation(run, params)
 
 
+
+def test_a_worker_that_ignores_a_cancel_is_killed_after_the_grace_period(logic, params, tmp_path):
+    """A worker stuck inside one unit of work (a hung library call, say) cannot honour a cancel: after the
+    grace period it is killed, the run ends cancelled with nothing left behind, the next click starts anew.
+    The stuck worker is a real child that reads requests and never answers."""
+    stuck = tmp_path / "stuck_worker.py"
+    stuck.write_text("import sys, time\nprint('{\"event\": \"ready\"}', flush=True)\n"
+                     "for line in sys.stdin:\n    time.sleep(3600)\n")
+    logic.engineCommand = [sys.executable, str(stuck)]
+    run = logic.startSegmentation(params)
+    worker = logic.engineWorker()
+    assert run.job.pid == worker.pid and worker.alive
+    run.job.grace_seconds = 1.0
+    started = time.time()
+    logic.cancel(run)
+    assert run.job.state == "cancelled" and time.time() - started < 20
+    assert _wait_dead(worker.pid) and not worker.alive and not run.workDir.exists()
+
+    logic.engineCommand = list(ENGINE)
+    after = logic.startSegmentation(params)
+    logic.finishSegmentation(after, params)
+    assert after.job.pid != worker.pid and after.info["warm"] is False
+
 def test_the_model_cache_reloads_exactly_when_the_model_changes(tmp_path, caml_home):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
