@@ -51,6 +51,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_warm_worker.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -138,12 +138,15 @@ class CAMLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Called when the application closes or the module is reloaded: stop the timer, end and forget the run."""
+        """Called when the application closes or the module is reloaded: stop the timer, end and forget the
+        run, stop the warm engine (a reloaded module starts its own)."""
         if self._timer is not None:
             self._timer.stop()
         if self._run is not None and self._run.running:
             self.logic.cancel(self._run)
         self._run = None
+        if self.logic is not None:
+            self.logic.stopEngineWorker()
         self.cleanupActiveLearning()
         self.removeObservers()
 
@@ -699,7 +702,10 @@ class CAMLSegmentationTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Segmenting (CPU)")
         pumpEvents = (lambda run: slicer.app.processEvents()) if IN_SLICER_APP else None
-        segNode = logic.segment(params, progress=pumpEvents, timeout=600)
+        try:
+            segNode = logic.segment(params, progress=pumpEvents, timeout=600)
+        finally:
+            logic.stopEngineWorker()
 
         from CAMLSegmentationLib.slicer import mrml_bridge
 

@@ -88,7 +88,8 @@ def logic(scene, caml_home, monkeypatch):
     monkeypatch.setenv("CAML_HOME", str(caml_home))
     lg = slicer_logic.CAMLSegmentationLogic(scene)
     lg.engineCommand = list(ENGINE)
-    return lg
+    yield lg
+    lg.stopEngineWorker()
 
 
 @pytest.fixture()

@@ -301,6 +301,55 @@ def test_close_scene_during_a_run(harness, panel):
     assert ui.segmentButton.toolTip == "Select an input volume"
 
 
+
+def _ended(pid: int, timeout: float = 20.0) -> bool:
+    """The process ``pid`` (a child of this Python) has exited; reaped if it was left a zombie."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:  # already reaped by its Popen
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_warm_engine_is_restarted_after_it_died_and_stopped_with_the_panel(harness, panel):
+    """The first Segment starts the warm engine and later clicks reuse it; killed, the next click starts
+    another; a panel's cleanup (a module reload, Slicer closing) ends it."""
+    import signal
+
+    pyModule = harness.entries["CAMLSegmentation"].pyModule
+    other = pyModule.CAMLSegmentationWidget()  # its own Logic, so its own engine
+    try:
+        ui = other.ui
+        choose(ui.inputVolumeSelector, volume(harness))
+        choose_item(ui.qualitySelector, "Fast preview (quicker, rougher)")
+        for click_number in (1, 2):
+            click(ui.segmentButton)
+            harness.waitUntil(lambda: other._run is None, 180, "the segmentation to end")
+            assert ui.statusLabel.text.startswith("Done."), ui.statusLabel.text
+            if click_number == 1:
+                first = other.logic._engineWorker
+                assert first is not None and first.alive
+        assert other.logic._engineWorker is first  # the second click went to the same process
+
+        os.kill(first.pid, signal.SIGKILL)
+        assert _ended(first.pid) and not first.alive
+        click(ui.segmentButton)
+        harness.waitUntil(lambda: other._run is None, 180, "the segmentation to end")
+        assert ui.statusLabel.text.startswith("Done."), ui.statusLabel.text
+        second = other.logic._engineWorker
+        assert second is not first and second.alive and second.pid != first.pid
+    finally:
+        other.cleanup()
+        other.parent.close()
+    assert _ended(second.pid) and other.logic._engineWorker is None
+    assert not harness.takeErrors()
+
 def test_quality_flips_and_largest_component_reach_the_command(harness, panel):
     ui = panel.ui
     choose(ui.inputVolumeSelector, volume(harness))
@@ -313,9 +362,9 @@ def test_quality_flips_and_largest_component_reach_the_command(harness, panel):
     params = panel.logic.getParameterNode()
     assert (params.quality, params.tta, params.largestComponent) == ("fast", True, False)
     click(ui.segmentButton)
-    argv = panel._run.job.argv
-    assert argv[argv.index("--protocol") + 1] == "fast"
-    assert "--tta" in argv and "--no-lcc" in argv and "--lcc" not in argv
+    args = panel._run.job.args  # the warm worker's request: caml segment's arguments
+    assert args[args.index("--protocol") + 1] == "fast"
+    assert "--tta" in args and "--no-lcc" in args and "--lcc" not in args
     click(ui.segmentButton)  # Cancel
     harness.waitUntil(lambda: panel._run is None, 60, "the cancel to land")
 

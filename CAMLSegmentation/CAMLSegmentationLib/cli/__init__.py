@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import CAMLError, UserError  # UserError: importable from here, as before
 
 # Modules that provide sub-commands, imported lazily so ``caml --help`` stays fast.
-_COMMAND_MODULES = [".train", ".segment", ".evaluate", ".models", ".al"]
+_COMMAND_MODULES = [".train", ".segment", ".evaluate", ".models", ".al", ".worker"]
 
 
 def build_parser() -> argparse.ArgumentParser:

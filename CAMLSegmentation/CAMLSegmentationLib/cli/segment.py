@@ -78,48 +78,66 @@ def _snapshot_beside(path: Optional[Path], volume: Any, mask: Any, uncertainty: 
         yield {"snapshot": str(path)}
 
 
-def run(args: argparse.Namespace) -> int:
+def segment_files(args: argparse.Namespace, progress: Any, load_model: Any = None,
+                  cancel: Any = None, commit: bool = True) -> Tuple[Dict[str, str], Dict[str, Any]]:
+    """What ``caml segment`` does between its arguments and its final event: read IN, segment it,
+    write every output (all or none); returns ``(written outputs, info)``.
+
+    ``load_model(args, with_a)`` gives the model (default: ``backend.load_segment_model``, loading
+    it afresh); the warm worker (``cli/worker.py``) passes its cache, so both run this one path.
+    ``cancel``: a ``CancelToken`` checked per batch of windows and before the outputs are written.
+    ``commit``: the outputs are this process's final ones (``progress.commit_job``); the worker,
+    which serves many requests, passes False.
+    """
     from ..io.files import check_utf8_name
     from ..io.volume import check_output_paths, read_volume, write_outputs
+    from ..progress import check_cancel
 
+    source = Path(args.input)
+    check_utf8_name(source, "input")
+    output = Path(args.output) if args.output else default_output(source)
+    outputs: List[Tuple[str, str, Path]] = [("mask", "mask", output)]
+    if args.uncertainty:
+        outputs.append(("uncertainty", "image", Path(args.uncertainty)))
+    if args.probability:
+        outputs.append(("probability", "image", Path(args.probability)))
+    # Every output checked before minutes of work; all are written, or none.
+    check_output_paths(outputs, inputs=[source] + ([args.weights] if args.weights else []))
+    snapshot = Path(args.snapshot) if getattr(args, "snapshot", None) else None
+    if snapshot is not None and snapshot.suffix.lower() != ".png":
+        raise UserError(f"{snapshot}: --snapshot writes a PNG picture; give a name ending in .png")
+    options = options_from_args(args, uncertainty=bool(args.uncertainty))
+    volume = read_volume(source)
+    from ..inference.predictor import segment_volume
+
+    if load_model is None:
+        from .backend import load_segment_model as load_model
+    model = load_model(args, with_a=options.ensemble or options.uncertainty)
+    check_cancel(cancel)
+
+    result = segment_volume(volume, model, options, progress=progress, cancel=cancel)
+    arrays = {"mask": result.mask, "uncertainty": result.uncertainty, "probability": result.probability}
+    check_cancel(cancel)  # the last point where a request's cancel applies: then the outputs appear
+    try:
+        with _snapshot_beside(snapshot, volume, result.mask, result.uncertainty) as picture:
+            written = write_outputs([(name, kind, arrays[name], path) for name, kind, path in outputs],
+                                    volume, commit=commit)
+            written.update(picture)
+    except OSError as exc:
+        raise UserError(str(exc)) from exc
+    voxels = int(result.mask.sum())
+    millilitres = voxels * float(volume.spacing[0] * volume.spacing[1] * volume.spacing[2]) / 1000.0
+    return written, dict(result.info, voxels=voxels, volume_ml=round(millilitres, 3))
+
+
+def run(args: argparse.Namespace) -> int:
     json_mode = args.progress == "json"
     with json_outcome(json_mode) as final:
-        source = Path(args.input)
-        check_utf8_name(source, "input")
-        output = Path(args.output) if args.output else default_output(source)
-        outputs: List[Tuple[str, str, Path]] = [("mask", "mask", output)]
-        if args.uncertainty:
-            outputs.append(("uncertainty", "image", Path(args.uncertainty)))
-        if args.probability:
-            outputs.append(("probability", "image", Path(args.probability)))
-        # Every output checked before minutes of work; all are written, or none.
-        check_output_paths(outputs, inputs=[source] + ([args.weights] if args.weights else []))
-        snapshot = Path(args.snapshot) if getattr(args, "snapshot", None) else None
-        if snapshot is not None and snapshot.suffix.lower() != ".png":
-            raise UserError(f"{snapshot}: --snapshot writes a PNG picture; give a name ending in .png")
-        options = options_from_args(args, uncertainty=bool(args.uncertainty))
-        volume = read_volume(source)
-        from ..inference.predictor import segment_volume
-        from .backend import load_segment_model
-
-        model = load_segment_model(args, with_a=options.ensemble or options.uncertainty)
-
-        result = segment_volume(volume, model, options, progress=progress_callback(args.progress))
-        arrays = {"mask": result.mask, "uncertainty": result.uncertainty, "probability": result.probability}
-        try:
-            with _snapshot_beside(snapshot, volume, result.mask, result.uncertainty) as picture:
-                written = write_outputs([(name, kind, arrays[name], path) for name, kind, path in outputs],
-                                        volume, commit=True)
-                written.update(picture)
-        except OSError as exc:
-            raise UserError(str(exc)) from exc
-        voxels = int(result.mask.sum())
-        millilitres = voxels * float(volume.spacing[0] * volume.spacing[1] * volume.spacing[2]) / 1000.0
-        final.update(outputs=written, info=dict(result.info, voxels=voxels, volume_ml=round(millilitres, 3)))
+        written, info = segment_files(args, progress_callback(args.progress))
+        final.update(outputs=written, info=info)
         if not json_mode:
-            info = result.info
-            print(f"{source}: left atrium {voxels} voxels ({millilitres:.1f} ml), model {info['model']}, "
-                  f"{info['windows']} windows on {info['device']} in {info['seconds']:.1f} s"
+            print(f"{Path(args.input)}: left atrium {info['voxels']} voxels ({info['volume_ml']:.1f} ml), model "
+                  f"{info['model']}, {info['windows']} windows on {info['device']} in {info['seconds']:.1f} s"
                   f"{', test-time flips' if info['tta'] else ''}"
                   f"{', largest component kept' if info['lcc'] else ''}")
             for name, path in written.items():

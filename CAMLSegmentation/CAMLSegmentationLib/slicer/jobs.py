@@ -10,6 +10,10 @@ run writing its resumable ``last.pt``) and kills the whole process tree only
 if it is still running after a grace period; a job that did not finish cleanly removes
 the outputs it was asked to write, including the temporaries of
 ``files.atomic_output``, so no partial file is ever left behind.
+
+``EngineWorker`` is the warm variant the panel's Segment uses: one ``caml
+worker`` child kept for the session, which holds the model between clicks and
+takes one request per click (``WorkerRequest``, followed like a ``Job``).
 """
 
 from __future__ import annotations
@@ -129,15 +133,10 @@ class Job:
     # -- life cycle -------------------------------------------------------------
     def start(self) -> Job:
         """Launch the child in its own process group and start the reader threads."""
-        kwargs: Dict[str, Any] = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP
-                                       | getattr(subprocess, "CREATE_NO_WINDOW", 0))
-        else:
-            kwargs["start_new_session"] = True
         self._process = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs)
+            env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            **own_process_group())
         self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_thread.start()
         threading.Thread(target=self._read_stdout_and_finish, daemon=True).start()
@@ -235,11 +234,270 @@ class Job:
             self._finished.set()
 
     def _remove_partial_outputs(self) -> None:
-        for path in self.outputs:
-            for tmp in leftover_temporaries(path):
-                tmp.unlink(missing_ok=True)
-            if _file_state(path) != self._before[path] and path.is_file():
-                path.unlink()
+        remove_partial_outputs(self.outputs, self._before)
+
+
+def own_process_group() -> Dict[str, Any]:
+    """``Popen`` arguments that put the child in a process group of its own, so that a cancel or a kill
+    reaches the helpers it starts and nothing else (and, on Windows, no console window flashes up)."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    return {"start_new_session": True}
+
+
+def remove_partial_outputs(outputs: Iterable[Path], before: Mapping[Path, Optional[Tuple[int, int]]]) -> None:
+    """Delete each output a job that did not finish created or changed (``before``: their states when it
+    started), and the temporaries ``files.atomic_output`` may have left beside them."""
+    for path in outputs:
+        for tmp in leftover_temporaries(path):
+            tmp.unlink(missing_ok=True)
+        if _file_state(path) != before[path] and path.is_file():
+            path.unlink()
+
+
+#: Seconds ``EngineWorker.stop`` waits for the worker to exit by itself before killing it.
+WORKER_STOP_SECONDS = 5.0
+#: The final events of a worker request (``cli/worker.py``'s protocol), as of a ``caml`` job.
+FINAL_EVENTS = ("done", "error", "cancelled")
+
+
+class EngineWorker:
+    """The warm engine: one ``caml worker`` child that keeps the model loaded between requests.
+
+    The panel keeps one for its session (``CAMLSegmentationLogic.engineWorker``). ``submit`` sends
+    one ``caml segment`` request over the worker's stdin and returns a ``WorkerRequest``, which the
+    panel follows exactly like a ``Job``. Two threads read the worker's stdout and stderr and hand
+    each event to the request it names; when the process ends (killed, crashed, or stopped), every
+    request still open ends with it, failed or cancelled, and ``alive`` turns False so that the
+    next Segment starts a new worker. The protocol is in ``CAMLSegmentationLib/cli/worker.py``.
+    """
+
+    def __init__(self, argv: Sequence[str], env: Optional[Mapping[str, str]] = None,
+                 grace_seconds: float = DEFAULT_GRACE_SECONDS, stderr_lines: int = 200) -> None:
+        self.argv = [str(a) for a in argv]
+        self.env = dict(env) if env is not None else engine_environment()
+        self.grace_seconds = grace_seconds
+        self.returncode: Optional[int] = None
+        self._stderr_lines = stderr_lines
+        self._stderr: List[str] = []
+        self._open: Dict[str, WorkerRequest] = {}  # submitted and not finished, oldest first
+        self._count = 0
+        self._lock = threading.Lock()
+        self._stdin_lock = threading.Lock()
+        self._ended = threading.Event()
+        self._process: Optional[subprocess.Popen] = None
+
+    def start(self) -> EngineWorker:
+        """Launch the worker in its own process group; it loads nothing until the first request."""
+        self._process = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+            text=True, encoding="utf-8", errors="replace", bufsize=1, **own_process_group())
+        self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_thread.start()
+        threading.Thread(target=self._read_stdout_until_exit, daemon=True).start()
+        return self
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process else None
+
+    @property
+    def alive(self) -> bool:
+        """Started, and its process has not ended."""
+        return self._process is not None and not self._ended.is_set() and self._process.poll() is None
+
+    def submit(self, args: Sequence[str], outputs: Iterable[PathLike] = ()) -> WorkerRequest:
+        """Ask for one ``caml segment ARGS``; ``outputs`` are removed unless it ends ``done``."""
+        with self._lock:
+            self._count += 1
+            request = WorkerRequest(self, str(self._count), outputs)
+            request.args = [str(a) for a in args]
+            ended = self._ended.is_set()
+            if not ended:
+                self._open[request.ident] = request
+        if ended:
+            request._end(f"the engine worker is not running ({self._exit_reason()})")
+        else:  # should the worker be dying, its end (read from its stdout) ends this request too
+            self._send({"command": "segment", "request": request.ident, "args": request.args})
+        return request
+
+    def stop(self, timeout: float = WORKER_STOP_SECONDS) -> None:
+        """End the worker: open requests are cancelled, it exits by itself, or is killed after ``timeout``."""
+        process = self._process
+        if process is None:
+            return
+        with self._lock:
+            requests = list(self._open.values())
+        for request in requests:
+            request._cancel_requested = True
+        self._send({"command": "shutdown"})
+        with self._stdin_lock:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_process_tree(process)
+        self._ended.wait(timeout)
+
+    def kill(self) -> None:
+        """Kill the worker and its children at once (a cancel it did not honour within the grace period)."""
+        if self._process is not None:
+            kill_process_tree(self._process)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _send(self, message: Dict[str, Any]) -> bool:
+        process = self._process
+        if process is None or process.stdin is None or self._ended.is_set():
+            return False
+        with self._stdin_lock:
+            try:
+                process.stdin.write(json.dumps(message) + "\n")
+                process.stdin.flush()
+            except (OSError, ValueError):  # a broken pipe, or stdin already closed by stop()
+                return False
+        return True
+
+    def _oldest_open(self) -> Optional[WorkerRequest]:
+        with self._lock:
+            return next(iter(self._open.values()), None)
+
+    def _read_stderr(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        for line in self._process.stderr:
+            line = line.rstrip("\n")
+            self._stderr.append(line)
+            del self._stderr[:-self._stderr_lines]
+            request = self._oldest_open()  # requests run one at a time, oldest first
+            if request is not None:
+                request._deliver({"event": "log", "stream": "stderr", "message": line})
+
+    def _read_stdout_until_exit(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            event = parse_event(line)
+            if event is None or event.get("event") == "ready":
+                continue
+            ident = event.get("request")
+            if ident is None and event.get("event") in FINAL_EVENTS:  # about a bad request line: no request's end
+                event = {"event": "log", "stream": "stdout", "message": str(event.get("message", ""))}
+            with self._lock:
+                request = self._open.get(str(ident)) if ident is not None else next(iter(self._open.values()), None)
+                if request is not None and event.get("event") in FINAL_EVENTS and ident is not None:
+                    del self._open[request.ident]
+            if request is not None:
+                request._deliver(event)
+        self.returncode = self._process.wait()
+        self._stderr_thread.join()  # its last lines say why it ended
+        with self._lock:
+            self._ended.set()
+            requests, self._open = list(self._open.values()), {}
+        for request in requests:
+            request._end(f"the engine worker stopped ({self._exit_reason()})")
+
+    def _exit_reason(self) -> str:
+        tail = [ln for ln in self._stderr if ln.strip()]
+        status = "still running" if self.returncode is None else f"exit status {self.returncode}"
+        return f"{status}: {tail[-1]}" if tail else status
+
+
+class WorkerRequest:
+    """One request to an ``EngineWorker``, followed like a ``Job`` (``poll``, ``wait``, ``cancel``,
+    ``state``, ``result``, ``error``): the panel's runs take either.
+
+    ``cancel`` asks the worker to stop this request at its next unit boundary, which keeps the model
+    loaded; only when the worker has not answered after ``grace_seconds`` is it killed (the next
+    Segment then starts a new one). A request that does not end ``done`` removes its outputs.
+    """
+
+    def __init__(self, worker: EngineWorker, ident: str, outputs: Iterable[PathLike] = ()) -> None:
+        self.worker = worker
+        self.ident = ident
+        #: The ``caml segment`` arguments asked for (set by ``EngineWorker.submit``).
+        self.args: List[str] = []
+        self.outputs = [Path(p) for p in outputs]
+        self.state = RUNNING
+        self.returncode: Optional[int] = None
+        self.result: Dict[str, Any] = {}
+        self.error = ""
+        self.grace_seconds = worker.grace_seconds
+        self._events: queue.Queue[Dict[str, Any]] = queue.Queue()
+        self._cancel_requested = False
+        self._finished = threading.Event()
+        self._lock = threading.Lock()
+        self._before = {p: _file_state(p) for p in self.outputs}
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The worker's process id (shared by all its requests)."""
+        return self.worker.pid
+
+    @property
+    def running(self) -> bool:
+        return not self._finished.is_set()
+
+    def poll(self) -> List[Dict[str, Any]]:
+        """Events received since the last call, oldest first; never blocks."""
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def wait(self, timeout: Optional[float] = None) -> str:
+        """Block until the request has ended (or ``timeout``); return its state."""
+        self._finished.wait(timeout)
+        return self.state
+
+    def cancel(self, grace_seconds: Optional[float] = None) -> None:
+        """Ask the worker to drop this request; kill the worker if it has not after ``grace_seconds``
+        (``0``: at once). Never blocks; the request ends as ``cancelled``."""
+        with self._lock:
+            if self._finished.is_set() or self._cancel_requested:
+                return
+            self._cancel_requested = True
+        grace = self.grace_seconds if grace_seconds is None else grace_seconds
+        if grace <= 0 or not self.worker._send({"command": "cancel", "request": self.ident}):
+            self.worker.kill()
+            return
+
+        def kill_if_still_running() -> None:
+            if not self._finished.wait(grace):
+                self.worker.kill()
+
+        threading.Thread(target=kill_if_still_running, daemon=True).start()
+
+    def _deliver(self, event: Dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "done":
+            self.result = dict(event.get("outputs") or {})
+        elif kind == "error":
+            self.error = str(event.get("message", ""))
+        self._events.put(event)
+        if kind in FINAL_EVENTS and event.get("request") is not None:
+            self._end("" if kind == "done" else str(event.get("message", "")) or kind, answered=kind)
+
+    def _end(self, message: str, answered: str = "") -> None:
+        """The request is over: ``answered`` is its final event, "" when the worker ended without one."""
+        with self._lock:
+            if self._finished.is_set():
+                return
+            if self._cancel_requested or answered == "cancelled":
+                state, message = CANCELLED, "cancelled"
+            elif answered == "done":
+                state, message = DONE, ""
+            else:
+                state, message = FAILED, self.error or message
+            if state != DONE:
+                remove_partial_outputs(self.outputs, self._before)
+            self.error = message
+            self.state = state
+            self._events.put({"event": "finished", "state": state, "message": message,
+                              "returncode": self.returncode})
+            self._finished.set()
 
 
 def parse_event(line: str) -> Optional[Dict[str, Any]]:

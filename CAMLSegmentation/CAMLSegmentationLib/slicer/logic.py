@@ -1,7 +1,8 @@
 """``CAMLSegmentationLogic``: everything the panel does, usable without it (and without Qt).
 
-Parameters, dependency checks, the ``caml segment`` child process, turning its
-output into a segmentation node, the Segment Editor hand-over, the sample
+Parameters, dependency checks, the warm ``caml worker`` child process that
+segments (one per session, the model kept loaded), turning its output into a
+segmentation node, the Segment Editor hand-over, the sample
 phantom, and (mixed in from ``al_logic``) the active-learning loop. Runs on any
 MRML scene: the Slicer application's or the ``slicer-core`` wheels'. Heavy
 imports (the engine's numpy/SimpleITK code) happen inside the methods; torch is
@@ -14,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -122,6 +124,8 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
         #: Runs started here and not finished or cancelled yet: closing the scene cancels them.
         self._activeRuns: List[SegmentationRun] = []
         self._sceneCloseObserver: Optional[int] = None
+        #: The warm ``caml worker`` (``engineWorker``), None until the first Segment.
+        self._engineWorker: Any = None
 
     # -- parameters --------------------------------------------------------------
     def getParameterNode(self) -> CAMLSegmentationParameters:
@@ -308,10 +312,18 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
     # -- the segmentation job ----------------------------------------------------
     def segmentCommand(self, inputPath: Path, outputPath: Path, params: CAMLSegmentationParameters,
                        device: str, uncertaintyPath: Optional[Path] = None) -> List[str]:
-        """argv of the ``caml segment`` run the parameters describe."""
+        """argv of the ``caml segment`` run the parameters describe (what the warm worker is asked for)."""
         from CAMLSegmentationLib.slicer.jobs import caml_command
 
-        args = ["segment", str(inputPath), str(outputPath), "--device", device,
+        args = ["segment", *self.segmentArguments(inputPath, outputPath, params, device, uncertaintyPath)]
+        prefix = self.engineCommand
+        return [*prefix, *args] if prefix else caml_command(*args)
+
+    @staticmethod
+    def segmentArguments(inputPath: Path, outputPath: Path, params: CAMLSegmentationParameters,
+                         device: str, uncertaintyPath: Optional[Path] = None) -> List[str]:
+        """``caml segment``'s arguments (after the word ``segment``) for these parameters."""
+        args = [str(inputPath), str(outputPath), "--device", device,
                 "--protocol", QUALITY_PRESETS[params.quality]["protocol"], "--progress", "json"]
         if params.model:
             args += ["--model", params.model]
@@ -320,8 +332,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
             args.append("--lcc" if params.largestComponent else "--no-lcc")
         if uncertaintyPath is not None:
             args += ["--uncertainty", str(uncertaintyPath)]
-        prefix = self.engineCommand
-        return [*prefix, *args] if prefix else caml_command(*args)
+        return args
 
     @staticmethod
     def makeWorkDirectory() -> Path:
@@ -330,15 +341,40 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
             return Path(slicer.util.tempDirectory("CAMLSegmentation-"))
         return Path(tempfile.mkdtemp(prefix="CAMLSegmentation-"))
 
+    def engineWorker(self) -> Any:
+        """The warm engine (``jobs.EngineWorker``, a ``caml worker`` child) this Logic's Segment clicks go
+        to: started on the first call, and again when it has died or ``engineCommand`` changed.
+
+        It keeps the model loaded between clicks, so a second Segment costs the network and the
+        file I/O, not the imports and the load. ``stopEngineWorker`` ends it (the panel's cleanup);
+        so does this Logic's garbage collection, or the end of Slicer (the worker's stdin closes).
+        """
+        from CAMLSegmentationLib.slicer.jobs import EngineWorker, caml_command
+
+        argv = [*self.engineCommand, "worker"] if self.engineCommand else caml_command("worker")
+        worker = self._engineWorker
+        if worker is not None and worker.alive and worker.argv == argv:
+            return worker
+        if worker is not None:
+            worker.stop()
+        worker = self._engineWorker = EngineWorker(argv).start()
+        weakref.finalize(self, worker.stop)
+        return worker
+
+    def stopEngineWorker(self) -> None:
+        """End the warm engine (a request it is running is cancelled); the next Segment starts another."""
+        worker, self._engineWorker = self._engineWorker, None
+        if worker is not None:
+            worker.stop()
+
     def startSegmentation(self, params: CAMLSegmentationParameters) -> SegmentationRun:
-        """Write the input (cropped to the ROI), start ``caml segment`` in the background, return the run.
+        """Write the input (cropped to the ROI), send it to the warm engine (``engineWorker``), return the run.
 
         The device choice goes to the engine as is (``auto`` included): the child
         process picks CUDA or the CPU and reports which it used, so Slicer's own
         process never imports torch.
         """
         from CAMLSegmentationLib.slicer import mrml_bridge
-        from CAMLSegmentationLib.slicer.jobs import Job
 
         inputNode = params.inputVolume
         if inputNode is None or inputNode.GetImageData() is None:
@@ -352,12 +388,12 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
         workDir = self.makeWorkDirectory()
         try:
             inputPath = workDir / "input.nrrd"
-            writeVolume(volume, inputPath)
+            writeVolume(volume, inputPath, compress=False)
             outputPath = workDir / "segmentation.nrrd"
             uncertaintyPath = workDir / "uncertainty.nrrd" if params.uncertainty else None
-            argv = self.segmentCommand(inputPath, outputPath, params, params.device, uncertaintyPath)
+            args = self.segmentArguments(inputPath, outputPath, params, params.device, uncertaintyPath)
             outputs = [outputPath] + ([uncertaintyPath] if uncertaintyPath else [])
-            job = Job(argv, outputs=outputs, cwd=workDir).start()
+            job = self.engineWorker().submit(args, outputs=outputs)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
@@ -573,8 +609,11 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
         return bool(folder) and db_path(folder).is_file()
 
 
-def writeVolume(volume: Any, path: Path) -> None:
-    """Write an engine ``Volume`` (LPS geometry) for ``caml`` to read, with SimpleITK like the engine."""
+def writeVolume(volume: Any, path: Path, compress: bool = True) -> None:
+    """Write an engine ``Volume`` (LPS geometry) for ``caml`` to read, with SimpleITK like the engine.
+
+    ``compress=False`` for a file read once and deleted (a Segment's input): gzip then costs more
+    than it saves (about 0.1 s of a second click on an LA crop)."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -582,7 +621,7 @@ def writeVolume(volume: Any, path: Path) -> None:
     image.SetSpacing([float(s) for s in volume.spacing])
     image.SetOrigin([float(o) for o in volume.origin])
     image.SetDirection([float(d) for d in np.asarray(volume.direction, dtype=float).ravel()])
-    sitk.WriteImage(image, str(path), True)
+    sitk.WriteImage(image, str(path), bool(compress))
 
 
 def makeTestVolume(scene: Any, shape: Tuple[int, int, int] = (48, 40, 32)) -> Any:

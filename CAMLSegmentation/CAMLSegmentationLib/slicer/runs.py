@@ -25,7 +25,8 @@ def runEndedAtTick(run: Any, timer: Any, progressBar: Any, statusLabel: Any) -> 
 
 
 class SegmentationRun:
-    """State of one ``caml segment`` job started by ``CAMLSegmentationLogic.startSegmentation``."""
+    """State of one segmentation started by ``CAMLSegmentationLogic.startSegmentation``: ``job`` is the
+    warm worker's request (``jobs.WorkerRequest``), followed as a ``caml segment`` ``Job`` would be."""
 
     def __init__(self, job: Any, workDir: Path, inputNode: Any, outputNode: Any,
                  engineInput: Any, cropStart: Tuple[int, int, int], fullShape: Tuple[int, int, int],
@@ -43,6 +44,9 @@ class SegmentationRun:
         self.requestedDevice = requestedDevice
         #: The device the engine reports it ran on ("cpu", "cuda", ...), known once the job is done.
         self.device = ""
+        #: What the engine reports with its result (``caml segment``'s ``info``: seconds, windows, and from
+        #: the warm worker whether the model was already loaded), known once the job is done.
+        self.info: Dict[str, Any] = {}
         #: Why the Logic ended the run on its own (the scene was closed), or "".
         self.abandoned = ""
         self.fraction = 0.0
@@ -72,7 +76,8 @@ class SegmentationRun:
             if event.get("event") == "log":
                 self.log.append(str(event.get("message", "")))
             if event.get("event") == "done":
-                self.device = str((event.get("info") or {}).get("device", "")) or self.device
+                self.info = dict(event.get("info") or {})
+                self.device = str(self.info.get("device", "")) or self.device
         return events
 
 
