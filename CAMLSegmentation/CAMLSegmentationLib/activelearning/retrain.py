@@ -335,13 +335,22 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
     ft = TrainingPreset.from_dict(settings["preset"])
     labeled = _read_list(job_dir / "labeled.list")
     unlabeled_list = job_dir / "unlabeled.list"
-    if not unlabeled_list.is_file():  # a resumed job keeps the stream it started with
+    restart_unlabeled = False
+    if not unlabeled_list.is_file():
         _write_list(unlabeled_list, _usable_unlabeled(cohort, labeled, progress, cancel))
+    else:  # a resumed job keeps the stream it started with, as long as its images are there
+        gone = [c for c in _read_list(unlabeled_list) if not cohort.image_path(c).is_file()]
+        if gone:
+            progress(ProgressEvent("warning", 0, 0, f"{len(gone)} image(s) of the job's unlabeled stream are gone "
+                                                    f"({', '.join(gone[:5])}): the unlabeled stream starts afresh "
+                                                    "from the cohort's images"))
+            _write_list(unlabeled_list, _usable_unlabeled(cohort, labeled, progress, cancel))
+            restart_unlabeled = True
     run_dir = job_dir / "train"
     cfg = TrainConfig(data_root=cohort.root, out_dir=run_dir, preset=ft, labeled_list=job_dir / "labeled.list",
                       unlabeled_list=unlabeled_list if _read_list(unlabeled_list) else None, device=device,
                       seed=check_seed(int(settings["seed"])), resume=(run_dir / "last.pt").is_file(),
-                      init_weights=base_weights)
+                      init_weights=base_weights, restart_unlabeled=restart_unlabeled)
     progress(ProgressEvent("retrain", 0, 3, f"job {job['id']}: fine-tuning from version {base}"))
     train(cfg, progress=progress, cancel=cancel)
     candidate = run_dir / "candidate.pt"
