@@ -136,7 +136,7 @@ def one_line_error(capsys) -> str:
 def cohort_root(tmp_path: Path) -> Path:
     root = make_cohort(tmp_path / "cohort")
     preset = tiny_preset(tmp_path / "tiny.json")
-    assert caml(["al", "init", str(root), "--preset", str(preset), "--val-every", "3"]) == 0
+    assert caml(["al", "init", str(root), "--preset", str(preset), "--val-every", "3", "--model", "none"]) == 0
     return root
 
 
