@@ -539,6 +539,7 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
     assert up["current_dice"] == 0.0 and up["candidate_dice"] > 0.5
     assert up["promoted"] and up["version"] == 2 and up["current_version"] == 2
     assert up["comparison"]["wins"] == 3 and [r["current"] for r in up["comparison"]["cases"]] == [0.0] * 3
+    assert (up["catalog"]["id"], up["catalog"]["version"]) == ("cohort", "2")  # promoted: listed for Segment
 
     assert caml(["al", "use", str(cohort_root), "1"]) == 0  # roll back
     with Cohort.open(cohort_root) as cohort:
@@ -550,6 +551,10 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
     down = json.loads(capsys.readouterr().out)
     assert down["current_dice"] == 1.0 and down["candidate_dice"] < 1.0  # scored on the new labels
     assert not down["promoted"] and down["version"] == 3 and down["current_version"] == 1
+    assert down["catalog"] is None  # kept: the catalog still lists version 1, from the rollback
+    from CAMLSegmentationLib.model.catalog import find_model
+
+    assert find_model("cohort").version == "1"
     assert down["comparison"]["losses"] == 3 and down["reason"].startswith("kept, not promoted: better on 0 of 3")
 
     # The numbers are the one predictor's: rescore version 3 independently.

@@ -251,3 +251,90 @@ def test_retrain_resume_with_an_unlabeled_image_gone_restarts_the_stream(tmp_pat
     assert any("case5" in w and "starts afresh" in w for w in warnings), warnings
     assert "case5" not in (job_dir / "unlabeled.list").read_text().split()
     assert events[-1]["event"] == "done" and events[-1]["outputs"]["version"] == 1
+
+
+# --------------------------------------------------------------------------- the whole loop, on LA images
+
+
+@pytest.mark.slow
+def test_the_whole_loop_on_la_images(la_root: Path, tmp_path: Path, capsys) -> None:
+    """init (the default model) -> next -> accept with the cases' labels -> retrain -> the candidate keeps
+    the base's post-processing -> promoted only as the per-case comparison says -> listed by caml models
+    and segmenting through caml segment --model -> use 1 rolls back and the catalog follows.
+
+    Six LA cases (the bundled models' validation cases: none of them trained the default model), written as
+    NRRD images by the engine's writers; 3 fine-tuning iterations on one thread."""
+    from CAMLSegmentationLib.inference.metrics import dice
+    from CAMLSegmentationLib.inference.predictor import InferenceOptions, load_inference_model, segment_volume
+    from CAMLSegmentationLib.io.volume import write_image, write_mask
+    from CAMLSegmentationLib.training.sources import open_source
+
+    ids = (la_root / "train.list").read_text().split()[-6:]
+    source = open_source(la_root)
+    root, labels = tmp_path / "la-cohort", tmp_path / "labels"
+    (root / "images").mkdir(parents=True)
+    labels.mkdir()
+    for case in ids:
+        volume, label = source.read(case, with_label=True)
+        write_image(volume.array, volume, root / "images" / f"{case}.nrrd")
+        write_mask(label, volume, labels / f"{case}.nrrd")
+    capsys.readouterr()
+    assert caml(["al", "init", str(root), "--val-every", "0"]) == 0
+    default = default_model()
+    assert f"version 1 is the default model {default.id}" in capsys.readouterr().out
+
+    accepted = []
+    for role in ("val", "train", "val", "train", "val"):
+        assert caml(["al", "next", str(root), "--json", "--device", "cpu", "--progress", "none"]) == 0
+        chosen = json.loads(capsys.readouterr().out)
+        assert chosen["case"] not in accepted and Path(chosen["prediction"]).is_file()  # the model's proposal
+        assert caml(["al", "accept", str(root), chosen["case"], str(labels / f"{chosen['case']}.nrrd"),
+                     "--role", role]) == 0
+        accepted.append(chosen["case"])
+    capsys.readouterr()
+    assert caml(["al", "retrain", str(root), "--iterations", "3", "--device", "cpu", "--progress", "none",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["version"] == 2 and result["base_version"] == 1
+
+    with Cohort.open(root) as cohort:
+        base, candidate = read_checkpoint(cohort.weights(1)), read_checkpoint(cohort.weights(2))
+        validation = cohort.validation_ids()
+        # The candidate runs as the base does: the default model's post-processing (largest component) included.
+        assert InferenceSettings.from_checkpoint(candidate) == InferenceSettings.from_checkpoint(base)
+        assert InferenceSettings.from_checkpoint(candidate).largest_component
+        # The per-case evidence is the one predictor's: one case rescored independently, for both versions.
+        case = validation[0]
+        row = next(r for r in result["comparison"]["cases"] if r["case"] == case)
+        for version, key in ((1, "current"), (2, "candidate")):
+            run = segment_volume(cohort.read_image(case), load_inference_model(cohort.weights(version), "cpu"),
+                                 InferenceOptions())
+            assert row[key] == pytest.approx(dice(run.mask > 0, cohort.label(case) > 0), abs=1e-9)
+    comparison = result["comparison"]
+    assert sorted(r["case"] for r in comparison["cases"]) == sorted(validation) and len(validation) == 3
+    gains = [r["candidate"] - r["current"] for r in comparison["cases"]]
+    wins, losses = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
+    assert result["promoted"] == (wins > losses and np.mean(gains) >= PROMOTION_MARGIN)
+    assert result["current_version"] == (2 if result["promoted"] else 1)
+    if result["promoted"]:
+        assert result["catalog"]["id"] == "la-cohort" and result["catalog"]["version"] == "2"
+    else:  # kept: nothing is published; the user can still choose it, and the catalog follows
+        assert result["catalog"] is None and user_entries() == []
+        assert caml(["al", "use", str(root), "2"]) == 0
+
+    entry = listed(capsys)["la-cohort"]
+    assert entry["version"] == "2" and entry["origin"]["cohort"] == str(root.resolve())
+    assert sorted(entry["metrics"]["per_case_dice"]) == sorted(validation)
+    image = root / "images" / f"{accepted[-1]}.nrrd"
+
+    def segmented(*how: str) -> np.ndarray:
+        out = tmp_path / f"seg-{len(list(tmp_path.glob('seg-*')))}.nrrd"
+        assert caml(["segment", str(image), str(out), *how, "--backend", "torch", "--progress", "none"]) == 0
+        return read_image(out).array
+
+    by_id = segmented("--model", "la-cohort")
+    assert np.array_equal(by_id, segmented("--weights", str(root / "caml-al" / "versions" / "job-0001.pt")))
+    # Roll back: the catalog entry is version 1 again, and segments as the default model it started from.
+    assert caml(["al", "use", str(root), "1"]) == 0
+    assert listed(capsys)["la-cohort"]["version"] == "1"
+    assert np.array_equal(segmented("--model", "la-cohort"), segmented("--model", default.id))

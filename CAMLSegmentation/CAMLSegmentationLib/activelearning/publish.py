@@ -159,3 +159,14 @@ def catalog_state(cohort: Any) -> Optional[Dict[str, Any]]:
         note = (f"the model catalog lists version {entry.version} as {entry.id}, not the current version {current}: "
                 f"caml al use {current} lists it")
     return {"id": entry.id, "version": entry.version, "note": note}
+
+
+def use_version(root: Path, version: int, progress: ProgressCallback = no_progress) -> Dict[str, Any]:
+    """Make ``version`` the cohort's current one (committed as the command's outcome), then list it in the
+    user catalog: the version's record with ``catalog`` (``publish_current``'s result) added."""
+    from .cohort import Cohort
+
+    with Cohort.open(root) as cohort:
+        record = cohort.use(version, final=True)
+        record["catalog"] = publish_current(cohort, progress)
+    return record

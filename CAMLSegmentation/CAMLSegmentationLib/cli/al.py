@@ -392,14 +392,11 @@ def run_versions(args: argparse.Namespace) -> int:
 
 
 def run_use(args: argparse.Namespace) -> int:
-    from ..activelearning.cohort import Cohort
 
     def work() -> int:
-        from ..activelearning.publish import publish_current
+        from ..activelearning.publish import use_version
 
-        with Cohort.open(args.cohort) as cohort:
-            version = cohort.use(args.version, final=True)
-            version["catalog"] = publish_current(cohort)
+        version = use_version(args.cohort, args.version)
         return _emit(args, version, f"version {version['id']} is now current" + _catalog_line(version["catalog"]))
 
     return _json_errors(args, work)
