@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -230,6 +231,31 @@ def test_candidate_keeps_the_base_inference_record_and_is_scored_under_it(tmp_pa
 
 
 # --------------------------------------------------------------------------- item 6: resume
+
+
+def test_train_resume_with_other_cases_is_refused_naming_them(tmp_path: Path, capsys) -> None:
+    root = make_cohort(tmp_path / "data", n=5)
+    (root / "labels").mkdir()
+    for c in ("case0", "case1"):
+        shutil.copyfile(truth(root, c), root / "labels" / f"{c}.nrrd")
+    preset = tiny_preset(tmp_path / "p.json", iterations=2)
+    args = ["train", "--data", str(root), "--labeled", "2", "--out", str(tmp_path / "run"), "--preset", str(preset),
+            "--progress", "none", "--device", "cpu"]
+    assert caml(args) == 0
+    saved = (tmp_path / "run" / "last.pt").read_bytes()
+    hidden = tmp_path / "case4.nrrd"
+    shutil.move(root / "images" / "case4.nrrd", hidden)  # an unlabeled case removed
+    shutil.copyfile(root / "images" / "case3.nrrd", root / "images" / "case9.nrrd")  # and one added
+    capsys.readouterr()
+    assert caml(args + ["--resume", "--iterations", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "unlabeled cases: removed case4; added case9" in err and "last.pt" in err
+    assert (tmp_path / "run" / "last.pt").read_bytes() == saved  # nothing written
+    os.unlink(root / "images" / "case9.nrrd")
+    shutil.move(hidden, root / "images" / "case4.nrrd")  # as saved: the resume goes on
+    assert caml(args + ["--resume", "--iterations", "4"]) == 0
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4
 
 
 @pytest.mark.slow

@@ -165,12 +165,18 @@ def _shown_ids(ids: List[str], most: int = 5) -> str:
 
 def split_changes(saved: Dict[str, Any], split: Split) -> Dict[str, str]:
     """``{role: what changed}`` for each of ``RESUMED_ROLES`` whose ids differ from the saved split
-    (the sampler draws by position, so another order is a change too). A checkpoint written
-    before a role was saved is taken to have today's list for it."""
+    (the sampler draws by position, so another order is a change too). Checkpoints written before
+    the unlabeled and held-out lists were saved are taken to have today's unlabeled list and no
+    held-out case."""
     now = split.to_dict()
+    legacy = {"unlabeled": now["unlabeled"], "holdout": []}
     changes = {}
     for role in RESUMED_ROLES:
-        before, after = list(saved.get(role, now[role])), now[role]
+        saved_ids = saved.get(role, legacy.get(role))
+        if saved_ids is None:
+            changes[role] = "not recorded in the checkpoint"
+            continue
+        before, after = list(saved_ids), now[role]
         if before == after:
             continue
         removed = [i for i in before if i not in set(after)]
