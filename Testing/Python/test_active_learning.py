@@ -683,7 +683,8 @@ def test_retrain_warm_starts_from_the_bundled_release(tmp_path, capsys):
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     # No validation case yet: the new version is kept beside the bundled model, not promoted.
-    assert not result["promoted"] and result["base_version"] == 1 and "0 validation case(s), 3 needed" in result["reason"]
+    assert not result["promoted"] and result["base_version"] == 1
+    assert "0 validation case(s), 3 needed" in result["reason"]
     with Cohort.open(root) as cohort:
         assert [v["parent"] for v in cohort.versions()] == [None, 1] and cohort.current_version() == 1
         new = read_checkpoint(cohort.weights(2))
