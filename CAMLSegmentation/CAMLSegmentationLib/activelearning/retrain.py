@@ -271,8 +271,12 @@ def _resumable_job(cohort: Cohort) -> Dict[str, Any]:
 
 def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] = None, device: str = "auto",
             promote: str = "auto", resume: bool = False, seed: Optional[int] = None,
-            progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
-    """Run one retrain job on the cohort at ``root``; returns what happened (see the module docstring)."""
+            progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
+            publish: bool = True) -> Dict[str, Any]:
+    """Run one retrain job on the cohort at ``root``; returns what happened (see the module docstring).
+
+    ``publish``: list a promoted version in the user model catalog (off for simulations, which make
+    cohorts by the dozen and must leave the user's catalog alone)."""
     if promote not in PROMOTE_CHOICES:
         raise CohortError(f"promote must be one of {', '.join(PROMOTE_CHOICES)}")
     with Cohort.open(root) as cohort:
@@ -290,7 +294,7 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
         job_dir = cohort.root / job["folder"]
         try:
             result = _run_job(cohort, job, job_dir, base, base_weights, promote, device, progress, cancel,
-                              None if resumed else (labeled, validation, ft, job_seed))
+                              None if resumed else (labeled, validation, ft, job_seed), publish)
         except Cancelled:
             _end_job(cohort, job["id"], "cancelled", "cancelled; caml al retrain --resume continues it")
             raise
@@ -319,7 +323,7 @@ def _end_job(cohort: Cohort, job_id: int, state: str, message: str) -> None:
 
 def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[int], base_weights: Optional[Path],
              promote: str, device: str, progress: ProgressCallback, cancel: Optional[CancelToken],
-             new: Optional[tuple]) -> Dict[str, Any]:
+             new: Optional[tuple], publish: bool = True) -> Dict[str, Any]:
     from ..training.presets import TrainingPreset
     from ..training.trainer import TrainConfig, train
 
@@ -401,7 +405,7 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
         val_scores={NEW_VERSION: cand_scores, **({base: base_scores} if base is not None else {})},
         job_message=why, final=True)
     progress(ProgressEvent("retrain", 3, 3, why))
-    published = publish_current(cohort, progress) if promoted else None
+    published = publish_current(cohort, progress) if promoted and publish else None
     return {"job": job["id"], "version": version, "promoted": promoted, "reason": why,
             "candidate_dice": cand_dice, "current_dice": base_dice, "base_version": base,
             "current_version": cohort.current_version(), "validation_cases": len(validation),
