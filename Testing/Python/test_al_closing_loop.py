@@ -317,6 +317,7 @@ def test_the_whole_loop_on_la_images(la_root: Path, tmp_path: Path, capsys) -> N
         assert caml(["al", "accept", str(root), chosen["case"], str(labels / f"{chosen['case']}.nrrd"),
                      "--role", role]) == 0
         accepted.append(chosen["case"])
+        capsys.readouterr()
     capsys.readouterr()
     assert caml(["al", "retrain", str(root), "--iterations", "3", "--device", "cpu", "--progress", "none",
                  "--json"]) == 0
