@@ -194,7 +194,10 @@ def main(argv=None) -> int:
         with Cohort.init(base, val_every=0, seed=args.seed) as cohort:
             oracle_accept(cohort, pool[:args.start])
         t0 = time.time()
-        first = retrain(base, iterations=args.initial_iterations, preset="cpu", device=args.device)
+        # Every round builds on the last, whatever the (absent) cohort validation says; the simulation's
+        # cohorts stay out of the user's model catalog.
+        first = retrain(base, iterations=args.initial_iterations, preset="cpu", device=args.device,
+                        promote="always", publish=False)
         d0 = validation_dice(Path(first["weights"]), val_cases, args.device)
         print(f"round 0: {args.start} labeled, Dice {d0:.4f} ({time.time() - t0:.0f} s)", flush=True)
         for name in names:
@@ -207,7 +210,8 @@ def main(argv=None) -> int:
                     chosen = pick(cohort, name, args.per_round, args.device)
                     oracle_accept(cohort, chosen)
                     labeled = len(cohort.training_ids())
-                result = retrain(root, iterations=args.iterations, device=args.device)
+                result = retrain(root, iterations=args.iterations, device=args.device, promote="always",
+                                 publish=False)
                 d = validation_dice(Path(result["weights"]), val_cases, args.device)
                 rows.append({"strategy": name, "round": rnd, "labeled": labeled, "val_dice": round(d, 4),
                              "selected": " ".join(chosen), "seconds": round(time.time() - t0, 1)})

@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 LA_ROOT = Path(os.environ.get("CAML_LA_ROOT", REPO.parent / "shared" / "data" / "LA"))
 
 
+@pytest.fixture(autouse=True)
+def own_caml_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own ``$CAML_HOME`` (the user model catalog), inherited by the processes it
+    starts: a retrain that promotes a version lists it in the user catalog, and no test may touch the
+    machine's ``~/.caml``. Tests that need a particular home set ``CAML_HOME`` themselves."""
+    home = tmp_path_factory.mktemp("caml-home")
+    monkeypatch.setenv("CAML_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def la_root() -> Path:
     """The LA data folder; tests using it skip (with the reason) when it is absent."""

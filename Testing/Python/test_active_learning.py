@@ -136,7 +136,7 @@ def one_line_error(capsys) -> str:
 def cohort_root(tmp_path: Path) -> Path:
     root = make_cohort(tmp_path / "cohort")
     preset = tiny_preset(tmp_path / "tiny.json")
-    assert caml(["al", "init", str(root), "--preset", str(preset), "--val-every", "3"]) == 0
+    assert caml(["al", "init", str(root), "--preset", str(preset), "--val-every", "3", "--model", "none"]) == 0
     return root
 
 
@@ -150,7 +150,9 @@ def test_init_records_every_image_in_wal_mode(cohort_root):
         assert cohort.con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert cohort.con.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
         assert cohort.current_version() is None
-        assert any("validation case" in n for n in cohort.status()["notes"])
+        # No version yet: the first retrain is promoted whatever the validation, so no note about it.
+        assert "no model version yet" in cohort.status()["notes"]
+        assert not any("validation case" in n for n in cohort.status()["notes"])
 
 
 def test_folder_without_images_is_one_line_error_and_creates_nothing(tmp_path, capsys):
@@ -530,7 +532,7 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
                            promote=True)
         image = cohort.read_image("case0")
         ones, zeros = on_grid(image, np.ones(SHAPE, np.float32)), on_grid(image, np.zeros(SHAPE, np.float32))
-        for c in ("case0", "case1"):
+        for c in ("case0", "case1", "case4"):
             cohort.accept(c, ones, role="val", force=True)  # all foreground: on purpose
         for c in ("case2", "case3"):
             cohort.accept(c, ones, role="train", force=True)
@@ -538,17 +540,24 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
     up = json.loads(capsys.readouterr().out)
     assert up["current_dice"] == 0.0 and up["candidate_dice"] > 0.5
     assert up["promoted"] and up["version"] == 2 and up["current_version"] == 2
+    assert up["comparison"]["wins"] == 3 and [r["current"] for r in up["comparison"]["cases"]] == [0.0] * 3
+    assert (up["catalog"]["id"], up["catalog"]["version"]) == ("cohort", "2")  # promoted: listed for Segment
 
     assert caml(["al", "use", str(cohort_root), "1"]) == 0  # roll back
     with Cohort.open(cohort_root) as cohort:
         assert cohort.current_version() == 1
-        for c in ("case0", "case1"):
+        for c in ("case0", "case1", "case4"):
             assert cohort.accept(c, zeros, force=True)["status"] == ACCEPTED_VAL  # new labels, same role
     capsys.readouterr()
     assert caml(["al", "retrain", str(cohort_root), "--device", "cpu", "--progress", "none", "--json"]) == 0
     down = json.loads(capsys.readouterr().out)
     assert down["current_dice"] == 1.0 and down["candidate_dice"] < 1.0  # scored on the new labels
     assert not down["promoted"] and down["version"] == 3 and down["current_version"] == 1
+    assert down["catalog"] is None  # kept: the catalog still lists version 1, from the rollback
+    from CAMLSegmentationLib.model.catalog import find_model
+
+    assert find_model("cohort").version == "1"
+    assert down["comparison"]["losses"] == 3 and down["reason"].startswith("kept, not promoted: better on 0 of 3")
 
     # The numbers are the one predictor's: rescore version 3 independently.
     from CAMLSegmentationLib.inference.metrics import dice
@@ -557,7 +566,7 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
     with Cohort.open(cohort_root) as cohort:
         model = load_inference_model(cohort.weights(3), "cpu")
         again = np.mean([dice(segment_volume(cohort.read_image(c), model, InferenceOptions()).mask,
-                              cohort.label(c)) for c in ("case0", "case1")])
+                              cohort.label(c)) for c in ("case0", "case1", "case4")])
         assert again == pytest.approx(down["candidate_dice"], abs=1e-9)
         assert [v["parent"] for v in cohort.versions()] == [None, 1, 1]
         assert [v["promoted"] for v in cohort.versions()] == [True, True, False]
@@ -572,21 +581,29 @@ def test_retrain_promotion_follows_validation_and_use_restores(cohort_root, tmp_
 
 
 @pytest.mark.slow
-def test_first_retrain_without_validation_promotes_and_says_so(cohort_root, capsys):
+def test_first_retrain_promotes_then_too_few_validation_cases_keep_the_candidate(cohort_root, capsys):
     _accept_training_cases(cohort_root, ["case0", "case1"], role="train")
-    assert caml(["al", "status", str(cohort_root)]) == 0
-    assert "until there are 2, a retrain promotes its new version without comparing" in capsys.readouterr().out
     assert caml(["al", "retrain", str(cohort_root), "--device", "cpu", "--progress", "none", "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["promoted"] and first["reason"] == "first version"
+    assert first["promoted"] and first["reason"] == "first version" and first["comparison"] is None
     _accept_training_cases(cohort_root, ["case2"], role="val")
+    assert caml(["al", "status", str(cohort_root)]) == 0
+    assert ("only 1 validation case(s): until there are 3 (accept 2 more as validation), a retrain keeps its new "
+            "version without promoting it") in capsys.readouterr().out
     assert caml(["al", "retrain", str(cohort_root), "--device", "cpu", "--progress", "none", "--json",
                  "--promote", "never"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert not second["promoted"] and second["current_version"] == first["version"]
     assert caml(["al", "retrain", str(cohort_root), "--device", "cpu", "--progress", "none", "--json"]) == 0
     third = json.loads(capsys.readouterr().out)
-    assert third["promoted"] and "without comparison: 1 validation case(s)" in third["reason"]
+    assert not third["promoted"] and third["current_version"] == first["version"]
+    assert "1 validation case(s), 3 needed" in third["reason"] and third["validation_needed"] == 2
+    assert caml(["al", "status", str(cohort_root)]) == 0
+    assert f"latest retrain: version {third['version']} kept, not promoted" in capsys.readouterr().out
+    # The evidence stays with the version: caml al versions shows it per case.
+    assert caml(["al", "versions", str(cohort_root)]) == 0
+    table = capsys.readouterr().out
+    assert f"vs version {first['version']}:" in table and "  case2: " in table
     # The job's labeled list holds the training cases only, never the validation case.
     with Cohort.open(cohort_root) as cohort:
         job = cohort.jobs()[-1]
@@ -667,9 +684,11 @@ def test_retrain_warm_starts_from_the_bundled_release(tmp_path, capsys):
     assert caml(["al", "retrain", str(root), "--iterations", "1", "--device", "cpu", "--progress", "none",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["promoted"] and result["base_version"] == 1
+    # No validation case yet: the new version is kept beside the bundled model, not promoted.
+    assert not result["promoted"] and result["base_version"] == 1
+    assert "0 validation case(s), 3 needed" in result["reason"]
     with Cohort.open(root) as cohort:
-        assert [v["parent"] for v in cohort.versions()] == [None, 1] and cohort.current_version() == 2
+        assert [v["parent"] for v in cohort.versions()] == [None, 1] and cohort.current_version() == 1
         new = read_checkpoint(cohort.weights(2))
     # Same network and geometry as the release; the weights moved from it by one step only.
     assert new["network"]["base_filters"] == bundled["network"]["base_filters"]

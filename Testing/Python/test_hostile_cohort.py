@@ -49,7 +49,7 @@ def one_line(err: str) -> str:
 
 def init(root: Path, tmp_path: Path, *extra: str) -> Path:
     preset = tiny_preset(tmp_path / "tiny.json")
-    assert caml(["al", "init", str(root), "--preset", str(preset), *extra]) == 0
+    assert caml(["al", "init", str(root), "--preset", str(preset), "--model", "none", *extra]) == 0
     return root
 
 
@@ -468,7 +468,7 @@ def test_a_closed_pipe_ends_quietly(cohort: Path) -> None:
 def test_the_preset_travels_with_the_cohort(tmp_path: Path) -> None:
     root = make_cohort(tmp_path / "cohort", n=3)
     preset = tiny_preset(tmp_path / "elsewhere.json", iterations=3)
-    assert caml(["al", "init", str(root), "--preset", str(preset)]) == 0
+    assert caml(["al", "init", str(root), "--preset", str(preset), "--model", "none"]) == 0
     preset.unlink()
     moved = tmp_path / "moved"
     root.rename(moved)
@@ -497,7 +497,7 @@ def test_temporary_files_of_killed_processes_are_cleaned(cohort: Path) -> None:
     (fresh / "caml-al").mkdir()
     stale = fresh / "caml-al" / f".state.sqlite.init-{dead}"
     stale.write_bytes(b"partial")
-    assert caml(["al", "init", str(fresh)]) == 0
+    assert caml(["al", "init", str(fresh), "--model", "none"]) == 0
     assert not stale.exists()
 
 

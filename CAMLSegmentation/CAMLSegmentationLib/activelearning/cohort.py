@@ -70,8 +70,14 @@ ScoredCase = Tuple[float, str]
 UNLABELED, PREDICTED, ACCEPTED_TRAIN, ACCEPTED_VAL = "unlabeled", "predicted", "accepted-train", "accepted-val"
 STATUSES = (UNLABELED, PREDICTED, ACCEPTED_TRAIN, ACCEPTED_VAL)
 ACCEPTED = (ACCEPTED_TRAIN, ACCEPTED_VAL)
-#: Validation needs this many cases before a candidate is compared with the current version.
-MIN_VALIDATION = 2
+#: The promotion rule (``retrain.compare_on_validation``): with a current version, a candidate is compared
+#: with it only on at least this many validation cases (fewer: it is kept as a version, not promoted), and
+#: promoted when it is better on more of them than it is worse and its mean per-case Dice gain is at least
+#: ``PROMOTION_MARGIN``. Three cases is the fewest on which "better on more cases than worse" means two
+#: against one; half a Dice point is about the case-to-case noise of one retrain on LA, so a tie or a
+#: gain within the noise keeps the version the user already has.
+MIN_VALIDATION = 3
+PROMOTION_MARGIN = 0.005
 DEFAULT_VAL_EVERY = 4
 DEFAULT_PRESET = "al-finetune"
 #: How an accepted case gets its role: every ``val_every``-th to validation (auto), or as asked.
@@ -1012,9 +1018,13 @@ class Cohort:
         n_val = counts[ACCEPTED_VAL]
         current = self.current_version()
         notes = []
-        if n_val < MIN_VALIDATION:
-            notes.append(f"only {n_val} validation case(s): until there are {MIN_VALIDATION}, a retrain promotes "
-                         "its new version without comparing it with the current one")
+        if n_val < MIN_VALIDATION and current is not None:
+            notes.append(f"only {n_val} validation case(s): until there are {MIN_VALIDATION} (accept "
+                         f"{MIN_VALIDATION - n_val} more as validation), a retrain keeps its new version without "
+                         "promoting it")
+        latest = self.versions()[-1] if self.versions() else None
+        if latest is not None and latest["id"] != current and latest["job"] is not None and not latest["promoted"]:
+            notes.append(f"latest retrain: version {latest['id']} {latest['note']}")
         if current is None:
             notes.append("no model version yet")
         if self.retrain_due():

@@ -1,4 +1,4 @@
-"""Retrain: CAML fine-tuned from the current version, scored against it, promoted if not worse.
+"""Retrain: CAML fine-tuned from the current version, compared with it case by case, promoted if better.
 
 One job, in order:
 
@@ -7,11 +7,27 @@ One job, in order:
    this moment; unlabeled = every other image of the cohort (the trainer's rule);
 2. train with the fine-tuning preset, warm-started from the current version's weights
    (``TrainConfig.init_weights``); network width, voxel size and window come from the
-   current version so the weights fit;
+   current version so the weights fit, and the candidate carries the current version's
+   whole inference record (window, voxel size, normalisation, test-time flips, threshold,
+   largest-component post-processing): the post-processing was chosen on the validation
+   cases of the model the cohort started from, more than a young cohort has, and a retrain
+   must not silently change what Segment returns;
 3. score the candidate and the current version on the **current** validation set with the
-   one predictor (cached per version and label, so the current version is scored once);
-4. copy the candidate into ``versions/`` and, in one transaction, record the version, its
-   scores and, if it is promoted, make it current.
+   one predictor, each under its own stored settings as ``caml segment`` runs it (cached per
+   version and label, so the current version is scored once);
+4. decide (the promotion rule below), write the per-case evidence to the job's
+   ``comparison.json``, copy the candidate into ``versions/`` and, in one transaction, record
+   the version, its scores and, if it is promoted, make it current;
+5. a promoted version is published to the user model catalog (``publish``), so Segment and
+   ``caml segment --model`` use it; a catalog failure is reported, never undoes step 4.
+
+The promotion rule (``compare_on_validation``; ``--promote auto``): the first version of a
+cohort is promoted. With a current version, the candidate is compared with it on the same
+validation cases, paired case by case; with fewer than ``MIN_VALIDATION`` validation cases
+it is **kept** (recorded as a version, not promoted: ``caml al use`` can still choose it) and
+the result says how many more are needed. It is promoted only when it is better on more
+cases than it is worse **and** its mean per-case Dice gain is at least ``PROMOTION_MARGIN``;
+a tie keeps the current version. ``--promote always|never`` override the rule.
 
 Nothing before step 4's commit changes the cases, the versions or the current version:
 a crash or a cancel at any point leaves them as they were (the job row says what
@@ -36,12 +52,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..io.files import atomic_output
 from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, no_progress
 from . import storage
 from .cohort import (
     IMAGE_ERRORS,
     MIN_VALIDATION,
     NEW_VERSION,
+    PROMOTION_MARGIN,
     Cohort,
     CohortError,
     ScoredCase,
@@ -50,6 +68,7 @@ from .cohort import (
     shown_name,
 )
 from .liveness import process_identity, this_host
+from .publish import publish_current
 
 PROMOTE_CHOICES = ("auto", "always", "never")
 
@@ -136,7 +155,49 @@ def version_table(cohort: Any, rescore: bool = False, device: str = "auto", prog
     versions = cohort.versions()
     for v in versions:
         v["current_val_dice"] = scores.get(v["id"])
+        path = comparison_path(cohort, v["job"]) if v["job"] is not None else None
+        v["comparison"] = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
     return versions, scores
+
+
+def compare_on_validation(candidate: Dict[str, float], current: Dict[str, float],
+                          base_version: int) -> Dict[str, Any]:
+    """The promotion rule (module docstring) on per-case Dice ``{case: dice}`` of the candidate and of
+    the current version ``base_version``, over the cases both were scored on: the per-case evidence,
+    the counts, the mean gain, whether it promotes and why (one line)."""
+    from ..training.data import _natural_key
+
+    cases = sorted(set(candidate) & set(current), key=_natural_key)
+    rows = [{"case": c, "current": current[c], "candidate": candidate[c], "difference": candidate[c] - current[c]}
+            for c in cases]
+    wins = sum(1 for r in rows if r["difference"] > 0)
+    losses = sum(1 for r in rows if r["difference"] < 0)
+    gain = float(np.mean([r["difference"] for r in rows])) if rows else None
+    needed = max(0, MIN_VALIDATION - len(rows))
+    if needed:
+        promoted = False
+        why = (f"kept, not promoted: {len(rows)} validation case(s), {MIN_VALIDATION} needed to compare it with "
+               f"version {base_version}; accept {needed} more as validation")
+    else:
+        assert gain is not None
+        promoted = wins > losses and gain >= PROMOTION_MARGIN
+        evidence = (f"better on {wins} of {len(rows)} validation cases, worse on {losses}, mean Dice gain "
+                    f"{gain:+.4f} over version {base_version}")
+        why = (f"promoted: {evidence}" if promoted else
+               f"kept, not promoted: {evidence}; promotion needs more wins than losses and a gain of at least "
+               f"{PROMOTION_MARGIN}")
+    return {"base_version": base_version, "cases": rows, "wins": wins, "losses": losses,
+            "ties": len(rows) - wins - losses, "mean_gain": gain, "margin": PROMOTION_MARGIN,
+            "min_validation": MIN_VALIDATION, "validation_needed": needed, "promoted": promoted, "reason": why}
+
+
+def comparison_path(cohort: Any, job_id: int) -> Optional[Path]:
+    """The job's ``comparison.json`` (the evidence of its promotion decision), None when it has none."""
+    for job in cohort.jobs():
+        if job["id"] == job_id and job["folder"]:
+            path = cohort.root / job["folder"] / "comparison.json"
+            return path if path.is_file() else None
+    return None
 
 
 def finetune_preset(cohort: Cohort, preset_name: Optional[str], base_weights: Optional[Path],
@@ -218,8 +279,12 @@ def resumable_job(cohort: Cohort) -> Optional[Dict[str, Any]]:
 
 def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] = None, device: str = "auto",
             promote: str = "auto", resume: bool = False, seed: Optional[int] = None,
-            progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
-    """Run one retrain job on the cohort at ``root``; returns what happened (see the module docstring)."""
+            progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
+            publish: bool = True) -> Dict[str, Any]:
+    """Run one retrain job on the cohort at ``root``; returns what happened (see the module docstring).
+
+    ``publish``: list a promoted version in the user model catalog (off for simulations, which make
+    cohorts by the dozen and must leave the user's catalog alone)."""
     if promote not in PROMOTE_CHOICES:
         raise CohortError(f"promote must be one of {', '.join(PROMOTE_CHOICES)}")
     with Cohort.open(root) as cohort:
@@ -237,7 +302,7 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
         job_dir = cohort.root / job["folder"]
         try:
             result = _run_job(cohort, job, job_dir, base, base_weights, promote, device, progress, cancel,
-                              None if resumed else (labeled, validation, ft, job_seed))
+                              None if resumed else (labeled, validation, ft, job_seed), publish)
         except Cancelled:
             _end_job(cohort, job["id"], "cancelled", "cancelled; caml al retrain --resume continues it")
             raise
@@ -266,7 +331,7 @@ def _end_job(cohort: Cohort, job_id: int, state: str, message: str) -> None:
 
 def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[int], base_weights: Optional[Path],
              promote: str, device: str, progress: ProgressCallback, cancel: Optional[CancelToken],
-             new: Optional[tuple]) -> Dict[str, Any]:
+             new: Optional[tuple], publish: bool = True) -> Dict[str, Any]:
     from ..training.presets import TrainingPreset
     from ..training.trainer import TrainConfig, train
 
@@ -282,17 +347,26 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
     ft = TrainingPreset.from_dict(settings["preset"])
     labeled = _read_list(job_dir / "labeled.list")
     unlabeled_list = job_dir / "unlabeled.list"
-    if not unlabeled_list.is_file():  # a resumed job keeps the stream it started with
+    restart_unlabeled = False
+    if not unlabeled_list.is_file():
         _write_list(unlabeled_list, _usable_unlabeled(cohort, labeled, progress, cancel))
+    else:  # a resumed job keeps the stream it started with, as long as its images are there
+        gone = [c for c in _read_list(unlabeled_list) if not cohort.image_path(c).is_file()]
+        if gone:
+            progress(ProgressEvent("warning", 0, 0, f"{len(gone)} image(s) of the job's unlabeled stream are gone "
+                                                    f"({', '.join(gone[:5])}): the unlabeled stream starts afresh "
+                                                    "from the cohort's images"))
+            _write_list(unlabeled_list, _usable_unlabeled(cohort, labeled, progress, cancel))
+            restart_unlabeled = True
     run_dir = job_dir / "train"
     cfg = TrainConfig(data_root=cohort.root, out_dir=run_dir, preset=ft, labeled_list=job_dir / "labeled.list",
                       unlabeled_list=unlabeled_list if _read_list(unlabeled_list) else None, device=device,
                       seed=check_seed(int(settings["seed"])), resume=(run_dir / "last.pt").is_file(),
-                      init_weights=base_weights)
+                      init_weights=base_weights, restart_unlabeled=restart_unlabeled)
     progress(ProgressEvent("retrain", 0, 3, f"job {job['id']}: fine-tuning from version {base}"))
-    result = train(cfg, progress=progress, cancel=cancel)
+    train(cfg, progress=progress, cancel=cancel)
     candidate = run_dir / "candidate.pt"
-    _save_candidate(result, run_dir / "last.pt", candidate, ft)
+    _save_candidate(run_dir / "last.pt", candidate, base_inference(base_weights))
     fault_point("retrain-after-train")
     progress(ProgressEvent("retrain", 1, 3, "scoring on the validation cases"))
 
@@ -315,19 +389,23 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
         raise CohortError(f"validation labels {', '.join(todo[:3])} keep changing during the scoring; "
                           "run caml al retrain --resume when the accepts are done")
     fault_point("retrain-after-score")
-    cand_dice = mean({c: v for c, (v, _) in cand_scores.items()})
+    cand_per_case = {c: v for c, (v, _) in cand_scores.items()}
+    cand_dice = mean(cand_per_case)
     base_dice = mean({c: v for c, (v, _) in base_scores.items()})
+    comparison = None
+    if base is not None:
+        comparison = compare_on_validation(cand_per_case, {c: v for c, (v, _) in base_scores.items()}, base)
     if promote == "always":
         promoted, why = True, "promoted (forced)"
     elif promote == "never":
         promoted, why = False, "kept as a candidate (not promoted on request)"
-    elif base is None or len(validation) < MIN_VALIDATION:
-        promoted, why = True, (f"promoted without comparison: {len(validation)} validation case(s), "
-                               f"{MIN_VALIDATION} needed" if base is not None else "first version")
+    elif comparison is None:
+        promoted, why = True, "first version"
     else:
-        promoted = cand_dice >= base_dice  # type: ignore[operator]
-        why = (f"{'promoted' if promoted else 'not promoted'}: validation Dice {cand_dice:.4f} vs "
-               f"{base_dice:.4f} for version {base} on {len(validation)} cases")
+        promoted, why = comparison["promoted"], comparison["reason"]
+    if comparison is not None:
+        with atomic_output(job_dir / "comparison.json") as tmp:
+            tmp.write_text(json.dumps(dict(comparison, decision=why, decided=promoted), indent=2), encoding="utf-8")
     progress(ProgressEvent("retrain", 2, 3, why))
     version = cohort.add_version(
         candidate, parent=base, job=job["id"], val_dice=cand_dice, val_cases=len(validation),
@@ -335,20 +413,37 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
         val_scores={NEW_VERSION: cand_scores, **({base: base_scores} if base is not None else {})},
         job_message=why, final=True)
     progress(ProgressEvent("retrain", 3, 3, why))
+    published = publish_current(cohort, progress) if promoted and publish else None
     return {"job": job["id"], "version": version, "promoted": promoted, "reason": why,
             "candidate_dice": cand_dice, "current_dice": base_dice, "base_version": base,
             "current_version": cohort.current_version(), "validation_cases": len(validation),
+            "validation_needed": comparison["validation_needed"] if comparison is not None else 0,
+            "comparison": comparison, "catalog": published,
             "weights": str(cohort.root / cohort.version(version)["weights"])}
 
 
-def _save_candidate(result: Any, last: Path, target: Path, preset: Any) -> None:
+def base_inference(base_weights: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """The inference record a candidate inherits: the base version's whole ``InferenceSettings``
+    (None without a base: a first version keeps what its training wrote)."""
+    from ..model.checkpoint import read_checkpoint
+    from ..model.settings import InferenceSettings
+
+    if base_weights is None:
+        return None
+    return InferenceSettings.from_checkpoint(read_checkpoint(base_weights)).to_dict()
+
+
+def _save_candidate(last: Path, target: Path, inference: Optional[Dict[str, Any]]) -> None:
     """The candidate's weights file: the last iteration's model with everything stored beside it
-    (network, preset, inference settings, split), without the optimizer and sampler state."""
+    (network, preset, split), without the optimizer and sampler state; its inference settings are
+    ``inference`` (the base version's) when given."""
     from ..model.checkpoint import read_checkpoint, save_checkpoint
     from ..training.trainer import RESUME_ONLY_KEYS
 
     ckpt = read_checkpoint(last)
     payload = {k: v for k, v in ckpt.items() if k not in RESUME_ONLY_KEYS and k not in ("format", "format_version")}
+    if inference is not None:
+        payload["inference"] = dict(inference)
     payload["trained"] = {"iteration": ckpt.get("iteration"), "split": ckpt.get("split"), "seed": ckpt.get("seed")}
     save_checkpoint(target, payload)
 

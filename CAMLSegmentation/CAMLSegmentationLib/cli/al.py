@@ -1,6 +1,6 @@
 """``caml al``: the active-learning loop from the command line.
 
-    caml al init COHORT [--model ID|FILE] [--val-every N] [--auto-retrain N] [--preset P]
+    caml al init COHORT [--model ID|FILE|none] [--val-every N] [--auto-retrain N] [--preset P]
     caml al status COHORT
     caml al next COHORT [--strategy S] [--uncertainty]
     caml al accept COHORT CASE LABEL [--role auto|train|val] [--retrain-when-due]
@@ -19,9 +19,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
-from ..activelearning.cohort import DEFAULT_PRESET, DEFAULT_VAL_EVERY, MAX_VERSION, ROLES, SEED_RANGE
+from ..activelearning.cohort import (
+    DEFAULT_PRESET,
+    DEFAULT_VAL_EVERY,
+    MAX_VERSION,
+    MIN_VALIDATION,
+    PROMOTION_MARGIN,
+    ROLES,
+    SEED_RANGE,
+)
 from ..activelearning.retrain import PROMOTE_CHOICES
 from ..activelearning.strategies import STRATEGIES
 from .common import add_progress_argument
@@ -42,6 +50,13 @@ def _int_in(low: int, high: int, what: str) -> Any:
 
 
 _SEED = _int_in(*SEED_RANGE, "seed")
+#: ``caml al init --model none``: a cohort without a first version.
+NO_MODEL = "none"
+#: What ``--promote auto`` does, for --help and the README (the rule is ``retrain.compare_on_validation``).
+PROMOTION_RULE = (f"the first version is promoted; after that the new version is compared with the current one "
+                  f"case by case on the validation cases: with fewer than {MIN_VALIDATION} it is kept, not "
+                  f"promoted; it is promoted when it is better on more cases than it is worse and its mean "
+                  f"Dice gain is at least {PROMOTION_MARGIN} (a tie keeps the current version)")
 _COUNT = _int_in(0, 10 ** 6, "count")
 
 
@@ -65,8 +80,10 @@ def add_parser(subparsers: Any) -> None:
 
     p = sub.add_parser("init", help="make a folder of images a cohort (creates caml-al/state.sqlite)")
     common(p)
-    p.add_argument("--model", metavar="ID|FILE",
-                   help="register these weights (a catalog model id or a checkpoint file) as version 1")
+    p.add_argument("--model", metavar="ID|FILE|none",
+                   help="version 1: a catalog model id or a checkpoint file (default: the catalog's default "
+                        f"model, caml models shows it); '{NO_MODEL}': start without a model (the first "
+                        "retrain trains one from the preset)")
     p.add_argument("--val-every", type=_COUNT, default=DEFAULT_VAL_EVERY, metavar="N",
                    help=f"every N-th accepted case goes to validation, for good (default {DEFAULT_VAL_EVERY}; "
                         "0: only with --role val)")
@@ -106,15 +123,20 @@ def add_parser(subparsers: Any) -> None:
                         "retrain right after accepting")
     p.set_defaults(func=run_accept)
 
-    p = sub.add_parser("retrain", help="fine-tune CAML on the accepted cases, compare, promote if not worse")
+    p = sub.add_parser("retrain", help="fine-tune CAML on the accepted cases, compare, promote if better",
+                       description="Fine-tune CAML from the current version on the accepted training cases "
+                                   "(every other image unlabeled); the new version keeps the current version's "
+                                   "inference settings and post-processing. Promotion (--promote auto): "
+                                   + PROMOTION_RULE + ". A promoted version is listed in the user model "
+                                   "catalog under the cohort's name (caml models, caml segment --model).")
     common(p, progress=True, device=True)
     p.add_argument("--iterations", type=_int_in(1, 10 ** 9, "iterations"), metavar="N",
                    help="override the preset's number of iterations")
     p.add_argument("--preset", metavar="NAME|FILE", help="training preset (default: the cohort's)")
     p.add_argument("--promote", choices=PROMOTE_CHOICES, default=PROMOTE_CHOICES[0],
-                   help="auto: the new version becomes current if its validation Dice is not worse than the "
-                        "current version's (or with fewer than 2 validation cases); always / never: override "
-                        "(default auto)")
+                   help="auto: the new version becomes current when the per-case comparison on the "
+                        f"validation cases says so ({MIN_VALIDATION} cases at least, more wins than losses, mean "
+                        f"gain >= {PROMOTION_MARGIN}); always / never: override (default auto)")
     p.add_argument("--seed", type=_SEED, help="training seed (default: the cohort's)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--resume", action="store_true",
@@ -123,13 +145,15 @@ def add_parser(subparsers: Any) -> None:
                       help="stop the cohort's running retrain (it keeps a resumable checkpoint)")
     p.set_defaults(func=run_retrain)
 
-    p = sub.add_parser("versions", help="the model versions with their validation Dice")
+    p = sub.add_parser("versions", help="the model versions with their validation Dice and the per-case "
+                                        "comparison that decided each promotion")
     common(p, progress=True, device=True)
     p.add_argument("--rescore", action="store_true",
                    help="score every version on the current validation set (cached; only new pairs are computed)")
     p.set_defaults(func=run_versions)
 
-    p = sub.add_parser("use", help="make a version current (roll back, or promote a candidate)")
+    p = sub.add_parser("use", help="make a version current (roll back, or promote a candidate); the user "
+                                   "model catalog follows")
     common(p)
     p.add_argument("version", type=_int_in(1, MAX_VERSION, "version"), help="the version number (see caml al versions)")
     p.set_defaults(func=run_use)
@@ -189,19 +213,30 @@ def _json_errors(args: argparse.Namespace, func: Any) -> int:
 
 def run_init(args: argparse.Namespace) -> int:
     from ..activelearning.cohort import Cohort, CohortError
+    from ..model.catalog import CatalogError, default_model, find_model, verify
 
-    model = None
-    if args.model:
+    model, started = None, "no model (--model none): the first retrain trains one"
+    if args.model is None:
+        try:
+            entry = default_model()
+            model = verify(entry) if entry is not None else None
+        except CatalogError as exc:
+            raise CohortError(f"the default model cannot be used ({exc}); name one with --model, or --model "
+                              f"{NO_MODEL}") from exc
+        if entry is None:
+            raise CohortError(f"the model catalog is empty: name weights with --model FILE, or --model {NO_MODEL}")
+        started = f"version 1 is the default model {entry.id} (version {entry.version}, {entry.source})"
+    elif args.model != NO_MODEL:
         candidate = Path(args.model)
         if candidate.is_file():
-            model = candidate
+            model, started = candidate, f"version 1 is {candidate}"
         else:
-            from ..model.catalog import CatalogError, find_model, verify
-
             try:
-                model = verify(find_model(args.model))
+                entry = find_model(args.model)
+                model = verify(entry)
             except CatalogError as exc:
                 raise CohortError(f"--model {args.model}: not a file, and {exc}") from exc
+            started = f"version 1 is model {entry.id} (version {entry.version}, {entry.source})"
     from ..training.presets import load_preset
 
     load_preset(args.preset)  # a typo fails now, not at the first retrain
@@ -210,8 +245,8 @@ def run_init(args: argparse.Namespace) -> int:
         with Cohort.init(args.cohort, val_every=args.val_every, auto_retrain=args.auto_retrain,
                          preset=args.preset, seed=args.seed, model=model) as cohort:
             status = cohort.status()
-        return _emit(args, status, f"cohort {status['cohort']}: {status['cases']} cases; "
-                                   f"current version {status['current_version'] or 'none'}")
+        status["started_from"] = started
+        return _emit(args, status, f"cohort {status['cohort']}: {status['cases']} cases; {started}")
 
     return _json_errors(args, work)
 
@@ -224,6 +259,10 @@ def format_status(status: Dict[str, Any]) -> str:
              f"{status['auto_retrain'] or 'off'}; preset {status['preset']}"]
     if status.get("running_job"):
         lines.append(f"retrain job {status['running_job']} is running")
+    catalog = status.get("catalog")
+    if catalog and catalog.get("id"):
+        lines.append(f"model catalog: version {catalog['version']} is model {catalog['id']} "
+                     f"(caml segment --model {catalog['id']})")
     lines += [f"note: {n}" for n in status["notes"]]
     lines += [f"problem: {p}" for p in status["problems"]]
     return "\n".join(lines)
@@ -233,8 +272,13 @@ def run_status(args: argparse.Namespace) -> int:
     from ..activelearning.cohort import Cohort
 
     def work() -> int:
+        from ..activelearning.publish import catalog_state
+
         with Cohort.open(args.cohort, read_only=True) as cohort:
             status = cohort.status()
+            status["catalog"] = catalog_state(cohort)
+        if status["catalog"] and status["catalog"]["note"]:
+            status["notes"].append(status["catalog"]["note"])
         return _emit(args, status, format_status(status))
 
     return _json_errors(args, work)
@@ -295,7 +339,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         with terminate_as_cancel():
             result = retrain(args.cohort, iterations=args.iterations, preset=args.preset, device=args.device,
                              promote=args.promote, resume=args.resume, seed=args.seed, progress=_progress(args))
-        return _emit(args, result, f"version {result['version']}: {result['reason']}")
+        return _emit(args, result, f"version {result['version']}: {result['reason']}" + _catalog_line(result["catalog"])
+                     + "".join(f"\n{line}" for line in format_comparison(result["comparison"])))
 
     return _json_errors(args, work)
 
@@ -310,7 +355,28 @@ def format_versions(versions: Any, current_scores: Dict[int, Any]) -> str:
         lines.append(f"{'*' if v['current'] else ' ':2}{v['id']:>7}  {v['created_at'][:19]:<19}  "
                      f"{v['parent'] if v['parent'] is not None else '-':>6}  {len(v['train_cases']):>5}  "
                      f"{dice:>8}  {now_text:>14}  {v['note']}")
+        lines += [f"{'':11}{line}" for line in format_comparison(v.get("comparison"))]
     return "\n".join(lines)
+
+
+def format_comparison(comparison: Any) -> List[str]:
+    """The per-case evidence of a promotion decision: Dice of both versions and the difference per case."""
+    if not comparison or not comparison["cases"]:
+        return []
+    lines = [f"vs version {comparison['base_version']}: {comparison['wins']} better, {comparison['losses']} worse, "
+             f"{comparison['ties']} equal; mean gain {comparison['mean_gain']:+.4f} (margin {comparison['margin']})"]
+    lines += [f"  {r['case']}: {r['current']:.4f} -> {r['candidate']:.4f} ({r['difference']:+.4f})"
+              for r in comparison["cases"]]
+    return lines
+
+
+def _catalog_line(published: Any) -> str:
+    if not published:
+        return ""
+    if "error" in published:
+        return f"\nwarning: {published['error']}"
+    return f"\nmodel catalog: version {published['version']} is model {published['id']} " \
+           f"(caml segment --model {published['id']})"
 
 
 def run_versions(args: argparse.Namespace) -> int:
@@ -326,12 +392,12 @@ def run_versions(args: argparse.Namespace) -> int:
 
 
 def run_use(args: argparse.Namespace) -> int:
-    from ..activelearning.cohort import Cohort
 
     def work() -> int:
-        with Cohort.open(args.cohort) as cohort:
-            version = cohort.use(args.version, final=True)
-        return _emit(args, version, f"version {version['id']} is now current")
+        from ..activelearning.publish import use_version
+
+        version = use_version(args.cohort, args.version)
+        return _emit(args, version, f"version {version['id']} is now current" + _catalog_line(version["catalog"]))
 
     return _json_errors(args, work)
 

@@ -75,6 +75,9 @@ class ModelEntry:
     catalog: str = ""  # the models.json this entry came from
     source: str = "bundled"  # "bundled" or "user"
     onnx: Dict[str, Dict[str, str]] = field(default_factory=dict)  # "v"/"a" -> {"file", "sha256"}
+    #: Where a published model came from (an active-learning cohort: its folder, version, parent, job);
+    #: ``publish_model`` replaces an entry only for the same ``origin["cohort"]``.
+    origin: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -88,7 +91,7 @@ class ModelEntry:
         d = asdict(self)
         for key in ("catalog", "source"):
             d.pop(key)
-        for optional in ("onnx", "title"):
+        for optional in ("onnx", "title", "origin"):
             if not d[optional]:
                 d.pop(optional)
         return d
@@ -149,6 +152,9 @@ def _entry_from_json(raw: Any, catalog: Path, source: str, n: int) -> ModelEntry
         raise CatalogError(f"{catalog}: model {raw['id']!r}: weights file {str(file)!r} must lie in the "
                            f"catalog's folder (a relative name without '..')")
     onnx = _onnx_from_json(raw.get("onnx"), catalog, str(raw["id"]))
+    origin = raw.get("origin") or {}
+    if not isinstance(origin, dict):
+        raise CatalogError(f"{catalog}: model {raw['id']!r}: 'origin' must be a JSON object")
     try:
         return ModelEntry(
             id=str(raw["id"]), version=str(raw["version"]), file=str(raw["file"]),
@@ -157,7 +163,7 @@ def _entry_from_json(raw: Any, catalog: Path, source: str, n: int) -> ModelEntry
             metrics=dict(raw.get("metrics") or {}),
             description=str(raw.get("description", "")), title=str(raw.get("title", "")),
             default=bool(raw.get("default", False)),
-            catalog=str(catalog), source=source, onnx=onnx)
+            catalog=str(catalog), source=source, onnx=onnx, origin=dict(origin))
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"{catalog}: model {raw['id']!r}: {exc}") from exc
 
@@ -336,7 +342,7 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
     a lock (``catalog_lock``), so concurrent registrations all land. With
     ``default`` the new model replaces the catalog's previous default.
     """
-    from .checkpoint import read_checkpoint, release_checkpoint
+    from .checkpoint import read_checkpoint
 
     check_name(model_id, "id")
     check_name(str(version), "version")
@@ -356,20 +362,10 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
         if same:
             raise CatalogError(f"model id {model_id!r} is already in the catalog ({same[0].id!r} in "
                                f"{same[0].catalog}); choose another id")
-        if target.exists() or any(target.with_name(f"{target.stem}.{w}.onnx").exists() for w in ("v", "a")):
+        if _stored_files_exist(target):
             raise CatalogError(f"{target}: a file of that name is already in the catalog's folder; "
                                f"choose another id or version")
-        with atomic_output(target) as tmp:
-            release_checkpoint(weights, tmp, half=half, largest_component=largest_component)
-        exports: Dict[str, Path] = {}
-        if onnx or (onnx is None and _onnx_installed()):
-            from .onnx_export import export_release
-
-            try:
-                exports = export_release(target)
-            except BaseException:
-                target.unlink()
-                raise
+        exports = _store_release(weights, target, half, largest_component, onnx)
         entry = ModelEntry(id=model_id, version=str(version), file=file_name, sha256=sha256_file(target),
                            preset=str(preset.get("name", "")),
                            training_data=training_data, training=training,
@@ -378,21 +374,125 @@ def register_model(weights: PathLike, model_id: str, version: str = "1", descrip
                            default=default,
                            catalog=str(catalog_path), source="user",
                            onnx={w: {"file": p.name, "sha256": sha256_file(p)} for w, p in exports.items()})
-        data: Dict[str, Any] = {"schema_version": SCHEMA_VERSION, "models": []}
-        if catalog_path.is_file():
-            data = json.loads(catalog_path.read_text(encoding="utf-8"))
+        data = _catalog_data(catalog_path)
         if default:  # one default per catalog: the new one replaces the old
             for raw in data["models"]:
                 raw["default"] = False
         data["models"].append(entry.to_json())
-        try:
-            with atomic_output(catalog_path) as tmp:
-                tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        except BaseException:
-            for path in [target, *exports.values()]:
-                path.unlink()  # not listed: do not leave the weights behind
-            raise
+        _write_catalog(catalog_path, data, [target, *exports.values()])
     return entry
+
+
+def _stored_files_exist(target: Path) -> bool:
+    """Whether the weights file ``target`` or one of its ONNX exports is already there."""
+    return target.exists() or any(target.with_name(f"{target.stem}.{w}.onnx").exists() for w in ("v", "a"))
+
+
+def _store_release(weights: Path, target: Path, half: bool, largest_component: Optional[bool],
+                   onnx: Optional[bool]) -> Dict[str, Path]:
+    """Write ``weights``' release form at ``target`` (atomically) and, when ``onnx`` (None: when the
+    package is installed), its ONNX exports beside it; returns the exports. Nothing is left on failure."""
+    from .checkpoint import release_checkpoint
+
+    with atomic_output(target) as tmp:
+        release_checkpoint(weights, tmp, half=half, largest_component=largest_component)
+    if onnx or (onnx is None and _onnx_installed()):
+        from .onnx_export import export_release
+
+        try:
+            return export_release(target)
+        except BaseException:
+            target.unlink()
+            raise
+    return {}
+
+
+def _catalog_data(catalog_path: Path) -> Dict[str, Any]:
+    if catalog_path.is_file():
+        return json.loads(catalog_path.read_text(encoding="utf-8"))
+    return {"schema_version": SCHEMA_VERSION, "models": []}
+
+
+def _write_catalog(catalog_path: Path, data: Dict[str, Any], new_files: Sequence[Path]) -> None:
+    """Replace the catalog file atomically; when that fails, remove ``new_files`` (nothing lists them)."""
+    try:
+        with atomic_output(catalog_path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        for path in new_files:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def publish_model(weights: PathLike, model_id: str, version: str, origin: Dict[str, Any],
+                  description: str = "", title: str = "", training_data: str = "", training: str = "",
+                  metrics: Optional[Dict[str, Any]] = None, catalog_path: Optional[PathLike] = None,
+                  onnx: Optional[bool] = None) -> ModelEntry:
+    """List ``weights`` in the user catalog as ``model_id``, replacing the entry published there
+    before from the same ``origin["cohort"]`` (an active-learning cohort whose current version
+    changed); a new id when there is none.
+
+    Refused (``CatalogError``, nothing changed): an id listed by the bundled catalog, or by a
+    user entry from elsewhere (registered by hand, or another cohort's). The weights are stored
+    as ``register_model`` stores them (fp32 release, the checkpoint's own inference settings,
+    ONNX exports when available). Crash-safe in this order: the new version's files, then the
+    catalog (one atomic rewrite under ``catalog_lock``), then the replaced version's files, so
+    a crash leaves the old entry or the new one, each with its files; at worst an unlisted file,
+    which the next publication of this id replaces. Publishing the version already listed only
+    refreshes the entry's text and scores.
+    """
+    check_name(model_id, "id")
+    check_name(str(version), "version")
+    if not origin.get("cohort"):
+        raise CatalogError("publish_model needs origin['cohort']: the folder the model comes from")
+    weights = Path(weights)
+    catalog_path = Path(catalog_path).absolute() if catalog_path else user_catalog_path()
+    file_name = stored_file_name(model_id, str(version))
+    target = catalog_path.parent / file_name
+    with catalog_lock(catalog_path):
+        for entry in read_catalog(bundled_catalog_path(), "bundled"):
+            if entry.id.lower() == model_id.lower():
+                raise CatalogError(f"model id {model_id!r} is a bundled model's; choose another id")
+        data = _catalog_data(catalog_path)
+        users = [(n, _entry_from_json(raw, catalog_path, "user", n)) for n, raw in enumerate(data["models"])]
+        same = [(n, e) for n, e in users if e.id.lower() == model_id.lower()]
+        if same and same[0][1].origin.get("cohort") != origin["cohort"]:
+            whose = same[0][1].origin.get("cohort") or "registered by hand"
+            raise CatalogError(f"model id {model_id!r} is already in {catalog_path} ({whose}); choose another id")
+        old = same[0][1] if same else None
+        new_files: List[Path] = []
+        if old is not None and old.version == str(version) and old.path.is_file() \
+                and sha256_file(old.path) == old.sha256:
+            sha, exported = old.sha256, dict(old.onnx)
+        else:
+            for stale in [target] + [target.with_name(f"{target.stem}.{w}.onnx") for w in ("v", "a")]:
+                stale.unlink(missing_ok=True)  # an unlisted file of this id and version: a crash's leftover
+            exports = _store_release(weights, target, False, None, onnx)
+            new_files = [target, *exports.values()]
+            sha = sha256_file(target)
+            exported = {w: {"file": p.name, "sha256": sha256_file(p)} for w, p in exports.items()}
+        preset = _preset_name(target)
+        entry = ModelEntry(id=model_id, version=str(version), file=file_name, sha256=sha, preset=preset,
+                           training_data=training_data, training=training, metrics=dict(metrics or {}),
+                           description=description or f"published from {weights}", title=title,
+                           catalog=str(catalog_path), source="user", onnx=exported, origin=dict(origin))
+        if old is not None:
+            data["models"][same[0][0]] = entry.to_json()
+        else:
+            data["models"].append(entry.to_json())
+        _write_catalog(catalog_path, data, new_files)
+        if old is not None and old.file != file_name:
+            for path in [old.path, *old.onnx_paths().values()]:
+                path.unlink(missing_ok=True)  # the replaced version: nothing lists it any more
+    return entry
+
+
+def _preset_name(path: PathLike) -> str:
+    """The preset name recorded in a weights file ("" when none)."""
+    from .checkpoint import read_checkpoint
+
+    preset = read_checkpoint(path).get("preset") or {}
+    return str(preset.get("name", "")) if isinstance(preset, dict) else ""
 
 
 def _onnx_installed() -> bool:

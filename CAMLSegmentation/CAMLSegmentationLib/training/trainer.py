@@ -88,6 +88,9 @@ class TrainConfig:
     init_weights: Optional[Path] = None  # warm start: model weights to begin from (not a resume)
     unlabeled_list: Optional[Path] = None  # images of the unlabeled stream (default: every unlabeled case)
     holdout_list: Optional[Path] = None  # cases kept out of every stream and of model selection
+    #: On resume, accept an unlabeled stream that differs from the checkpoint's and start that stream's
+    #: queue afresh (logged); otherwise a resume with other cases than the checkpoint's is refused.
+    restart_unlabeled: bool = False
 
 
 @dataclass
@@ -152,14 +155,69 @@ def _setup_logging(out_dir: Path) -> logging.Handler:
     return handler
 
 
-def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
-    """Open the data, make the split, load and validate every case (before anything is written)."""
+#: The roles whose case lists decide the batches: a resume must find them as the checkpoint saved them.
+RESUMED_ROLES = ("labeled", "unlabeled", "holdout")
+
+
+def _shown_ids(ids: List[str], most: int = 5) -> str:
+    return ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
+
+
+def split_changes(saved: Dict[str, Any], split: Split) -> Dict[str, str]:
+    """``{role: what changed}`` for each of ``RESUMED_ROLES`` whose ids differ from the saved split
+    (the sampler draws by position, so another order is a change too). Checkpoints written before
+    the unlabeled and held-out lists were saved are taken to have today's unlabeled list and no
+    held-out case."""
+    now = split.to_dict()
+    legacy = {"unlabeled": now["unlabeled"], "holdout": []}
+    changes = {}
+    for role in RESUMED_ROLES:
+        saved_ids = saved.get(role, legacy.get(role))
+        if saved_ids is None:
+            changes[role] = "not recorded in the checkpoint"
+            continue
+        before, after = list(saved_ids), now[role]
+        if before == after:
+            continue
+        removed = [i for i in before if i not in set(after)]
+        added = [i for i in after if i not in set(before)]
+        parts = [f"{verb} {_shown_ids(ids)}" for verb, ids in (("removed", removed), ("added", added)) if ids]
+        changes[role] = "; ".join(parts) or "the same cases in another order"
+    return changes
+
+
+def check_resume_split(saved: Any, split: Split, last_path: Path, restart_unlabeled: bool = False) -> bool:
+    """Refuse (one line naming the changed ids) a resume whose cases differ from the checkpoint's;
+    True when only the unlabeled stream changed and ``restart_unlabeled`` allows starting it afresh."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{last_path}: incompatible checkpoint: it records no case split, so a resume "
+                              "cannot be checked to draw the same batches")
+    changes = split_changes(saved, split)
+    if not changes:
+        return False
+    if restart_unlabeled and set(changes) == {"unlabeled"}:
+        return True
+    what = "; ".join(f"{role} cases: {change}" for role, change in changes.items())
+    raise CheckpointError(f"{last_path}: incompatible checkpoint: the cases changed since it was saved ({what}); "
+                          "a resume would draw other batches: restore those cases, or train anew in another --out")
+
+
+def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress,
+                 resume_state: Optional[Dict[str, Any]] = None):
+    """Open the data, make the split, load and validate every case (before anything is written).
+
+    With ``resume_state``, the split is checked against the checkpoint's before any case is loaded
+    (``check_resume_split``); returns the split, the cases, and whether the unlabeled stream restarts."""
     preset = cfg.preset
     source = open_source(cfg.data_root)
     split = make_split(source, labeled=cfg.labeled, labeled_list=cfg.labeled_list,
                                 val_list=cfg.val_list, val_last=cfg.val_last,
                                 min_labeled=preset.labeled_batch, unlabeled_list=cfg.unlabeled_list,
                                 holdout_list=cfg.holdout_list)
+    restart = False
+    if resume_state is not None:
+        restart = check_resume_split(resume_state.get("split"), split, Path(cfg.out_dir) / "last.pt",
+                                     cfg.restart_unlabeled)
     if not cfg.supervised_only and preset.unlabeled_batch > 0 and not split.unlabeled:
         raise DataError(f"{cfg.data_root}: no unlabeled cases left for the unlabeled stream "
                                  "(every case is labeled); use --supervised-only or fewer labeled cases")
@@ -172,7 +230,7 @@ def prepare_data(cfg: TrainConfig, progress: ProgressCallback = no_progress):
     for case_id in split.validation if preset.validate else ():
         volume, label = source.read(case_id, with_label=True)
         validation.append(ValidationCase(case_id, volume, label))  # type: ignore[arg-type]
-    return split, labeled, unlabeled, validation
+    return split, labeled, unlabeled, validation, restart
 
 
 def _read_resume_state(cfg: TrainConfig, last_path: Path) -> Optional[Dict[str, Any]]:
@@ -393,17 +451,19 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
     out_dir = Path(cfg.out_dir)
     resume_state = _read_resume_state(cfg, out_dir / "last.pt")
 
-    split, labeled, unlabeled, validation = prepare_data(cfg, progress)
-    saved_split = resume_state.get("split") if resume_state is not None else None
-    if resume_state is not None and (not isinstance(saved_split, dict) or saved_split.get("labeled") != split.labeled
-                                     or saved_split.get("unlabeled", split.unlabeled) != split.unlabeled
-                                     or saved_split.get("holdout", []) != split.holdout):
-        raise CheckpointError(f"{out_dir / 'last.pt'}: incompatible checkpoint: it was trained with other "
-                              "labeled, unlabeled or held-out cases than this command selects")
+    split, labeled, unlabeled, validation, restart_unlabeled = prepare_data(cfg, progress, resume_state)
 
     run = TrainingRun(cfg, split, labeled, unlabeled, validation, device, rank, world, progress)
+    restart_message = None
     if resume_state is not None:
         run.restore(resume_state)
+        if restart_unlabeled:
+            # The saved queue holds positions in the old list: draw the new list's cases afresh.
+            run.sampler.queues[1] = []
+            change = split_changes(resume_state["split"], split)["unlabeled"]
+            restart_message = (f"the unlabeled cases changed since the checkpoint ({change}): the unlabeled "
+                               "stream starts afresh, so batches differ from an uninterrupted run")
+            progress(ProgressEvent("warning", 0, 0, restart_message))
     elif cfg.init_weights is not None:
         load_initial_weights(run.net, cfg.init_weights)
     run.wrap_distributed()
@@ -415,6 +475,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
         LOG.info("%s training, preset %s, %d labeled / %d unlabeled / %d validation cases, device %s x%d, "
                  "from iteration %d", "supervised-only" if cfg.supervised_only else "CAML", preset.name,
                  len(labeled), len(unlabeled), len(validation), device, world, run.start_iter)
+        if restart_message:
+            LOG.warning("%s", restart_message)
         if run.start_iter == 0:
             (out_dir / "config.json").write_text(json.dumps(run.meta, indent=2))
     t0 = time.time()
