@@ -78,7 +78,8 @@ def add_parser(subparsers: Any) -> None:
                    help=f"seed of the random strategy and of retraining, 0 to {SEED_RANGE[1]} (default 0)")
     p.set_defaults(func=run_init)
 
-    p = sub.add_parser("status", help="case counts, current version, notes and problems")
+    p = sub.add_parser("status", help="case counts, current version, correction effort of the accepted cases, "
+                                      "notes and problems")
     common(p)
     p.set_defaults(func=run_status)
 
@@ -224,9 +225,40 @@ def format_status(status: Dict[str, Any]) -> str:
              f"{status['auto_retrain'] or 'off'}; preset {status['preset']}"]
     if status.get("running_job"):
         lines.append(f"retrain job {status['running_job']} is running")
+    lines += format_corrections(status.get("correction") or [])
     lines += [f"note: {n}" for n in status["notes"]]
     lines += [f"problem: {p}" for p in status["problems"]]
     return "\n".join(lines)
+
+
+#: How many of the latest accepted cases ``caml al status`` lists, and compares with the ones before.
+RECENT_ACCEPTS = 5
+
+
+def format_corrections(rows: Any) -> list:
+    """The correction effort of the latest accepted cases, and its trend (the latest against the ones before)."""
+    if not rows:
+        return []
+
+    def shown(r: Dict[str, Any]) -> str:
+        if r["dice"] is None:
+            effort = "no proposal to compare" if r["proposal_version"] is None else "proposal file unreadable"
+        else:
+            effort = (f"proposal of version {r['proposal_version']}: Dice {r['dice']:.3f}, "
+                      f"{r['voxels_changed']} voxels changed")
+        seconds = "" if r["seconds"] is None else f", {r['seconds']:.0f} s from next to accept"
+        return f"  #{r['accept_order']} {r['case']}: {effort}{seconds}"
+
+    lines = [f"correction effort (latest {min(len(rows), RECENT_ACCEPTS)} of {len(rows)} accepted cases):"]
+    lines += [shown(r) for r in rows[-RECENT_ACCEPTS:]]
+    measured = [r["dice"] for r in rows if r["dice"] is not None]
+    if len(measured) > RECENT_ACCEPTS:
+        latest, before = measured[-RECENT_ACCEPTS:], measured[-2 * RECENT_ACCEPTS:-RECENT_ACCEPTS]
+        now, then = sum(latest) / len(latest), sum(before) / len(before)
+        way = "less to correct" if now > then else "more to correct" if now < then else "unchanged"
+        lines.append(f"  trend: mean proposal Dice {now:.3f} over the latest {len(latest)}, {then:.3f} over the "
+                     f"{len(before)} before ({way})")
+    return lines
 
 
 def run_status(args: argparse.Namespace) -> int:
