@@ -701,6 +701,24 @@ def test_first_retrain_without_validation_promotes_and_says_so(cohort_root, caps
         assert (cohort_root / job["folder"] / "labeled.list").read_text().split() == ["case0", "case1"]
 
 
+def test_supervised_only_retrain_trains_without_the_unlabeled_stream(cohort_root, capsys):
+    _accept_training_cases(cohort_root, ["case0", "case1"], role="train")
+    runs = {}
+    for flags in ([], ["--supervised-only"]):
+        assert caml(["al", "retrain", str(cohort_root), "--device", "cpu", "--progress", "none", "--json",
+                     *flags]) == 0
+        result = json.loads(capsys.readouterr().out)
+        with Cohort.open(cohort_root) as cohort:
+            job_dir = cohort_root / cohort.jobs()[-1]["folder"]
+        runs[bool(flags)] = (result, job_dir)
+    for supervised, (result, job_dir) in runs.items():
+        assert json.loads((job_dir / "job.json").read_text())["supervised_only"] is supervised
+        unlabeled = (job_dir / "unlabeled.list").read_text().split()
+        assert unlabeled == ([] if supervised else [f"case{i}" for i in range(2, 8)])
+        # The trainer ran as asked: the weights record it.
+        assert read_checkpoint(Path(result["weights"]))["supervised_only"] is supervised
+
+
 def test_auto_retrain_every_n_accepts(cohort_root, capsys):
     with Cohort.open(cohort_root) as cohort:
         cohort.set_settings(auto_retrain=2, val_every=0)

@@ -4,7 +4,7 @@
     caml al status COHORT
     caml al next COHORT [--strategy S] [--uncertainty]
     caml al accept COHORT CASE LABEL [--role auto|train|val] [--retrain-when-due]
-    caml al retrain COHORT [--iterations N] [--promote auto|always|never] [--resume | --cancel]
+    caml al retrain COHORT [--iterations N] [--promote auto|always|never] [--supervised-only] [--resume | --cancel]
     caml al versions COHORT [--rescore]
     caml al use COHORT VERSION
 
@@ -117,6 +117,9 @@ def add_parser(subparsers: Any) -> None:
                         "current version's (or with fewer than 2 validation cases); always / never: override "
                         "(default auto)")
     p.add_argument("--seed", type=_SEED, help="training seed (default: the cohort's)")
+    p.add_argument("--supervised-only", action="store_true",
+                   help="train on the accepted cases alone: no unlabeled stream, no consistency or OCC loss "
+                        "(a baseline; --resume keeps what the job started with)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--resume", action="store_true",
                       help="continue the last interrupted, cancelled or failed retrain from its checkpoint")
@@ -326,7 +329,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         # SIGTERM (Cancel in the panel, or --cancel) stops like Ctrl-C: the job keeps a resumable checkpoint.
         with terminate_as_cancel():
             result = retrain(args.cohort, iterations=args.iterations, preset=args.preset, device=args.device,
-                             promote=args.promote, resume=args.resume, seed=args.seed, progress=_progress(args))
+                             promote=args.promote, resume=args.resume, seed=args.seed, progress=_progress(args),
+                             supervised_only=args.supervised_only)
         return _emit(args, result, f"version {result['version']}: {result['reason']}")
 
     return _json_errors(args, work)
