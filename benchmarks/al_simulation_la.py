@@ -370,6 +370,15 @@ class Simulation:
         return [(arm, seed, rnd) for rnd in range(self.args.rounds + 1) for arm, seed in self.arms]
 
     def run(self) -> int:
+        import fcntl
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        lock = open(self.work / "simulation.lock", "w")  # held until this process ends, however it ends
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SystemExit(f"{self.work}: another simulation runs on this scratch folder; wait for it or stop "
+                             "it (a second one would pick and train in the same cohorts)") from None
         check_protocol(self.args.results, self.protocol())
         if START_LABELS + self.args.rounds * self.args.per_round > START_LABELS + len(self.pool):
             raise SystemExit(f"{self.args.rounds} rounds of {self.args.per_round} need more than the "
