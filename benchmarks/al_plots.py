@@ -12,6 +12,9 @@ from typing import Dict, List, Optional, Sequence
 #: One colour per strategy, the same in every picture (matplotlib's tab10 entries).
 COLORS = {"random": "tab:blue", "disagreement": "tab:red", "entropy": "tab:green",
           "disagreement-supervised": "tab:orange", "first": "tab:gray"}
+#: Markers and line styles differ too, so that arms with equal values stay visible on top of each other.
+STYLES = {"random": ("o", "-"), "disagreement": ("s", "-"), "entropy": ("^", "--"),
+          "disagreement-supervised": ("D", ":")}
 
 #: ``{arm: {labeled cases: [value per seed]}}``
 Series = Dict[str, Dict[int, List[float]]]
@@ -46,7 +49,9 @@ def learning_curve(path: Path, dice: Series, title: str, ylabel: str = "Dice on 
             color = COLORS.get(arm)
             seeds = max(len(v) for v in runs)
             name = f"{arm} (mean of {seeds} seeds, band +- 1 sd)" if seeds > 1 else arm
-            line, = ax.plot(xs, mean, marker="o", color=color, label=name, linewidth=2)
+            marker, style = STYLES.get(arm, ("o", "-"))
+            line, = ax.plot(xs, mean, marker=marker, linestyle=style, color=color, label=name, linewidth=2,
+                            markersize=6, alpha=0.9)
             if seeds > 1:
                 sd = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in runs])
                 ax.fill_between(xs, mean - sd, mean + sd, color=line.get_color(), alpha=0.18, linewidth=0)

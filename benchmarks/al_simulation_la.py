@@ -77,8 +77,6 @@ MEASURE_CASES = 16  # the last 16 of train.list
 DEFAULT_MODEL = "caml-la-cpu8"
 DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "active_learning_la"
 DEFAULT_WORK = Path.home() / ".cache" / "caml-al-simulation-la"
-#: Labels at which the README's table reports every arm.
-TABLE_LABELS = (8, 12, 16, 20, 24)
 FIELDS = ("arm", "seed", "round", "labels", "strategy", "supervised_only", "iterations", "version", "dice_pct",
           "dice_sd", "jaccard_pct", "hd95_mm", "case_dice_pct", "picked", "picked_effort_pct",
           "picked_voxels_changed", "effort_pct", "voxels_changed", "pick_s", "train_s", "measure_s", "cell_s",
@@ -306,7 +304,7 @@ class Simulation:
             resume = bool(jobs) and jobs[-1]["state"] in ("interrupted", "cancelled", "failed") \
                 and jobs[-1]["base_version"] == current
             if resume:
-                say(f"  resuming retrain job {jobs[-1]['id']} from its checkpoint")
+                say(f"  resuming retrain job {jobs[-1]['id']} (from its checkpoint, when it saved one)")
             self.retrain(root, arm, resume=resume)
         train_s = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -480,9 +478,10 @@ def report(results: Path) -> int:
     seeds = {a: max(len(v) for v in dice[a].values()) for a in arms}
     picture = learning_curve(results / "learning_curve.png", dice, effort=effort, arm_order=list(ARMS),
                              title=f"LA oracle simulation from caml-la-cpu8, 4 picks and a retrain per round; "
-                                   f"{len(rows[0]['case_dice_pct'].split())} measure cases")
+                                   f"{len(rows[0]['case_dice_pct'].split())} measure case(s)",
+                             effort_label="correction effort of the round's picks: 1 - Dice (%)")
     say(f"wrote {picture}\n")
-    columns = [x for x in TABLE_LABELS if any(x in dice[a] for a in arms)] or sorted({x for a in arms for x in dice[a]})
+    columns = sorted({x for a in arms for x in dice[a]})  # the protocol's: 8, 12, 16, 20, 24
     say("Dice (%) on the measure cases after each round (random: mean +- sd over its seeds)\n")
     say("| arm | " + " | ".join(f"{x} labels" for x in columns) + " |")
     say("|---|" + "---|" * len(columns))
