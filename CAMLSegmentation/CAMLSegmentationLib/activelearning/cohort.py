@@ -86,6 +86,18 @@ ROLES = ("auto", "train", "val")
 
 # Geometry agreement between a label and its image (as data.py checks it when training).
 
+#: Each accepted case's correction effort (schema version 3).
+_CORRECTIONS = """
+CREATE TABLE corrections (
+    case_id TEXT PRIMARY KEY REFERENCES cases(id),
+    proposal_version INTEGER,
+    dice REAL,
+    voxels_changed INTEGER,
+    seconds REAL,
+    recorded_at TEXT NOT NULL
+);
+"""
+
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE cases (
@@ -148,15 +160,7 @@ CREATE TABLE image_problems (
     reason TEXT NOT NULL,
     noted_at TEXT NOT NULL
 );
-CREATE TABLE corrections (
-    case_id TEXT PRIMARY KEY REFERENCES cases(id),
-    proposal_version INTEGER,
-    dice REAL,
-    voxels_changed INTEGER,
-    seconds REAL,
-    recorded_at TEXT NOT NULL
-);
-"""
+""" + _CORRECTIONS
 
 #: From schema version 1 to 2, in one transaction (the version files are hashed as they are then).
 _UPGRADE_1_2 = """
@@ -173,15 +177,7 @@ CREATE TABLE image_problems (
 #: From schema version 2 to 3: when ``next`` served each case, and the correction effort of accepts.
 _UPGRADE_2_3 = """
 ALTER TABLE cases ADD COLUMN served_at TEXT;
-CREATE TABLE corrections (
-    case_id TEXT PRIMARY KEY REFERENCES cases(id),
-    proposal_version INTEGER,
-    dice REAL,
-    voxels_changed INTEGER,
-    seconds REAL,
-    recorded_at TEXT NOT NULL
-);
-"""
+""" + _CORRECTIONS
 #: The keys of one accepted case's correction effort (``status()["correction"]``), in this order.
 CORRECTION_KEYS = ("case", "accept_order", "proposal_version", "dice", "voxels_changed", "seconds")
 
