@@ -23,7 +23,7 @@
 Scores come from one inference pass per case through the one predictor
 (``inference.segment_volume``) with the ``fast`` protocol (``SCORING_PROTOCOL``): every window
 runs models V and A in the same network call, and without the test-time flips and dense windows
-of the default protocol a case is scored about ten times sooner (``benchmarks/bench_al_ranking.py``).
+of the default protocol a case is scored about 13 times sooner (``benchmarks/bench_al_ranking.py``).
 Ranking needs only the order of the cases, which the protocols agree on; the mask the user
 corrects, the proposal, is the default protocol's (``PROPOSAL_PROTOCOL``), computed for the
 chosen case alone, as ``caml segment`` would give it. Scores are cached in the cohort's
