@@ -13,8 +13,8 @@ Protocol:
   them, CAML is fine-tuned from the current version (``al-finetune`` preset, ``--iterations``),
   the new version is measured on the validation cases (Dice through ``segment_volume``).
 
-Writes ``results.csv`` and ``learning_curve.png`` (drawn with numpy + zlib: lines and points,
-no text; the CSV holds the numbers) into ``--out``.
+Writes ``results.csv`` and ``learning_curve.png`` (matplotlib, ``benchmarks/al_plots.py``, as
+the LA simulation draws its own) into ``--out``; ``--report`` redraws the picture from the CSV.
 
     python benchmarks/bench_active_learning.py --pool 12 --val-cases 4 --initial-iterations 20 \\
         --iterations 10 --rounds 3 --device cpu            # a tiny budget (minutes on 2 cores)
@@ -27,11 +27,9 @@ import argparse
 import csv
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -39,6 +37,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "CAMLSegmentation"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from CAMLSegmentationLib.activelearning import strategies  # noqa: E402
 from CAMLSegmentationLib.activelearning.cohort import Cohort  # noqa: E402
@@ -47,7 +46,6 @@ from CAMLSegmentationLib.io.volume import LA_SPACING, Volume, read_la_h5, write_
 from CAMLSegmentationLib.training.data import LA_CASES_FOLDER, LA_FILE_NAME, read_id_list  # noqa: E402
 
 VALIDATION_CASES = 16
-COLORS = {"random": (31, 119, 180), "disagreement": (214, 39, 40), "entropy": (44, 160, 44)}
 
 
 def la_case(root: Path, case_id: str):
@@ -104,53 +102,19 @@ def clone_cohort(src: Path, dst: Path) -> Path:
     return dst
 
 
-# --------------------------------------------------------------------------- PNG without matplotlib
+# --------------------------------------------------------------------------- picture
 
 
-def _png(path: Path, rgb: np.ndarray) -> None:
-    height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].astype(np.uint8).tobytes() for y in range(height))
+def draw_learning_curve(out: Path, rows: List[Dict[str, object]]) -> Path:
+    """``learning_curve.png`` from the rows of ``results.csv`` (validation Dice in %, per strategy)."""
+    from al_plots import learning_curve
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def learning_curve_png(path: Path, rows: List[Dict[str, object]], width: int = 640, height: int = 420) -> None:
-    """Dice (y, 0..1 with grid lines every 0.1) against labeled cases (x), one colour per strategy."""
-    img = np.full((height, width, 3), 255, dtype=np.uint8)
-    left, right, top, bottom = 50, 20, 20, 40
-    xs = [int(r["labeled"]) for r in rows]
-    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
-
-    def to_px(x: float, y: float):
-        px = left + (x - x0) / (x1 - x0) * (width - left - right)
-        py = height - bottom - y * (height - top - bottom)
-        return int(round(px)), int(round(py))
-
-    for tick in np.linspace(0, 1, 11):
-        _, py = to_px(x0, tick)
-        img[py, left:width - right] = (225, 225, 225) if tick not in (0, 1) else (0, 0, 0)
-    img[top:height - bottom + 1, left] = (0, 0, 0)
-    for x in sorted(set(xs)):
-        px, _ = to_px(x, 0)
-        img[height - bottom:height - bottom + 6, px] = (0, 0, 0)
-    for strategy in sorted({str(r["strategy"]) for r in rows}):
-        color = COLORS.get(strategy, (100, 100, 100))
-        points = [to_px(int(r["labeled"]), float(r["val_dice"])) for r in rows if r["strategy"] == strategy]
-        for (ax, ay), (bx, by) in zip(points, points[1:]):
-            n = max(abs(bx - ax), abs(by - ay), 1)
-            for t in np.linspace(0, 1, n + 1):
-                x, y = int(round(ax + t * (bx - ax))), int(round(ay + t * (by - ay)))
-                img[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = color
-        for x, y in points:
-            img[max(y - 4, 0):y + 5, max(x - 4, 0):x + 5] = color
-    # Legend: one colour swatch per strategy, top left, in the order random, disagreement, entropy.
-    for n, strategy in enumerate(s for s in COLORS if any(r["strategy"] == s for r in rows)):
-        img[top + 5 + 14 * n:top + 15 + 14 * n, left + 10:left + 30] = COLORS[strategy]
-    _png(path, img)
+    series: Dict[str, Dict[int, List[float]]] = {}
+    for r in rows:
+        series.setdefault(str(r["strategy"]), {}).setdefault(int(r["labeled"]), []).append(100 * float(r["val_dice"]))
+    return learning_curve(out / "learning_curve.png", series, arm_order=("random", "disagreement", "entropy"),
+                          title=f"tiny budget: {len(series)} strategies, validation Dice (not a comparison)",
+                          ylabel="validation Dice (%)")
 
 
 # --------------------------------------------------------------------------- main
@@ -171,7 +135,12 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=300, help="fine-tuning iterations per round (al-finetune)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", action="store_true", help="only redraw learning_curve.png from --out/results.csv")
     args = p.parse_args(argv)
+    if args.report:
+        with open(args.out / "results.csv", newline="") as f:
+            print(f"wrote {draw_learning_curve(args.out, list(csv.DictReader(f)))}")
+        return 0
     if not (args.la_root / "train.list").is_file():
         print(f"LA data not found at {args.la_root}: nothing to simulate", file=sys.stderr)
         return 2
@@ -224,7 +193,7 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    learning_curve_png(args.out / "learning_curve.png", rows)
+    draw_learning_curve(args.out, rows)
     print("\n| strategy | round | labeled | validation Dice |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['strategy']} | {r['round']} | {r['labeled']} | {r['val_dice']:.4f} |")

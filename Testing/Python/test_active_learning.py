@@ -351,6 +351,114 @@ def test_scores_are_cached_per_version_and_recomputed_only_when_it_changes(cohor
         assert strategies.score_candidates(cohort, "disagreement", device="cpu")["computed"] == []
 
 
+def test_scoring_runs_v_and_a_in_one_fast_pass_and_only_the_chosen_case_gets_the_default_proposal(
+        cohort_root, tmp_path):
+    from CAMLSegmentationLib.inference.predictor import InferenceOptions, count_windows, segment_volume
+
+    save_model(tmp_path / "m.pt", seed=1, fg_bias=1.0)
+    with Cohort.open(cohort_root) as cohort:
+        cohort.add_version(tmp_path / "m.pt", None, None, None, 0, [], promote=True)
+        model = strategies.load_dual_model(cohort.weights(1), "cpu")
+        calls = {"v": [], "a": []}
+        hooks = [model.networks[w].register_forward_hook(lambda m, i, o, w=w: calls[w].append(i[0].shape[0]))
+                 for w in ("v", "a")]
+        scored = strategies.score_candidates(cohort, "disagreement", "cpu", model=model)
+        for h in hooks:
+            h.remove()
+        # The fast protocol: no flips, so each window batch goes once through V and once through A.
+        fast = InferenceOptions.for_protocol(strategies.SCORING_PROTOCOL)
+        volume = cohort.read_image("case0")
+        windows = segment_volume(volume, model, fast)  # V alone, for the window count
+        per_case = windows.info["windows"]
+        assert len(calls["v"]) == len(calls["a"]) and sum(calls["v"]) == sum(calls["a"]) == 8 * per_case
+        assert per_case == count_windows(tuple(windows.info["network_grid"]), model.window,
+                                         tuple(windows.info["strides"]))
+        # The scores are those of V's and A's own probabilities under the fast protocol.
+        both = segment_volume(volume, model, fast.with_changes(uncertainty=True))
+        a_alone = segment_volume(volume, strategies_a_only(model), fast)
+        np.testing.assert_allclose(both.probability_a, a_alone.probability, atol=1e-5)
+        np.testing.assert_allclose(both.probability, windows.probability, atol=1e-5)
+        assert scored["scores"]["case0"] == pytest.approx(strategies.disagreement_score(both.probability,
+                                                                                        both.probability_a))
+        # Scoring writes no mask and serves nothing; next writes the default protocol's proposal for its case.
+        assert not (cohort.state_dir / "predictions").exists() or not any((cohort.state_dir / "predictions").iterdir())
+        assert all(c.status == UNLABELED for c in cohort.cases())
+        nxt = strategies.next_case(cohort, "disagreement", device="cpu")
+        assert nxt["computed"] == 0 and [p.name for p in (cohort.state_dir / "predictions").iterdir()] == [
+            Path(nxt["prediction"]).name]
+        proposal = segment_volume(cohort.read_image(nxt["case"]), model, InferenceOptions())
+        np.testing.assert_array_equal(read_image(Path(nxt["prediction"])).array, proposal.mask)
+        assert cohort.case(nxt["case"]).served_at is not None
+
+
+def strategies_a_only(model):
+    """Model A run in V's place (what the ranking did before V and A shared one pass)."""
+    import dataclasses
+
+    return dataclasses.replace(model, networks={"v": model.networks["a"]})
+
+
+def test_correction_effort_is_recorded_per_accept_and_shown_by_status(cohort_root, tmp_path, capsys):
+    from CAMLSegmentationLib.inference.metrics import dice
+
+    save_model(tmp_path / "m.pt", seed=1, fg_bias=1.0)
+    with Cohort.open(cohort_root) as cohort:
+        cohort.add_version(tmp_path / "m.pt", None, None, None, 0, [], promote=True)
+        # A case accepted without being served has no proposal and no time.
+        cohort.accept("case7", read_image(truth(cohort_root, "case7")))
+        served = []
+        for _ in range(6):
+            nxt = strategies.next_case(cohort, "disagreement", device="cpu")
+            time.sleep(0.2)
+            result = cohort.accept(nxt["case"], read_image(truth(cohort_root, nxt["case"])))
+            served.append((nxt["case"], Path(nxt["prediction"])))
+            assert result["correction"]["case"] == nxt["case"] and result["correction"]["proposal_version"] == 1
+    assert caml(["al", "status", str(cohort_root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["correction"]
+    assert [r["case"] for r in rows] == ["case7"] + [c for c, _ in served]
+    assert [r["accept_order"] for r in rows] == list(range(1, 8))
+    for r in rows:
+        assert list(r) == ["case", "accept_order", "proposal_version", "dice", "voxels_changed", "seconds"]
+    assert rows[0] == {"case": "case7", "accept_order": 1, "proposal_version": None, "dice": None,
+                       "voxels_changed": None, "seconds": None}
+    for r, (case, proposal_file) in zip(rows[1:], served):
+        proposal = read_image(proposal_file).array > 0
+        label = read_image(truth(cohort_root, case)).array > 0
+        assert r["proposal_version"] == 1 and isinstance(r["voxels_changed"], int)
+        assert r["dice"] == pytest.approx(dice(proposal, label))
+        assert r["voxels_changed"] == int(np.count_nonzero(proposal != label)) > 0
+        assert 0.2 <= r["seconds"] < 60
+    assert caml(["al", "status", str(cohort_root)]) == 0
+    text = capsys.readouterr().out
+    assert "correction effort (latest 5 of 7 accepted cases):" in text
+    last = rows[-1]
+    assert f"#7 {last['case']}: proposal of version 1: Dice {last['dice']:.3f}, {last['voxels_changed']} voxels " \
+           "changed" in text
+    # 6 measured: the latest 5 against the one before them.
+    measured = [r["dice"] for r in rows[1:]]
+    assert f"trend: mean proposal Dice {np.mean(measured[1:]):.3f} over the latest 5, {measured[0]:.3f} over " \
+           "the 1 before" in text
+    # Re-accepting a case replaces its record (the final label is what was corrected to).
+    case, proposal_file = served[0]
+    with Cohort.open(cohort_root) as cohort:
+        other = read_image(truth(cohort_root, "case7"))
+        again = cohort.accept(case, on_grid(read_image(truth(cohort_root, case)), other.array))["correction"]
+        assert again["dice"] == pytest.approx(dice(read_image(proposal_file).array > 0, other.array > 0))
+        assert cohort.corrections()[1] == again
+
+
+def test_status_shows_the_trend_of_the_correction_effort():
+    from CAMLSegmentationLib.cli.al import format_corrections
+
+    rows = [{"case": f"c{n}", "accept_order": n + 1, "proposal_version": 1 + n // 4, "dice": 0.70 + 0.02 * n,
+             "voxels_changed": 1000 - 50 * n, "seconds": 60.0 - n} for n in range(12)]
+    text = "\n".join(format_corrections(rows))
+    assert "latest 5 of 12" in text and "#12 c11" in text and "#7 c6" not in text
+    # latest 5: 0.84..0.92 (mean 0.88); the 5 before: 0.74..0.82 (mean 0.78)
+    assert "trend: mean proposal Dice 0.880 over the latest 5, 0.780 over the 5 before (less to correct)" in text
+    assert format_corrections([]) == []
+
+
 # --------------------------------------------------------------------------- concurrency and crashes
 
 _ACCEPT_MANY = """
@@ -608,6 +716,24 @@ def test_first_retrain_promotes_then_too_few_validation_cases_keep_the_candidate
     with Cohort.open(cohort_root) as cohort:
         job = cohort.jobs()[-1]
         assert (cohort_root / job["folder"] / "labeled.list").read_text().split() == ["case0", "case1"]
+
+
+def test_supervised_only_retrain_trains_without_the_unlabeled_stream(cohort_root, capsys):
+    _accept_training_cases(cohort_root, ["case0", "case1"], role="train")
+    runs = {}
+    for flags in ([], ["--supervised-only"]):
+        assert caml(["al", "retrain", str(cohort_root), "--device", "cpu", "--progress", "none", "--json",
+                     *flags]) == 0
+        result = json.loads(capsys.readouterr().out)
+        with Cohort.open(cohort_root) as cohort:
+            job_dir = cohort_root / cohort.jobs()[-1]["folder"]
+        runs[bool(flags)] = (result, job_dir)
+    for supervised, (result, job_dir) in runs.items():
+        assert json.loads((job_dir / "job.json").read_text())["supervised_only"] is supervised
+        unlabeled = (job_dir / "unlabeled.list").read_text().split()
+        assert unlabeled == ([] if supervised else [f"case{i}" for i in range(2, 8)])
+        # The trainer ran as asked: the weights record it.
+        assert read_checkpoint(Path(result["weights"]))["supervised_only"] is supervised
 
 
 def test_auto_retrain_every_n_accepts(cohort_root, capsys):

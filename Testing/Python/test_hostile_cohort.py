@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from CAMLSegmentationLib.activelearning.cohort import ACCEPTED_VAL, Cohort, CohortError, db_path
+from CAMLSegmentationLib.activelearning.cohort import ACCEPTED_VAL, SCHEMA_VERSION, Cohort, CohortError, db_path
 from CAMLSegmentationLib.activelearning.liveness import JobLock, this_host
 from CAMLSegmentationLib.activelearning.retrain import finetune_preset, retrain, score_on_validation
 from CAMLSegmentationLib.cli import main as caml
@@ -149,14 +149,45 @@ def test_a_version_one_cohort_is_upgraded_with_checksums(cohort: Path, tmp_path:
         c.add_version(save_model(tmp_path / "m.pt"), None, None, None, 0, [], promote=True)
     con = sqlite3.connect(db_path(cohort))
     with con:  # as schema version 1 left it
+        as_schema_two(con)
         con.execute("DROP TABLE image_problems")
         con.execute("ALTER TABLE versions DROP COLUMN sha256")
         con.execute("ALTER TABLE jobs DROP COLUMN process_start")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
     with Cohort.open(cohort) as c:
-        assert c.meta("schema_version") == "2" and len(c.versions()[0]["sha256"]) == 64
+        assert c.meta("schema_version") == str(SCHEMA_VERSION) and len(c.versions()[0]["sha256"]) == 64
         c.weights(1)
+        assert c.corrections() == []
+
+
+def as_schema_two(con: sqlite3.Connection) -> None:
+    """Take away what schema version 3 added (the correction effort)."""
+    con.execute("DROP TABLE corrections")
+    con.execute("ALTER TABLE cases DROP COLUMN served_at")
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+
+def test_a_version_two_cohort_is_upgraded_in_one_transaction_keeping_its_accepts(cohort: Path,
+                                                                                 tmp_path: Path) -> None:
+    accept(cohort, "case0")
+    con = sqlite3.connect(db_path(cohort))
+    with con:
+        as_schema_two(con)
+    con.close()
+    # Killed inside the upgrade's transaction: the database is still the version-2 one, and opens later.
+    done = run_caml("al", "status", str(cohort), CAML_AL_KILL_AT="upgrade-before-commit")
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    con = sqlite3.connect(db_path(cohort))
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert "corrections" not in {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+    con.close()
+    assert run_caml("al", "status", str(cohort), "--json").returncode == 0
+    with Cohort.open(cohort) as c:
+        assert c.meta("schema_version") == str(SCHEMA_VERSION) and c.case("case0").status != "unlabeled"
+        # Accepted before efforts were recorded: listed, with nothing known.
+        assert c.corrections() == [{"case": "case0", "accept_order": 1, "proposal_version": None, "dice": None,
+                                    "voxels_changed": None, "seconds": None}]
 
 
 # --------------------------------------------------------------------------- 3. scores keyed by what was scored

@@ -9,6 +9,11 @@ Layout (the one ``caml train --data`` reads, so the trainer uses the cohort as i
     <cohort>/caml-al/predictions/     predicted masks (and uncertainty maps) per case and version
     <cohort>/caml-al/jobs/job-NNNN/   one folder per retrain job (case lists, training run)
 
+Each accepted case keeps its correction effort (table ``corrections``, MONAI Label's
+"dice(final, original)"): the Dice between the proposal ``next`` served (the prediction file
+of that case) and the accepted label, the voxels that differ, and the seconds from the last
+time ``next`` served the case to the accept. A falling effort is how a user sees the loop pay.
+
 Every change is one SQLite transaction (``BEGIN IMMEDIATE``, so two processes
 serialise instead of failing, with a busy timeout). Files are written before
 the transaction that records them commits, by an atomic rename, so a process
@@ -55,7 +60,9 @@ STATE_DIR = "caml-al"
 DB_NAME = "state.sqlite"
 #: Stands for the version ``add_version`` is recording, before SQLite numbers it (a candidate's scores).
 NEW_VERSION = -1
-SCHEMA_VERSION = 2  # 2: versions.sha256, jobs.process_start, image_problems (a version-1 cohort is upgraded)
+#: 2: versions.sha256, jobs.process_start, image_problems; 3: cases.served_at, corrections.
+#: An earlier cohort is upgraded when opened, in one transaction.
+SCHEMA_VERSION = 3
 #: Seeds go to numpy and torch alike: numpy takes 0 .. 2**32 - 1.
 SEED_RANGE = (0, 2 ** 32 - 1)
 #: Version numbers are SQLite integers.
@@ -85,6 +92,18 @@ ROLES = ("auto", "train", "val")
 
 # Geometry agreement between a label and its image (as data.py checks it when training).
 
+#: Each accepted case's correction effort (schema version 3).
+_CORRECTIONS = """
+CREATE TABLE corrections (
+    case_id TEXT PRIMARY KEY REFERENCES cases(id),
+    proposal_version INTEGER,
+    dice REAL,
+    voxels_changed INTEGER,
+    seconds REAL,
+    recorded_at TEXT NOT NULL
+);
+"""
+
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE cases (
@@ -96,7 +115,8 @@ CREATE TABLE cases (
     accepted_at TEXT,
     accept_order INTEGER UNIQUE,
     predicted_version INTEGER REFERENCES versions(id),
-    prediction_file TEXT
+    prediction_file TEXT,
+    served_at TEXT
 );
 CREATE TABLE versions (
     id INTEGER PRIMARY KEY,
@@ -146,7 +166,7 @@ CREATE TABLE image_problems (
     reason TEXT NOT NULL,
     noted_at TEXT NOT NULL
 );
-"""
+""" + _CORRECTIONS
 
 #: From schema version 1 to 2, in one transaction (the version files are hashed as they are then).
 _UPGRADE_1_2 = """
@@ -159,6 +179,13 @@ CREATE TABLE image_problems (
     noted_at TEXT NOT NULL
 );
 """
+
+#: From schema version 2 to 3: when ``next`` served each case, and the correction effort of accepts.
+_UPGRADE_2_3 = """
+ALTER TABLE cases ADD COLUMN served_at TEXT;
+""" + _CORRECTIONS
+#: The keys of one accepted case's correction effort (``status()["correction"]``), in this order.
+CORRECTION_KEYS = ("case", "accept_order", "proposal_version", "dice", "voxels_changed", "seconds")
 
 
 class CohortError(CAMLError, ValueError):
@@ -263,10 +290,13 @@ def _check_database(con: sqlite3.Connection) -> int:
         version = int(row[0]) if row is not None else -1
     except ValueError:
         version = -1
-    if version not in (1, SCHEMA_VERSION):
+    if not 1 <= version <= SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"schema version {row[0] if row else 'missing'}, expected {SCHEMA_VERSION}")
-    if version == SCHEMA_VERSION and "image_problems" not in tables:
-        raise sqlite3.DatabaseError("tables missing: image_problems")
+    # The tables each schema version added (an earlier version's are added by the upgrade).
+    added = {"image_problems": 2, "corrections": 3}
+    missing = sorted(t for t, since in added.items() if version >= since and t not in tables)
+    if missing:
+        raise sqlite3.DatabaseError(f"tables missing: {', '.join(missing)}")
     return version
 
 
@@ -281,6 +311,7 @@ class CaseRow:
     accept_order: Optional[int]
     predicted_version: Optional[int]
     prediction_file: Optional[str]
+    served_at: Optional[str] = None
 
     @property
     def accepted(self) -> bool:
@@ -465,7 +496,7 @@ class Cohort:
                 if readable_only:
                     raise CohortError(f"{db}: made by an earlier caml (schema version {version}); open it once "
                                       "with write access to upgrade it")
-                cls._upgrade(root, con)
+                cls._upgrade(root, con, version)
         except sqlite3.Error as exc:
             if con is not None:
                 con.close()
@@ -489,17 +520,22 @@ class Cohort:
         return cohort
 
     @staticmethod
-    def _upgrade(root: Path, con: sqlite3.Connection) -> None:
-        """Schema 1 to 2 in one transaction; the version files get the checksum they have now."""
+    def _upgrade(root: Path, con: sqlite3.Connection, version: int) -> None:
+        """From schema ``version`` to ``SCHEMA_VERSION`` in one transaction: a crash leaves the
+        cohort as it was. From 1, the version files get the checksum they have now; from 2, the
+        cases accepted before have no correction record (their effort shows as unknown)."""
         con.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _UPGRADE_1_2.split(";"):
+            steps = [script for since, script in ((1, _UPGRADE_1_2), (2, _UPGRADE_2_3)) if version <= since]
+            for statement in ";".join(steps).split(";"):
                 if statement.strip():
                     con.execute(statement)
-            for row in con.execute("SELECT id, weights FROM versions").fetchall():
-                path = root / row[1]
-                if path.is_file():
-                    con.execute("UPDATE versions SET sha256 = ? WHERE id = ?", (sha256_file(path), row[0]))
+            if version < 2:
+                for row in con.execute("SELECT id, weights FROM versions").fetchall():
+                    path = root / row[1]
+                    if path.is_file():
+                        con.execute("UPDATE versions SET sha256 = ? WHERE id = ?", (sha256_file(path), row[0]))
+            fault_point("upgrade-before-commit")
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             con.execute("COMMIT")
         except BaseException:
@@ -708,6 +744,8 @@ class Cohort:
             raise CohortError(f"label of case {case_id!r} is {what}: it would be trained on as it is; "
                               "check the file, or pass --force to accept it anyway")
         target = self._label_target(case_id)
+        label_array = (np.asarray(label.array) > 0).astype(np.uint8)
+        proposal_version, effort = self._correction_effort(row, label_array)
         with self.transaction(final=final) as con:
             row = CaseRow(**dict(con.execute("SELECT * FROM cases WHERE id = ?", (case_id,)).fetchone()))
             if row.accepted:
@@ -727,19 +765,59 @@ class Cohort:
             fault_point("accept-before-write")
             write_mask(np.asarray(label.array), image, target)
             fault_point("accept-after-write")
+            accepted_at = now()
+            seconds = _seconds_between(row.served_at, accepted_at)
             con.execute("UPDATE cases SET status = ?, label_file = ?, accepted_at = ?, accept_order = ? "
-                        "WHERE id = ?", (status, target.relative_to(self.root).as_posix(), now(), order, case_id))
+                        "WHERE id = ?", (status, target.relative_to(self.root).as_posix(), accepted_at, order,
+                                         case_id))
+            con.execute("INSERT OR REPLACE INTO corrections VALUES (?, ?, ?, ?, ?, ?)",
+                        (case_id, proposal_version, effort[0], effort[1], seconds, accepted_at))
         fault_point("accept-after-commit")
+        correction = dict(zip(CORRECTION_KEYS, (case_id, order, proposal_version, *effort, seconds)))
         return {"case": case_id, "status": status, "label": str(target), "accept_order": order,
-                "retrain_due": self.retrain_due()}
+                "retrain_due": self.retrain_due(), "correction": correction}
 
-    def set_prediction(self, case_id: str, version: int, prediction_file: Path) -> None:
-        """Record that ``version`` predicted the case (its mask is in ``prediction_file``)."""
+    def _correction_effort(self, row: CaseRow, label: np.ndarray
+                           ) -> Tuple[Optional[int], Tuple[Optional[float], Optional[int]]]:
+        """(proposal version, (Dice between the served proposal and ``label``, voxels that differ)).
+
+        ``(None, (None, None))`` when no proposal was served for the case, and the version with
+        ``(None, None)`` when its file is gone, unreadable or on another grid (nothing to compare).
+        """
+        from ..inference.metrics import dice
+
+        path = self.path(row.prediction_file)
+        if row.predicted_version is None or path is None:
+            return None, (None, None)
+        try:
+            proposal = read_image(path).array > 0.5
+        except (OSError, CAMLError, RuntimeError):
+            return row.predicted_version, (None, None)
+        if proposal.shape != label.shape:
+            return row.predicted_version, (None, None)
+        truth = label > 0
+        return row.predicted_version, (dice(proposal, truth), int(np.count_nonzero(proposal != truth)))
+
+    def corrections(self) -> List[Dict[str, Any]]:
+        """The correction effort of every accepted case, in accept order: one dict with exactly
+        ``CORRECTION_KEYS`` each, ``None`` where it is unknown (no proposal served, or accepted
+        before the cohort recorded efforts)."""
+        rows = self.con.execute(
+            "SELECT c.id, c.accept_order, r.proposal_version, r.dice, r.voxels_changed, r.seconds FROM cases c "
+            "LEFT JOIN corrections r ON r.case_id = c.id WHERE c.status IN (?, ?) ORDER BY c.accept_order",
+            ACCEPTED).fetchall()
+        return [dict(zip(CORRECTION_KEYS, tuple(r))) for r in rows]
+
+    def serve(self, case_id: str, version: Optional[int] = None, prediction_file: Optional[Path] = None) -> None:
+        """Record that ``next`` served the case now, with the proposal ``version`` predicted (its
+        mask in ``prediction_file``) when there is a model; the accept measures its effort from here."""
         with self.transaction() as con:
-            row = con.execute("SELECT status FROM cases WHERE id = ?", (case_id,)).fetchone()
-            status = row[0] if row[0] in ACCEPTED else PREDICTED
-            con.execute("UPDATE cases SET status = ?, predicted_version = ?, prediction_file = ? WHERE id = ?",
-                        (status, version, prediction_file.relative_to(self.root).as_posix(), case_id))
+            con.execute("UPDATE cases SET served_at = ? WHERE id = ?", (now(), case_id))
+            if prediction_file is not None:
+                row = con.execute("SELECT status FROM cases WHERE id = ?", (case_id,)).fetchone()
+                status = row[0] if row[0] in ACCEPTED else PREDICTED
+                con.execute("UPDATE cases SET status = ?, predicted_version = ?, prediction_file = ? WHERE id = ?",
+                            (status, version, prediction_file.relative_to(self.root).as_posix(), case_id))
 
     def label(self, case_id: str) -> np.ndarray:
         row = self.case(case_id)
@@ -1037,7 +1115,16 @@ class Cohort:
         return {"cohort": str(self.root), "cases": len(self.cases()), "counts": counts,
                 "current_version": current, "versions": len(self.versions()), "val_every": self.val_every,
                 "auto_retrain": self.auto_retrain, "preset": self.preset, "retrain_due": self.retrain_due(),
-                "running_job": (self.running_job() or {}).get("id"), "notes": notes, "problems": self.problems()}
+                "running_job": (self.running_job() or {}).get("id"), "notes": notes, "problems": self.problems(),
+                "correction": self.corrections()}
+
+
+def _seconds_between(start: Optional[str], end: str) -> Optional[float]:
+    """Seconds from one ``now()`` stamp to another; None without a start."""
+    if not start:
+        return None
+    delta = _dt.datetime.fromisoformat(end) - _dt.datetime.fromisoformat(start)
+    return round(delta.total_seconds(), 3)
 
 
 def _check_label_geometry(label: Volume, image: Volume, case_id: str) -> None:

@@ -4,7 +4,9 @@ One job, in order:
 
 1. claim the cohort (one job at a time) and write the job's case lists into its folder:
    labeled = the accepted training cases, validation = the accepted validation cases at
-   this moment; unlabeled = every other image of the cohort (the trainer's rule);
+   this moment; unlabeled = every other image of the cohort (the trainer's rule), or none
+   with ``supervised_only`` (labeled cases and the Dice loss alone: the ablation that
+   measures what the unlabeled stream adds, ``benchmarks/al_simulation_la.py``);
 2. train with the fine-tuning preset, warm-started from the current version's weights
    (``TrainConfig.init_weights``); network width, voxel size and window come from the
    current version so the weights fit, and the candidate carries the current version's
@@ -280,9 +282,11 @@ def resumable_job(cohort: Cohort) -> Optional[Dict[str, Any]]:
 def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] = None, device: str = "auto",
             promote: str = "auto", resume: bool = False, seed: Optional[int] = None,
             progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
-            publish: bool = True) -> Dict[str, Any]:
+            supervised_only: bool = False, publish: bool = True) -> Dict[str, Any]:
     """Run one retrain job on the cohort at ``root``; returns what happened (see the module docstring).
 
+    ``supervised_only``: train on the labeled cases alone (no unlabeled stream, no consistency
+    or OCC loss); a resumed job keeps the choice it started with.
     ``publish``: list a promoted version in the user model catalog (off for simulations, which make
     cohorts by the dozen and must leave the user's catalog alone)."""
     if promote not in PROMOTE_CHOICES:
@@ -302,7 +306,7 @@ def retrain(root: Path, iterations: Optional[int] = None, preset: Optional[str] 
         job_dir = cohort.root / job["folder"]
         try:
             result = _run_job(cohort, job, job_dir, base, base_weights, promote, device, progress, cancel,
-                              None if resumed else (labeled, validation, ft, job_seed), publish)
+                              None if resumed else (labeled, validation, ft, job_seed, supervised_only), publish)
         except Cancelled:
             _end_job(cohort, job["id"], "cancelled", "cancelled; caml al retrain --resume continues it")
             raise
@@ -336,20 +340,21 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
     from ..training.trainer import TrainConfig, train
 
     if new is not None:
-        labeled, validation, ft, job_seed = new
+        labeled, validation, ft, job_seed, supervised_only = new
         job_dir.mkdir(parents=True, exist_ok=True)
         _write_list(job_dir / "labeled.list", labeled)
         _write_list(job_dir / "validation.list", validation)
         (job_dir / "job.json").write_text(json.dumps({
             "base_version": base, "preset": ft.to_dict(), "promote": promote, "device": device,
-            "seed": job_seed}, indent=2))
+            "seed": job_seed, "supervised_only": supervised_only}, indent=2))
     settings = json.loads((job_dir / "job.json").read_text())
     ft = TrainingPreset.from_dict(settings["preset"])
+    supervised_only = bool(settings.get("supervised_only", False))
     labeled = _read_list(job_dir / "labeled.list")
     unlabeled_list = job_dir / "unlabeled.list"
     restart_unlabeled = False
     if not unlabeled_list.is_file():
-        _write_list(unlabeled_list, _usable_unlabeled(cohort, labeled, progress, cancel))
+        _write_list(unlabeled_list, [] if supervised_only else _usable_unlabeled(cohort, labeled, progress, cancel))
     else:  # a resumed job keeps the stream it started with, as long as its images are there
         gone = [c for c in _read_list(unlabeled_list) if not cohort.image_path(c).is_file()]
         if gone:
@@ -362,7 +367,8 @@ def _run_job(cohort: Cohort, job: Dict[str, Any], job_dir: Path, base: Optional[
     cfg = TrainConfig(data_root=cohort.root, out_dir=run_dir, preset=ft, labeled_list=job_dir / "labeled.list",
                       unlabeled_list=unlabeled_list if _read_list(unlabeled_list) else None, device=device,
                       seed=check_seed(int(settings["seed"])), resume=(run_dir / "last.pt").is_file(),
-                      init_weights=base_weights, restart_unlabeled=restart_unlabeled)
+                      init_weights=base_weights, restart_unlabeled=restart_unlabeled,
+                      supervised_only=supervised_only)
     progress(ProgressEvent("retrain", 0, 3, f"job {job['id']}: fine-tuning from version {base}"))
     train(cfg, progress=progress, cancel=cancel)
     candidate = run_dir / "candidate.pt"

@@ -4,7 +4,7 @@
     caml al status COHORT
     caml al next COHORT [--strategy S] [--uncertainty]
     caml al accept COHORT CASE LABEL [--role auto|train|val] [--retrain-when-due]
-    caml al retrain COHORT [--iterations N] [--promote auto|always|never] [--resume | --cancel]
+    caml al retrain COHORT [--iterations N] [--promote auto|always|never] [--supervised-only] [--resume | --cancel]
     caml al versions COHORT [--rescore]
     caml al use COHORT VERSION
 
@@ -95,7 +95,8 @@ def add_parser(subparsers: Any) -> None:
                    help=f"seed of the random strategy and of retraining, 0 to {SEED_RANGE[1]} (default 0)")
     p.set_defaults(func=run_init)
 
-    p = sub.add_parser("status", help="case counts, current version, notes and problems")
+    p = sub.add_parser("status", help="case counts, current version, correction effort of the accepted cases, "
+                                      "notes and problems")
     common(p)
     p.set_defaults(func=run_status)
 
@@ -138,6 +139,9 @@ def add_parser(subparsers: Any) -> None:
                         f"validation cases says so ({MIN_VALIDATION} cases at least, more wins than losses, mean "
                         f"gain >= {PROMOTION_MARGIN}); always / never: override (default auto)")
     p.add_argument("--seed", type=_SEED, help="training seed (default: the cohort's)")
+    p.add_argument("--supervised-only", action="store_true",
+                   help="train on the accepted cases alone: no unlabeled stream, no consistency or OCC loss "
+                        "(a baseline; --resume keeps what the job started with)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--resume", action="store_true",
                       help="continue the last interrupted, cancelled or failed retrain from its checkpoint")
@@ -263,9 +267,40 @@ def format_status(status: Dict[str, Any]) -> str:
     if catalog and catalog.get("id"):
         lines.append(f"model catalog: version {catalog['version']} is model {catalog['id']} "
                      f"(caml segment --model {catalog['id']})")
+    lines += format_corrections(status.get("correction") or [])
     lines += [f"note: {n}" for n in status["notes"]]
     lines += [f"problem: {p}" for p in status["problems"]]
     return "\n".join(lines)
+
+
+#: How many of the latest accepted cases ``caml al status`` lists, and compares with the ones before.
+RECENT_ACCEPTS = 5
+
+
+def format_corrections(rows: Any) -> list:
+    """The correction effort of the latest accepted cases, and its trend (the latest against the ones before)."""
+    if not rows:
+        return []
+
+    def shown(r: Dict[str, Any]) -> str:
+        if r["dice"] is None:
+            effort = "no proposal to compare" if r["proposal_version"] is None else "proposal file unreadable"
+        else:
+            effort = (f"proposal of version {r['proposal_version']}: Dice {r['dice']:.3f}, "
+                      f"{r['voxels_changed']} voxels changed")
+        seconds = "" if r["seconds"] is None else f", {r['seconds']:.0f} s from next to accept"
+        return f"  #{r['accept_order']} {r['case']}: {effort}{seconds}"
+
+    lines = [f"correction effort (latest {min(len(rows), RECENT_ACCEPTS)} of {len(rows)} accepted cases):"]
+    lines += [shown(r) for r in rows[-RECENT_ACCEPTS:]]
+    measured = [r["dice"] for r in rows if r["dice"] is not None]
+    if len(measured) > RECENT_ACCEPTS:
+        latest, before = measured[-RECENT_ACCEPTS:], measured[-2 * RECENT_ACCEPTS:-RECENT_ACCEPTS]
+        now, then = sum(latest) / len(latest), sum(before) / len(before)
+        way = "less to correct" if now > then else "more to correct" if now < then else "unchanged"
+        lines.append(f"  trend: mean proposal Dice {now:.3f} over the latest {len(latest)}, {then:.3f} over the "
+                     f"{len(before)} before ({way})")
+    return lines
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -338,7 +373,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         # SIGTERM (Cancel in the panel, or --cancel) stops like Ctrl-C: the job keeps a resumable checkpoint.
         with terminate_as_cancel():
             result = retrain(args.cohort, iterations=args.iterations, preset=args.preset, device=args.device,
-                             promote=args.promote, resume=args.resume, seed=args.seed, progress=_progress(args))
+                             promote=args.promote, resume=args.resume, seed=args.seed, progress=_progress(args),
+                             supervised_only=args.supervised_only)
         return _emit(args, result, f"version {result['version']}: {result['reason']}" + _catalog_line(result["catalog"])
                      + "".join(f"\n{line}" for line in format_comparison(result["comparison"])))
 

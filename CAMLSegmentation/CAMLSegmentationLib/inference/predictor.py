@@ -474,6 +474,10 @@ class SegmentationResult:
     probability: np.ndarray
     uncertainty: Optional[np.ndarray]
     info: Dict[str, Any]
+    #: Model A's own foreground probability, when A ran (ensemble or uncertainty): the windows
+    #: computed it beside V's in the same pass, so a caller needing both (active-learning
+    #: scoring) gets them from one call.
+    probability_a: Optional[np.ndarray] = None
 
 
 def flip_combinations(axes: Sequence[int]) -> List[Tuple[int, ...]]:
@@ -582,4 +586,5 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
             "seconds": round(time.perf_counter() - start, 3),
             "network_seconds": round(network_seconds, 3)}
     return SegmentationResult(mask=mask, probability=np.ascontiguousarray(probability, dtype=np.float32),
-                              uncertainty=uncertainty, info=info)
+                              uncertainty=uncertainty, info=info,
+                              probability_a=np.ascontiguousarray(probs_np[1], dtype=np.float32) if need_a else None)
