@@ -156,7 +156,7 @@ def test_correction_effort_line_from_the_status_json():
     records = [{"case": f"c{n}", "accept_order": n, "proposal_version": 1, "dice": 0.80 + n / 100,
                 "voxels_changed": 1000 - 100 * n, "seconds": 60.0 - n} for n in (1, 4, 2, 3)]
     records.append({"case": "c5", "accept_order": 5, "proposal_version": None, "dice": None,
-                    "voxels_changed": 2400, "seconds": None})  # painted from scratch: no proposal
+                    "voxels_changed": None, "seconds": None})  # painted from scratch: no proposal
     assert summary({"correction": records}) == (
-        "Correction effort (latest first): c5: Dice -, 2400 voxels changed; "
+        "Correction effort (latest first): c5: no proposal to compare; "
         "c4: Dice 0.840, 600 voxels changed, 56 s; c3: Dice 0.830, 700 voxels changed, 57 s")

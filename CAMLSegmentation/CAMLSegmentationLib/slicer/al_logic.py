@@ -151,9 +151,11 @@ class ActiveLearningLogicMixin:
         for r in reversed(records):
             dice = r.get("dice")
             seconds = r.get("seconds")
-            part = _("{case}: Dice {dice}, {voxels} voxels changed").format(
-                case=r.get("case", "?"), dice="-" if dice is None else f"{float(dice):.3f}",
-                voxels=r.get("voxels_changed", "?"))
+            if dice is None:  # accepted without a proposal served (or its file unreadable): nothing to compare
+                part = _("{case}: no proposal to compare").format(case=r.get("case", "?"))
+            else:
+                part = _("{case}: Dice {dice:.3f}, {voxels} voxels changed").format(
+                    case=r.get("case", "?"), dice=float(dice), voxels=r.get("voxels_changed", "?"))
             if seconds is not None:
                 part += _(", {seconds:.0f} s").format(seconds=float(seconds))
             parts.append(part)
