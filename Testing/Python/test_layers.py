@@ -84,3 +84,24 @@ def test_no_cycle_between_packages() -> None:
 
     cycles = sorted(p for p in graph if reaches(p, p, {p}))
     assert not cycles, f"packages on an import cycle: {cycles}"
+
+
+#: The most lines one engine module may hold: past it, a module holds several ideas (issue #25 item 11
+#: split ``activelearning/cohort.py`` at 1134 lines into database, case_ids, versions, jobs and cohort).
+MAX_MODULE_LINES = 800
+
+
+def module_sizes() -> List[Tuple[int, str]]:
+    """(lines, path inside the package) of every engine module, largest first."""
+    sizes = [(len(path.read_text(encoding="utf-8").splitlines()), path.relative_to(ENGINE).as_posix())
+             for path in ENGINE.rglob("*.py")]
+    return sorted(sizes, reverse=True)
+
+
+def test_no_engine_module_grows_past_the_line_limit() -> None:
+    sizes = module_sizes()
+    assert any(path == "activelearning/cohort.py" for _, path in sizes), "the scan found no engine module"
+    too_big = [f"{path} ({lines})" for lines, path in sizes if lines > MAX_MODULE_LINES]
+    largest = ", ".join(f"{path} ({lines})" for lines, path in sizes[:5])
+    assert not too_big, (f"engine modules past {MAX_MODULE_LINES} lines: {', '.join(too_big)}; split them by idea "
+                         f"(largest now: {largest})")

@@ -1,6 +1,8 @@
 """Active learning on a cohort: pick the case to label, accept its corrected label, retrain CAML.
 
-- ``cohort``: the cohort folder and its SQLite state (cases, labels, versions, scores, jobs);
+- ``cohort``: the cohort folder and its SQLite state (cases, labels, accepts, status), the entry point,
+  made of ``versions`` (model versions, weights, score caches) and ``jobs`` (retrain job rows),
+  on top of ``database`` (schema, upgrades, connection checks) and ``case_ids`` (case-id rules, seeds);
 - ``strategies``: which case next (disagreement, entropy, random, first) and the score cache;
 - ``retrain``: warm-started CAML fine-tuning, validation comparison, promotion, rollback;
 

@@ -30,21 +30,30 @@ Version files carry the SHA-256 recorded when they were committed and are
 checked before use; a case id is text a list file and a shell carry (UTF-8,
 no control characters); an image that cannot be read or segmented is noted
 and skipped, never allowed to block the cohort.
+
+The cohort is split by idea; this module is the entry point and re-exports the names that moved:
+
+- ``database``: where the state lives, the schema and its upgrades, connecting and checking,
+  the damaged-database message, ``CohortError``, ``now``, ``fault_point``, ``sha256_file``;
+- ``case_ids``: which names can be case ids, how a file name is shown, the seed range;
+- ``versions``: ``VersionStore``, the model versions, their weights and checksums, and the
+  validation-score and selection-score caches per version;
+- ``jobs``: ``JobRows``, the retrain job rows (one at a time, interrupted jobs);
+- here: ``Cohort`` itself (opening, settings, cases, accepts and their correction effort, status),
+  made of ``VersionStore`` and ``JobRows``, so ``cohort.add_version(...)`` and
+  ``cohort.start_job(...)`` are called on the cohort as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
-import json
 import os
 import shutil
-import signal
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,27 +61,41 @@ from ..errors import CAMLError, MissingFileError, SizeLimitError
 from ..io.volume import ImageError, Volume, read_image, validate_volume, write_mask
 from ..training.data import FolderSource, _natural_key, open_source
 from . import storage
-from .liveness import JobLock, process_identity, this_host
+from .case_ids import SEED_RANGE, case_id_problem, check_seed, shown_name
+from .database import (
+    DB_NAME,
+    SCHEMA,
+    SCHEMA_VERSION,
+    STATE_DIR,
+    CohortError,
+    PathLike,
+    check_database,
+    connect,
+    damaged,
+    db_path,
+    fault_point,
+    file_signature,
+    now,
+    remove_stale_init_files,
+    sha256_file,
+    state_dir,
+    upgrade,
+)
+from .jobs import INTERRUPTED, JobRows
+from .liveness import JobLock
+from .versions import MAX_VERSION, NEW_VERSION, ScoredCase, VersionStore
 
-PathLike = Union[str, Path]
+#: What moved to the modules above stays importable from here (callers import ``activelearning.cohort``).
+__all__ = [
+    "ACCEPTED", "ACCEPTED_TRAIN", "ACCEPTED_VAL", "CORRECTION_KEYS", "DB_NAME", "DEFAULT_PRESET",
+    "DEFAULT_VAL_EVERY", "IMAGE_ERRORS", "INTERRUPTED", "MAX_VERSION", "MIN_VALIDATION", "NEW_VERSION",
+    "PREDICTED", "PROMOTION_MARGIN", "ROLES", "SCHEMA_VERSION", "SEED_RANGE", "STATE_DIR", "STATUSES",
+    "UNLABELED", "CaseRow", "Cohort", "CohortError", "PathLike", "ScoredCase", "case_id_problem",
+    "check_seed", "db_path", "fault_point", "now", "sha256_file", "shown_name", "state_dir",
+]
 
-STATE_DIR = "caml-al"
-DB_NAME = "state.sqlite"
-#: Stands for the version ``add_version`` is recording, before SQLite numbers it (a candidate's scores).
-NEW_VERSION = -1
-#: 2: versions.sha256, jobs.process_start, image_problems; 3: cases.served_at, corrections.
-#: An earlier cohort is upgraded when opened, in one transaction.
-SCHEMA_VERSION = 3
-#: Seeds go to numpy and torch alike: numpy takes 0 .. 2**32 - 1.
-SEED_RANGE = (0, 2 ** 32 - 1)
-#: Version numbers are SQLite integers.
-MAX_VERSION = 2 ** 63 - 1
-#: A job row marked dead (its process ended without saying how) keeps state 'failed' with this message start.
-INTERRUPTED = "interrupted"
 #: What an image that cannot be read or segmented raises (noted, then skipped by next and retrain).
 IMAGE_ERRORS = (ImageError, SizeLimitError, MissingFileError)
-#: A validation score and the SHA-256 of the label file it was computed against.
-ScoredCase = Tuple[float, str]
 
 UNLABELED, PREDICTED, ACCEPTED_TRAIN, ACCEPTED_VAL = "unlabeled", "predicted", "accepted-train", "accepted-val"
 STATUSES = (UNLABELED, PREDICTED, ACCEPTED_TRAIN, ACCEPTED_VAL)
@@ -92,212 +115,8 @@ ROLES = ("auto", "train", "val")
 
 # Geometry agreement between a label and its image (as data.py checks it when training).
 
-#: Each accepted case's correction effort (schema version 3).
-_CORRECTIONS = """
-CREATE TABLE corrections (
-    case_id TEXT PRIMARY KEY REFERENCES cases(id),
-    proposal_version INTEGER,
-    dice REAL,
-    voxels_changed INTEGER,
-    seconds REAL,
-    recorded_at TEXT NOT NULL
-);
-"""
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE cases (
-    id TEXT PRIMARY KEY,
-    position INTEGER NOT NULL,
-    image TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('unlabeled', 'predicted', 'accepted-train', 'accepted-val')),
-    label_file TEXT,
-    accepted_at TEXT,
-    accept_order INTEGER UNIQUE,
-    predicted_version INTEGER REFERENCES versions(id),
-    prediction_file TEXT,
-    served_at TEXT
-);
-CREATE TABLE versions (
-    id INTEGER PRIMARY KEY,
-    weights TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    parent INTEGER REFERENCES versions(id),
-    job INTEGER REFERENCES jobs(id),
-    val_dice REAL,
-    val_cases INTEGER NOT NULL DEFAULT 0,
-    train_cases TEXT NOT NULL DEFAULT '[]',
-    promoted INTEGER NOT NULL DEFAULT 0,
-    note TEXT NOT NULL DEFAULT '',
-    sha256 TEXT
-);
-CREATE TABLE scores (
-    case_id TEXT NOT NULL REFERENCES cases(id),
-    strategy TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    score REAL NOT NULL,
-    computed_at TEXT NOT NULL,
-    PRIMARY KEY (case_id, strategy, version)
-);
-CREATE TABLE val_scores (
-    version INTEGER NOT NULL REFERENCES versions(id),
-    case_id TEXT NOT NULL REFERENCES cases(id),
-    label_sha256 TEXT NOT NULL,
-    dice REAL NOT NULL,
-    PRIMARY KEY (version, case_id, label_sha256)
-);
-CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'cancelled')),
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    pid INTEGER,
-    host TEXT,
-    base_version INTEGER,
-    version INTEGER,
-    folder TEXT NOT NULL,
-    message TEXT NOT NULL DEFAULT '',
-    process_start TEXT
-);
-CREATE TABLE image_problems (
-    case_id TEXT PRIMARY KEY REFERENCES cases(id),
-    signature TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    noted_at TEXT NOT NULL
-);
-""" + _CORRECTIONS
-
-#: From schema version 1 to 2, in one transaction (the version files are hashed as they are then).
-_UPGRADE_1_2 = """
-ALTER TABLE versions ADD COLUMN sha256 TEXT;
-ALTER TABLE jobs ADD COLUMN process_start TEXT;
-CREATE TABLE image_problems (
-    case_id TEXT PRIMARY KEY REFERENCES cases(id),
-    signature TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    noted_at TEXT NOT NULL
-);
-"""
-
-#: From schema version 2 to 3: when ``next`` served each case, and the correction effort of accepts.
-_UPGRADE_2_3 = """
-ALTER TABLE cases ADD COLUMN served_at TEXT;
-""" + _CORRECTIONS
 #: The keys of one accepted case's correction effort (``status()["correction"]``), in this order.
 CORRECTION_KEYS = ("case", "accept_order", "proposal_version", "dice", "voxels_changed", "seconds")
-
-
-class CohortError(CAMLError, ValueError):
-    """A problem with a cohort or a request on it; the message is one line and names what is wrong."""
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def fault_point(name: str) -> None:
-    """Die here, as a crash would, when ``CAML_AL_KILL_AT`` names this point (crash-safety tests).
-
-    The process sends itself SIGKILL: no handler, no cleanup, no flush, exactly
-    what a power cut or the OOM killer does to the process at that line.
-    ``CAML_AL_KILL_SIGNAL=SIGTERM`` sends a cancel instead (a user's Cancel landing there).
-    """
-    if os.environ.get("CAML_AL_KILL_AT") == name:
-        os.kill(os.getpid(), getattr(signal, os.environ.get("CAML_AL_KILL_SIGNAL", "SIGKILL")))
-
-
-def sha256_file(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def shown_name(path: PathLike) -> str:
-    """A file name as one printable line, whatever bytes it holds (foreign bytes as \\xNN)."""
-    text = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def case_id_problem(case_id: str) -> Optional[str]:
-    """Why a list file (one id per line) or a shell could not carry this case id; None when it can."""
-    try:
-        case_id.encode("utf-8")
-    except UnicodeEncodeError:
-        return "its name is not UTF-8 text"
-    bad = [c for c in case_id if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"]
-    if bad:
-        return f"its name holds a control character ({bad[0]!r})"
-    if "#" in case_id:
-        return "its name holds '#', which starts a comment in a case list"
-    if case_id != case_id.strip():
-        return "its name starts or ends with a space"
-    return None
-
-
-def check_seed(seed: int) -> int:
-    if not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
-        raise CohortError(f"seed {seed} is out of range: a seed is {SEED_RANGE[0]} to {SEED_RANGE[1]}")
-    return int(seed)
-
-
-def _file_signature(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def state_dir(root: PathLike) -> Path:
-    return Path(root) / STATE_DIR
-
-
-def db_path(root: PathLike) -> Path:
-    return state_dir(root) / DB_NAME
-
-
-def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
-    """A connection that never creates the file, waits for locks and leaves transactions to us.
-
-    ``read_only``: for a folder nobody can write (``immutable``: SQLite then needs neither
-    the write-ahead log's index nor a lock file beside the database).
-    """
-    query = "mode=ro&immutable=1" if read_only else "mode=rw"
-    con = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True, timeout=60.0, isolation_level=None)
-    con.row_factory = sqlite3.Row
-    con.execute("PRAGMA busy_timeout = 60000")
-    con.execute("PRAGMA foreign_keys = ON")
-    con.execute("PRAGMA synchronous = FULL")
-    return con
-
-
-def _damaged(db: Path, why: str) -> CohortError:
-    return CohortError(f"{db}: damaged state database ({why}); it was left as it is: restore it from a backup "
-                       "of the cohort, or move caml-al/ aside and run caml al init again")
-
-
-def _check_database(con: sqlite3.Connection) -> int:
-    """SQLite's own check, the tables, the schema version; raises sqlite3.DatabaseError when damaged."""
-    check = con.execute("PRAGMA quick_check").fetchone()[0]
-    if check != "ok":
-        raise sqlite3.DatabaseError(check)
-    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    needed = {"meta", "cases", "versions", "scores", "val_scores", "jobs"}
-    if not needed <= tables:
-        raise sqlite3.DatabaseError(f"tables missing: {', '.join(sorted(needed - tables))}")
-    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    try:
-        version = int(row[0]) if row is not None else -1
-    except ValueError:
-        version = -1
-    if not 1 <= version <= SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(f"schema version {row[0] if row else 'missing'}, expected {SCHEMA_VERSION}")
-    # The tables each schema version added (an earlier version's are added by the upgrade).
-    added = {"image_problems": 2, "corrections": 3}
-    missing = sorted(t for t, since in added.items() if version >= since and t not in tables)
-    if missing:
-        raise sqlite3.DatabaseError(f"tables missing: {', '.join(missing)}")
-    return version
 
 
 @dataclass
@@ -318,7 +137,7 @@ class CaseRow:
         return self.status in ACCEPTED
 
 
-class Cohort:
+class Cohort(VersionStore, JobRows):
     """An open cohort. Use :meth:`init` once, then :meth:`open`; close with :meth:`close` or ``with``."""
 
     def __init__(self, root: Path, con: sqlite3.Connection, source: FolderSource, read_only: bool = False) -> None:
@@ -342,17 +161,6 @@ class Cohort:
             raise CohortError(f"{root}: an active-learning cohort is a folder of images/ (and labels/) files, "
                               f"not the {source.layout} layout")
         return source
-
-    @staticmethod
-    def _remove_stale_init_files(folder: Path) -> None:
-        """What a killed ``init`` left: its temporary database (its pid is gone)."""
-        if not folder.is_dir():
-            return
-        for path in folder.glob(f".{DB_NAME}.init-*"):
-            pid = path.name.rsplit("-", 1)[-1].split(".")[0]
-            if pid.isdigit() and not storage.pid_running(int(pid)):
-                with contextlib.suppress(OSError):
-                    path.unlink()
 
     @classmethod
     def init(cls, root: PathLike, val_every: int = DEFAULT_VAL_EVERY, auto_retrain: int = 0,
@@ -390,7 +198,7 @@ class Cohort:
                 raise CohortError(str(exc)) from exc
         folder = state_dir(root)
         folder.mkdir(exist_ok=True)
-        cls._remove_stale_init_files(folder)
+        remove_stale_init_files(folder)
         # Nothing refers to an initial version's file before the database is in place.
         for orphan in (folder / "versions").glob("initial-*.pt"):
             orphan.unlink()
@@ -406,7 +214,7 @@ class Cohort:
             try:
                 con.execute("PRAGMA journal_mode = WAL")
                 con.execute("PRAGMA foreign_keys = ON")
-                con.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+                con.executescript("BEGIN;" + SCHEMA + "COMMIT;")
                 con.execute("BEGIN")
                 meta = {"schema_version": SCHEMA_VERSION, "created_at": now(), "val_every": val_every,
                         "auto_retrain": auto_retrain, "preset": stored_preset, "seed": seed, "current_version": ""}
@@ -455,15 +263,6 @@ class Cohort:
         return target.relative_to(root).as_posix()
 
     @classmethod
-    def _copy_version_file(cls, root: Path, weights: Path, name: str) -> Path:
-        from ..io.files import atomic_output
-
-        target = state_dir(root) / "versions" / name
-        with atomic_output(target) as tmp:
-            shutil.copyfile(weights, tmp)
-        return target
-
-    @classmethod
     def open(cls, root: PathLike, read_only: bool = False) -> Cohort:
         """Open an existing cohort; a damaged or foreign database raises CohortError and is left untouched.
 
@@ -481,29 +280,29 @@ class Cohort:
         readable_only = False
         try:
             try:
-                con = _connect(db)
-                version = _check_database(con)
+                con = connect(db)
+                version = check_database(con)
             except sqlite3.Error as exc:
                 if con is not None:
                     con.close()
                     con = None
                 if not (read_only and storage.storage_kind(exc) == storage.READ_ONLY):
                     raise
-                con = _connect(db, read_only=True)
-                version = _check_database(con)
+                con = connect(db, read_only=True)
+                version = check_database(con)
                 readable_only = True
             if version != SCHEMA_VERSION:
                 if readable_only:
                     raise CohortError(f"{db}: made by an earlier caml (schema version {version}); open it once "
                                       "with write access to upgrade it")
-                cls._upgrade(root, con, version)
+                upgrade(root, con, version)
         except sqlite3.Error as exc:
             if con is not None:
                 con.close()
             message = storage.describe(exc, db)
             if message is not None:
                 raise CohortError(message) from None
-            raise _damaged(db, str(exc).splitlines()[0]) from exc
+            raise damaged(db, str(exc).splitlines()[0]) from exc
         except BaseException:
             if con is not None:
                 con.close()
@@ -518,30 +317,6 @@ class Cohort:
                     raise
                 cohort.read_only = True
         return cohort
-
-    @staticmethod
-    def _upgrade(root: Path, con: sqlite3.Connection, version: int) -> None:
-        """From schema ``version`` to ``SCHEMA_VERSION`` in one transaction: a crash leaves the
-        cohort as it was. From 1, the version files get the checksum they have now; from 2, the
-        cases accepted before have no correction record (their effort shows as unknown)."""
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            steps = [script for since, script in ((1, _UPGRADE_1_2), (2, _UPGRADE_2_3)) if version <= since]
-            for statement in ";".join(steps).split(";"):
-                if statement.strip():
-                    con.execute(statement)
-            if version < 2:
-                for row in con.execute("SELECT id, weights FROM versions").fetchall():
-                    path = root / row[1]
-                    if path.is_file():
-                        con.execute("UPDATE versions SET sha256 = ? WHERE id = ?", (sha256_file(path), row[0]))
-            fault_point("upgrade-before-commit")
-            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         self.job_lock.release()
@@ -685,7 +460,7 @@ class Cohort:
         """Remember that the case's image (as it is now) cannot be read or segmented; it is skipped
         by ``next`` and ``retrain`` until the file changes."""
         path = self.image_path(case_id)
-        signature = _file_signature(path) if path.is_file() else "gone"
+        signature = file_signature(path) if path.is_file() else "gone"
         with self.transaction() as con:
             con.execute("INSERT OR REPLACE INTO image_problems VALUES (?, ?, ?, ?)",
                         (case_id, signature, reason.splitlines()[0][:500], now()))
@@ -695,7 +470,7 @@ class Cohort:
         out = {}
         for r in self.con.execute("SELECT case_id, signature, reason FROM image_problems"):
             path = self.image_path(r[0])
-            current = _file_signature(path) if path.is_file() else "gone"
+            current = file_signature(path) if path.is_file() else "gone"
             if current == r[1]:
                 out[r[0]] = r[2]
         return out
@@ -828,233 +603,6 @@ class Cohort:
             raise CohortError(f"{path}: label file of accepted case {case_id!r} is gone")
         return (read_image(path).array > 0.5).astype(np.uint8)
 
-    # ------------------------------------------------------------------ versions
-    def current_version(self) -> Optional[int]:
-        value = self.meta("current_version")
-        return int(value) if value else None
-
-    def version(self, version: int) -> Dict[str, Any]:
-        if not 1 <= int(version) <= MAX_VERSION:
-            raise CohortError(f"version {version} is out of range: versions are numbered from 1")
-        row = self.con.execute("SELECT * FROM versions WHERE id = ?", (int(version),)).fetchone()
-        if row is None:
-            known = ", ".join(str(v["id"]) for v in self.versions()) or "none yet"
-            raise CohortError(f"no model version {version} in this cohort (versions: {known})")
-        return self._version_dict(row)
-
-    def _version_dict(self, row: sqlite3.Row) -> Dict[str, Any]:
-        d = dict(row)
-        d["train_cases"] = json.loads(d["train_cases"])
-        d["promoted"] = bool(d["promoted"])
-        d["current"] = d["id"] == self.current_version()
-        d["weights_path"] = str(self.root / d["weights"])
-        return d
-
-    def versions(self) -> List[Dict[str, Any]]:
-        return [self._version_dict(r) for r in self.con.execute("SELECT * FROM versions ORDER BY id")]
-
-    def weights(self, version: Optional[int] = None, verify: bool = True) -> Path:
-        """The weights file of ``version`` (default: the current one), checked against the SHA-256
-        recorded when it was committed; CohortError if there is none, it is gone, or it changed."""
-        if version is None:
-            version = self.current_version()
-            if version is None:
-                raise CohortError(f"{self.root}: no model version yet: init with --model, or accept cases and "
-                                  "run caml al retrain")
-        record = self.version(version)
-        path = self.root / record["weights"]
-        if not path.is_file():
-            raise CohortError(f"{path}: weights of version {version} are gone")
-        if verify and record.get("sha256"):
-            key = (str(path), _file_signature(path))
-            actual = self._hashes.get(key) or sha256_file(path)
-            if actual != record["sha256"]:
-                raise CohortError(f"{path}: checksum mismatch for version {version}: the cohort recorded sha256 "
-                                  f"{record['sha256'][:12]}..., the file has {actual[:12]}... (corrupt or replaced "
-                                  "file; caml al use another version, or restore the file)")
-            self._hashes[key] = actual
-        return path
-
-    def add_version(self, weights: Path, parent: Optional[int], job: Optional[int], val_dice: Optional[float],
-                    val_cases: int, train_cases: Sequence[str], promote: bool, note: str = "",
-                    val_scores: Optional[Dict[int, Dict[str, ScoredCase]]] = None,
-                    job_message: str = "", final: bool = False) -> int:
-        """Copy ``weights`` into versions/ and record the version, its checksum (and its job's end)
-        in one transaction. ``val_scores``: ``{version: {case: (dice, label sha256)}}``, ``NEW_VERSION`` for this one.
-        ``final``: the commit is the command's outcome (a late cancel no longer undoes it)."""
-        name = f"job-{job:04d}.pt" if job is not None else f"initial-{now().replace(':', '')}.pt"
-        target = self._copy_version_file(self.root, weights, name)
-        digest = sha256_file(target)
-        fault_point("version-before-commit")
-        with self.transaction(final=final) as con:
-            cur = con.execute(
-                "INSERT INTO versions (weights, created_at, parent, job, val_dice, val_cases, train_cases, promoted, "
-                "note, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (target.relative_to(self.root).as_posix(), now(), parent, job, val_dice, val_cases,
-                 json.dumps(list(train_cases)), int(promote), note, digest))
-            version = int(cur.lastrowid)
-            for v, per_case in (val_scores or {}).items():
-                self._store_val_scores(con, version if v == NEW_VERSION else v, per_case)
-            if promote:
-                con.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)", (str(version),))
-            if job is not None:
-                con.execute("UPDATE jobs SET state = 'done', finished_at = ?, version = ?, message = ? WHERE id = ?",
-                            (now(), version, job_message, job))
-        fault_point("version-after-commit")
-        return version
-
-    def use(self, version: int, final: bool = False) -> Dict[str, Any]:
-        """Make ``version`` current (a rollback or a manual promotion)."""
-        self.weights(int(version))  # exists, and its file is the one committed
-        with self.transaction(final=final) as con:
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('current_version', ?)", (str(int(version)),))
-        return self.version(int(version))
-
-    # ------------------------------------------------------------------ validation scores
-    def label_sha256(self, case_id: str) -> str:
-        """SHA-256 of the case's label file as it is now ("" when it has none)."""
-        path = self.path(self.case(case_id).label_file)
-        if path is None or not path.is_file():
-            return ""
-        return sha256_file(path)
-
-    def read_label(self, case_id: str) -> Tuple[np.ndarray, str]:
-        """The case's label and the SHA-256 of exactly the file read (an accept may replace it meanwhile:
-        the file is hashed before and after reading, and read again until both agree)."""
-        for _ in range(10):
-            before = self.label_sha256(case_id)
-            label = self.label(case_id)
-            if self.label_sha256(case_id) == before:
-                return label, before
-        raise CohortError(f"label of case {case_id!r} keeps changing while it is read; try again")
-
-    def cached_val_scores(self, version: int, case_ids: Sequence[str]) -> Dict[str, float]:
-        """Dice of ``version`` on validation cases, for their labels as they are now (a changed label is rescored)."""
-        out = {}
-        for case_id in case_ids:
-            row = self.con.execute("SELECT dice FROM val_scores WHERE version = ? AND case_id = ? AND label_sha256 = ?",
-                                   (version, case_id, self.label_sha256(case_id))).fetchone()
-            if row is not None:
-                out[case_id] = float(row[0])
-        return out
-
-    @staticmethod
-    def _store_val_scores(con: sqlite3.Connection, version: int, per_case: Dict[str, ScoredCase]) -> None:
-        for case_id, (value, label_sha) in per_case.items():
-            con.execute("INSERT OR REPLACE INTO val_scores VALUES (?, ?, ?, ?)",
-                        (version, case_id, label_sha, float(value)))
-
-    def store_val_scores(self, version: int, per_case: Dict[str, ScoredCase]) -> None:
-        """``per_case``: ``{case: (dice, sha256 of the label file that was scored)}``."""
-        with self.transaction() as con:
-            self._store_val_scores(con, version, per_case)
-
-    # ------------------------------------------------------------------ selection scores
-    def cached_scores(self, strategy: str, version: int) -> Dict[str, float]:
-        rows = self.con.execute("SELECT case_id, score FROM scores WHERE strategy = ? AND version = ?",
-                                (strategy, version))
-        return {r[0]: float(r[1]) for r in rows}
-
-    def score_times(self, strategy: str, version: int) -> Dict[str, str]:
-        rows = self.con.execute("SELECT case_id, computed_at FROM scores WHERE strategy = ? AND version = ?",
-                                (strategy, version))
-        return {r[0]: r[1] for r in rows}
-
-    def store_scores(self, version: int, scores: Dict[str, Dict[str, float]]) -> None:
-        """``scores``: ``{case_id: {strategy: score}}``, stored in one transaction."""
-        stamp = now()
-        with self.transaction() as con:
-            for case_id, by_strategy in scores.items():
-                for strategy, value in by_strategy.items():
-                    con.execute("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
-                                (case_id, strategy, version, float(value), stamp))
-
-    # ------------------------------------------------------------------ jobs
-    def _job_alive(self, row: Dict[str, Any], newest_running: Optional[int]) -> bool:
-        """Whether a 'running' row's process still runs: the job lock is held, and this row is the
-        one that took it (the newest running row); where the lock cannot be probed (a read-only
-        folder), the recorded process is checked on this host."""
-        held = self.job_lock.owned or self.job_lock.held()
-        if held is None:
-            if row["host"] != this_host():
-                return True
-            identity = process_identity(int(row["pid"] or 0)) if row["pid"] else None
-            return identity is not None and identity == row.get("process_start")
-        return bool(held) and row["id"] == newest_running
-
-    def jobs(self) -> List[Dict[str, Any]]:
-        rows = [dict(r) for r in self.con.execute("SELECT * FROM jobs ORDER BY id")]
-        running = [r["id"] for r in rows if r["state"] == "running"]
-        newest = max(running) if running else None
-        for d in rows:
-            if d["state"] == "running" and not self._job_alive(d, newest):
-                d["state"] = INTERRUPTED  # its process is gone: killed or crashed (the row is not rewritten)
-            elif d["state"] == "failed" and d["message"].startswith(INTERRUPTED):
-                d["state"] = INTERRUPTED
-        return rows
-
-    def running_job(self) -> Optional[Dict[str, Any]]:
-        return next((j for j in self.jobs() if j["state"] == "running"), None)
-
-    def start_job(self, kind: str, base_version: Optional[int], resume_job: Optional[int] = None) -> Dict[str, Any]:
-        """Claim the cohort for a job (one at a time): take the job lock for this process's lifetime,
-        then a new row, or the resumed one taken over. Rows left 'running' by dead processes are
-        marked interrupted."""
-        self.state_dir.mkdir(exist_ok=True)
-        if not self.job_lock.acquire():
-            job = self.running_job() or {}
-            raise CohortError(f"{self.root}: retrain job {job.get('id', '?')} is running (pid {job.get('pid', '?')} "
-                              f"on {job.get('host', '?')}); wait for it or cancel it with caml al retrain --cancel")
-        try:
-            with self.transaction() as con:
-                self._mark_interrupted(con, "a later job found its process gone")
-                identity = (os.getpid(), this_host(), process_identity(os.getpid()))
-                if resume_job is not None:
-                    con.execute("UPDATE jobs SET state = 'running', pid = ?, host = ?, process_start = ?, "
-                                "finished_at = NULL, message = '' WHERE id = ?", (*identity, resume_job))
-                    job_id = resume_job
-                else:
-                    cur = con.execute("INSERT INTO jobs (kind, state, started_at, pid, host, process_start, "
-                                      "base_version, folder) VALUES (?, 'running', ?, ?, ?, ?, ?, '')",
-                                      (kind, now(), *identity, base_version))
-                    job_id = int(cur.lastrowid)
-                    folder = f"{STATE_DIR}/jobs/job-{job_id:04d}"
-                    con.execute("UPDATE jobs SET folder = ? WHERE id = ?", (folder, job_id))
-                row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        except BaseException:
-            self.job_lock.release()
-            raise
-        # Nothing else writes in the cohort's own folders while the lock is held.
-        folders = [self.state_dir / "versions", self.state_dir / "predictions"]
-        folders += [p / "train" for p in (self.state_dir / "jobs").glob("job-*")]
-        storage.remove_stale_temporaries(folders)
-        self._remove_stale_init_files(self.state_dir)
-        return dict(row)
-
-    @staticmethod
-    def _mark_interrupted(con: sqlite3.Connection, why: str) -> List[int]:
-        rows = con.execute("SELECT id, pid, host FROM jobs WHERE state = 'running'").fetchall()
-        for r in rows:
-            con.execute("UPDATE jobs SET state = 'failed', finished_at = ?, message = ? WHERE id = ?",
-                        (now(), f"{INTERRUPTED}: its process (pid {r['pid']} on {r['host']}) ended without "
-                                f"finishing ({why}); caml al retrain --resume continues it", r["id"]))
-        return [int(r["id"]) for r in rows]
-
-    def mark_dead_jobs_interrupted(self, why: str) -> List[int]:
-        """Record running jobs whose process is gone as interrupted (only when no job holds the lock)."""
-        if not self.job_lock.acquire(timeout=1.0):
-            return []
-        try:
-            with self.transaction() as con:
-                return self._mark_interrupted(con, why)
-        finally:
-            self.job_lock.release()
-
-    def end_job(self, job_id: int, state: str, message: str = "") -> None:
-        with self.transaction() as con:
-            con.execute("UPDATE jobs SET state = ?, finished_at = ?, message = ? WHERE id = ?",
-                        (state, now(), message[:500], job_id))
-
     # ------------------------------------------------------------------ status
     def retrain_due(self) -> bool:
         """True when auto-retrain is on and N cases were accepted for training since the current version."""
@@ -1132,3 +680,4 @@ def _check_label_geometry(label: Volume, image: Volume, case_id: str) -> None:
     if problems:
         raise CohortError(f"label of case {case_id!r} is not on its image's grid: " + "; ".join(problems)
                           + " (label, image)")
+

@@ -57,20 +57,12 @@ import numpy as np
 from ..io.files import atomic_output
 from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, no_progress
 from . import storage
-from .cohort import (
-    IMAGE_ERRORS,
-    MIN_VALIDATION,
-    NEW_VERSION,
-    PROMOTION_MARGIN,
-    Cohort,
-    CohortError,
-    ScoredCase,
-    check_seed,
-    fault_point,
-    shown_name,
-)
+from .case_ids import check_seed, shown_name
+from .cohort import IMAGE_ERRORS, MIN_VALIDATION, PROMOTION_MARGIN, Cohort, CohortError
+from .database import fault_point
 from .liveness import process_identity, this_host
 from .publish import publish_current
+from .versions import NEW_VERSION, ScoredCase
 
 PROMOTE_CHOICES = ("auto", "always", "never")
 

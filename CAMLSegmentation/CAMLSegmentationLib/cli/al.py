@@ -21,17 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..activelearning.cohort import (
-    DEFAULT_PRESET,
-    DEFAULT_VAL_EVERY,
-    MAX_VERSION,
-    MIN_VALIDATION,
-    PROMOTION_MARGIN,
-    ROLES,
-    SEED_RANGE,
-)
+from ..activelearning.case_ids import SEED_RANGE
+from ..activelearning.cohort import DEFAULT_PRESET, DEFAULT_VAL_EVERY, MIN_VALIDATION, PROMOTION_MARGIN, ROLES
 from ..activelearning.retrain import PROMOTE_CHOICES
 from ..activelearning.strategies import STRATEGIES
+from ..activelearning.versions import MAX_VERSION
 from .common import add_progress_argument
 
 

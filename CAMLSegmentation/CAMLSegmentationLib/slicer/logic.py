@@ -604,7 +604,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
     @staticmethod
     def alIsCohort(folder: str) -> bool:
         """``folder`` holds an active-learning cohort's state (the engine's own definition of where it is)."""
-        from CAMLSegmentationLib.activelearning.cohort import db_path
+        from CAMLSegmentationLib.activelearning.database import db_path
 
         return bool(folder) and db_path(folder).is_file()
 
