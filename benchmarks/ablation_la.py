@@ -1,0 +1,279 @@
+"""What each recipe choice of the `cpu` preset buys on the 16 LA validation cases, per CPU hour.
+
+Every row is its own `caml train` run (its own folder under ``--runs``, outside the
+repository) with the data and streams of `caml-la-cpu64`: labeled = the first 64 cases
+of train.list, the unlabeled stream = the same 64 images (``--unlabeled-list``),
+``--val-last 16``, seed 64. Each row changes one thing against the baseline:
+
+    start     caml-la-cpu8 v3 as it is: the point the warm-started rows start from (no training)
+    a  base   the cpu preset, warm-started from caml-la-cpu8 v3, N iterations
+    b  2x     as a, 2N iterations
+    c  patch  96x96x48 patches instead of 64x64x32, warm-started, N iterations
+    d  voxel  1.0 mm voxels instead of 1.25 mm (same 64x64x32 patch), warm-started, N iterations
+    e  f8/f16 8 and 16 base filters, both from scratch (16-filter weights cannot start from an
+              8-filter model), N iterations each: the pair compares like with like
+
+Validation is switched off in the rows' presets (``validate: false``): N is below the
+preset's ``val_start``, and the rows are scored once, on the final checkpoint
+(``last.pt``), by ``caml evaluate`` on the LA ``.h5`` files with the largest connected
+component kept (``--lcc``, what the validation of both bundled models chose), so every
+row is post-processed alike. Training wall time includes reading the data (each `caml
+train` start) and any iterations redone after an interruption; seconds per iteration is
+the trainer's own loop time ("finished K iterations in S s" in train.log) divided by K.
+
+Resumable: each finished row is appended to ``--results`` (a CSV); a re-run skips the
+rows there for the same N, continues an interrupted training exactly (``caml train
+--resume``) and re-scores only a row without its evaluation. SIGTERM/Ctrl-C stop the
+running `caml train` at an iteration boundary with a resumable last.pt.
+
+    OMP_NUM_THREADS=1 python benchmarks/ablation_la.py --iterations 80        # run (resumes)
+    python benchmarks/ablation_la.py --iterations 80 --report                 # the markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+LA_ROOT = REPO.parent / "shared" / "data" / "LA"
+DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "ablation_la" / "results.csv"
+DEFAULT_RUNS = REPO.parent / "ablation-runs"
+START_WEIGHTS = REPO / "Resources" / "Models" / "caml-la-cpu8@3.pt"
+#: The split of caml-la-cpu64 (see Resources/Models/README.md).
+LABELED, VALIDATION, SEED = 64, 16, 64
+
+#: Row key -> (title, preset fields changed from `cpu`, iterations as a multiple of N,
+#: warm start from START_WEIGHTS). ``start`` trains nothing: it scores START_WEIGHTS.
+ROWS: Dict[str, Dict[str, Any]] = {
+    "start": dict(title="start: caml-la-cpu8 v3, no training", changes={}, times=0, warm=True),
+    "base": dict(title="a. cpu preset, warm start", changes={}, times=1, warm=True),
+    "iter2x": dict(title="b. 2x iterations, warm start", changes={}, times=2, warm=True),
+    "voxel1mm": dict(title="d. 1.0 mm voxels, warm start", changes={"spacing": [1.0, 1.0, 1.0]}, times=1,
+                     warm=True),
+    "scratch-f8": dict(title="e. 8 filters, from scratch", changes={}, times=1, warm=False),
+    "scratch-f16": dict(title="e. 16 filters, from scratch", changes={"base_filters": 16}, times=1,
+                        warm=False),
+    "patch96": dict(title="c. 96x96x48 patch, warm start", changes={"patch_size": [96, 96, 48]}, times=1,
+                    warm=True),
+}
+#: Cheapest informative rows first, the 16-filter pair together, the costly patch last.
+ORDER = list(ROWS)
+
+FIELDS = ["row", "title", "changes", "warm_start", "n", "iterations", "train_wall_s", "s_per_iteration",
+          "dice_mean", "dice_min", "dice_min_case", "jaccard_mean", "jaccard_min", "hd95_vox_mean",
+          "hd95_vox_max", "asd_vox_mean", "asd_vox_max", "infer_s_per_case", "finished_utc"]
+
+
+def caml(*args: str) -> List[str]:
+    return [sys.executable, "-m", "CAMLSegmentationLib.cli", *args]
+
+
+def child_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "CAMLSegmentation"), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+_child: Optional[subprocess.Popen] = None
+
+
+def _forward(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    # caml train stops at an iteration boundary and writes last.pt on SIGTERM; wait for it.
+    if _child is not None and _child.poll() is None:
+        _child.send_signal(signal.SIGTERM)
+        _child.wait()
+    raise SystemExit(f"stopped by signal {signum}; re-run the same command to resume")
+
+
+def run_child(cmd: List[str]) -> float:
+    """Run ``cmd`` to the end; its wall seconds. SystemExit with a one-line reason if it fails."""
+    global _child
+    print("$ " + " ".join(cmd[2:]), flush=True)
+    t = time.time()
+    _child = subprocess.Popen(cmd, env=child_env(), cwd=REPO)
+    rc = _child.wait()
+    _child = None
+    if rc != 0:
+        raise SystemExit(f"command failed with exit status {rc}: {' '.join(cmd[2:])}")
+    return time.time() - t
+
+
+def read_results(path: Path) -> List[Dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_result(path: Path, row: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def loop_seconds(log: Path) -> Dict[str, float]:
+    """Iterations and seconds of every finished `caml train` invocation in ``train.log``."""
+    iterations = seconds = 0.0
+    if log.is_file():
+        for m in re.finditer(r"finished (\d+) iterations in ([0-9.]+) s", log.read_text()):
+            iterations += int(m.group(1))
+            seconds += float(m.group(2))
+    return {"iterations": iterations, "seconds": seconds}
+
+
+def train_row(key: str, spec: Dict[str, Any], n: int, runs: Path, data: Path, lists: Dict[str, Path]) -> Path:
+    """Train (or resume) the row's run; returns its folder. Wall seconds accumulate in wall.json."""
+    sys.path.insert(0, str(REPO / "CAMLSegmentation"))
+    from CAMLSegmentationLib.training.presets import load_preset
+
+    out = runs / f"{key}-n{n}"
+    out.mkdir(parents=True, exist_ok=True)
+    # A preset JSON: the shipped `cpu` preset with this row's change; no validation (scored afterwards).
+    preset = load_preset("cpu").to_dict()
+    preset.update(spec["changes"], name=f"cpu-ablation-{key}", validate=False, iterations=n * spec["times"])
+    preset_path = out / "preset.json"
+    preset_path.write_text(json.dumps(preset, indent=2) + "\n")
+    wall_path = out / "wall.json"
+    wall = json.loads(wall_path.read_text()) if wall_path.is_file() else {"seconds": 0.0, "starts": 0}
+    cmd = caml("train", "--preset", str(preset_path), "--data", str(data), "--labeled-list", str(lists["labeled"]),
+               "--unlabeled-list", str(lists["labeled"]), "--val-last", str(VALIDATION), "--seed", str(SEED),
+               "--out", str(out), "--progress", "none")
+    if (out / "last.pt").is_file():
+        cmd.append("--resume")  # exact continuation; a finished run returns at once
+    elif spec["warm"]:
+        cmd += ["--init-weights", str(START_WEIGHTS)]
+    t = time.time()
+    try:
+        run_child(cmd)
+    finally:
+        wall["seconds"] += time.time() - t
+        wall["starts"] += 1
+        wall_path.write_text(json.dumps(wall) + "\n")
+    return out
+
+
+def evaluate(weights: Path, out: Path, data: Path, lists: Dict[str, Path]) -> Dict[str, Any]:
+    metrics = out / "metrics.json"
+    if not metrics.is_file() or metrics.stat().st_mtime < weights.stat().st_mtime:
+        run_child(caml("evaluate", "--data", str(data), "--list", str(lists["validation"]), "--weights",
+                       str(weights), "--lcc", "--out", str(out), "--progress", "none"))
+    return json.loads(metrics.read_text())
+
+
+def result_row(key: str, spec: Dict[str, Any], n: int, run_dir: Optional[Path], report: Dict[str, Any]) -> Dict:
+    cases = report["cases"]
+    summary = report["summary"]
+
+    def worst(metric: str, lowest: bool) -> Dict[str, Any]:
+        valid = [c for c in cases if c[metric] is not None]
+        return (min if lowest else max)(valid, key=lambda c: c[metric])
+
+    row: Dict[str, Any] = {"row": key, "title": spec["title"], "changes": json.dumps(spec["changes"]),
+                           "warm_start": spec["warm"], "n": n, "iterations": n * spec["times"]}
+    if run_dir is not None:
+        wall = json.loads((run_dir / "wall.json").read_text())
+        loop = loop_seconds(run_dir / "train.log")
+        row["train_wall_s"] = round(wall["seconds"], 1)
+        row["s_per_iteration"] = round(loop["seconds"] / loop["iterations"], 3) if loop["iterations"] else ""
+    low = worst("dice", True)
+    row.update(dice_mean=round(100 * summary["dice"]["mean"], 2), dice_min=round(100 * low["dice"], 2),
+               dice_min_case=low["case"], jaccard_mean=round(100 * summary["jaccard"]["mean"], 2),
+               jaccard_min=round(100 * worst("jaccard", True)["jaccard"], 2),
+               hd95_vox_mean=round(summary["hd95_voxels"]["mean"], 2),
+               hd95_vox_max=round(worst("hd95_voxels", False)["hd95_voxels"], 2),
+               asd_vox_mean=round(summary["asd_voxels"]["mean"], 2),
+               asd_vox_max=round(worst("asd_voxels", False)["asd_voxels"], 2),
+               infer_s_per_case=round(sum(c["seconds"] for c in cases) / len(cases), 2),
+               finished_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"))
+    return row
+
+
+def _cell(value: str, suffix: str = "") -> str:
+    return f"{value}{suffix}" if value not in ("", None) else "-"
+
+
+def report_table(results: List[Dict[str, str]], n: int) -> str:
+    """Markdown: one line per finished row of this N, in ORDER."""
+    done = {r["row"]: r for r in results if int(r["n"]) == n}
+    lines = ["| row | iterations | training wall (min) | s/iteration | Dice (lowest case) | Jaccard (lowest) | "
+             "95HD vox (worst) | ASD vox (worst) | inference s/case |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key in ORDER:
+        r = done.get(key)
+        if r is None:
+            lines.append(f"| {ROWS[key]['title']} | not run yet | | | | | | | |")
+            continue
+        wall = f"{float(r['train_wall_s']) / 60:.1f}" if r["train_wall_s"] else "-"
+        lines.append(f"| {r['title']} | {r['iterations']} | {wall} | {_cell(r['s_per_iteration'])} | "
+                     f"{r['dice_mean']} ({r['dice_min']}) | {r['jaccard_mean']} ({r['jaccard_min']}) | "
+                     f"{r['hd95_vox_mean']} ({r['hd95_vox_max']}) | {r['asd_vox_mean']} ({r['asd_vox_max']}) | "
+                     f"{r['infer_s_per_case']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--iterations", type=int, default=80, metavar="N",
+                        help="N, the iterations of a row (b trains 2N; default 80)")
+    parser.add_argument("--rows", nargs="+", choices=ORDER, default=ORDER, help="the rows to run (default: all)")
+    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS,
+                        help=f"scratch folder for the run folders, outside the repository (default {DEFAULT_RUNS})")
+    parser.add_argument("--data", type=Path, default=LA_ROOT, help=f"the LA data folder (default {LA_ROOT})")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="the results CSV (appended)")
+    parser.add_argument("--report", action="store_true", help="print the markdown table of the finished rows")
+    args = parser.parse_args()
+    if args.iterations < 1:
+        raise SystemExit("--iterations must be at least 1")
+    if args.report:
+        print(report_table(read_results(args.results), args.iterations))
+        return 0
+    train_list = args.data / "train.list"
+    if not train_list.is_file():
+        raise SystemExit(f"needs the LA data: no {train_list}")
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    ids = train_list.read_text().split()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    lists = {"labeled": args.runs / f"labeled{LABELED}.list", "validation": args.runs / f"val{VALIDATION}.list"}
+    lists["labeled"].write_text("\n".join(ids[:LABELED]) + "\n")
+    lists["validation"].write_text("\n".join(ids[-VALIDATION:]) + "\n")
+    done = {(r["row"], int(r["n"])) for r in read_results(args.results)}
+    for key in [k for k in ORDER if k in args.rows]:
+        spec = ROWS[key]
+        if (key, args.iterations) in done:
+            print(f"row {key}: done (in {args.results})", flush=True)
+            continue
+        print(f"row {key}: {spec['title']}, {args.iterations * spec['times']} iterations "
+              f"({datetime.now(timezone.utc):%H:%M} UTC)", flush=True)
+        if spec["times"] == 0:
+            run_dir, weights, eval_dir = None, START_WEIGHTS, args.runs / "start-eval"
+        else:
+            run_dir = train_row(key, spec, args.iterations, args.runs, args.data, lists)
+            weights, eval_dir = run_dir / "last.pt", run_dir / "eval"
+        row = result_row(key, spec, args.iterations, run_dir, evaluate(weights, eval_dir, args.data, lists))
+        append_result(args.results, row)
+        print(f"row {key}: Dice {row['dice_mean']} (lowest {row['dice_min']}), "
+              f"{row.get('train_wall_s', 0)} s training", flush=True)
+    print(report_table(read_results(args.results), args.iterations))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
