@@ -19,15 +19,15 @@ preset's ``val_start``, and the rows are scored once, on the final checkpoint
 component kept (``--lcc``, what the validation of both bundled models chose), so every
 row is post-processed alike. Training wall time includes reading the data (each `caml
 train` start) and any iterations redone after an interruption; seconds per iteration is
-the trainer's own loop time ("finished K iterations in S s" in train.log) divided by K.
+the training loop's own time, from train.log's timestamps.
 
 Resumable: each finished row is appended to ``--results`` (a CSV); a re-run skips the
 rows there for the same N, continues an interrupted training exactly (``caml train
 --resume``) and re-scores only a row without its evaluation. SIGTERM/Ctrl-C stop the
 running `caml train` at an iteration boundary with a resumable last.pt.
 
-    OMP_NUM_THREADS=1 python benchmarks/ablation_la.py --iterations 80        # run (resumes)
-    python benchmarks/ablation_la.py --iterations 80 --report                 # the markdown table
+    OMP_NUM_THREADS=1 python benchmarks/ablation_la.py --iterations 50        # run (resumes)
+    python benchmarks/ablation_la.py --iterations 50 --report                 # the markdown table
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ LA_ROOT = REPO.parent / "shared" / "data" / "LA"
 DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "ablation_la" / "results.csv"
 DEFAULT_RUNS = REPO.parent / "ablation-runs"
 START_WEIGHTS = REPO / "Resources" / "Models" / "caml-la-cpu8@3.pt"
+STAMP = "%Y-%m-%d %H:%M:%S"  # train.log's timestamps
 #: The split of caml-la-cpu64 (see Resources/Models/README.md).
 LABELED, VALIDATION, SEED = 64, 16, 64
 
@@ -129,12 +130,33 @@ def append_result(path: Path, row: Dict[str, Any]) -> None:
 
 
 def loop_seconds(log: Path) -> Dict[str, float]:
-    """Iterations and seconds of every finished `caml train` invocation in ``train.log``."""
+    """Iterations trained and their seconds, summed over the `caml train` invocations in ``train.log``.
+
+    Each invocation logs "... from iteration K" once its data is loaded, then "iteration X ..."
+    lines; its loop time runs from that first line to its last iteration line (the log's
+    timestamps, whole seconds), so reading the data is left out.
+    """
     iterations = seconds = 0.0
+    start = last = None
+
+    def close() -> None:
+        nonlocal iterations, seconds
+        if start is not None and last is not None and last[1] > start[1]:
+            iterations += last[1] - start[1]
+            seconds += (last[0] - start[0]).total_seconds()
+
     if log.is_file():
-        for m in re.finditer(r"finished (\d+) iterations in ([0-9.]+) s", log.read_text()):
-            iterations += int(m.group(1))
-            seconds += float(m.group(2))
+        for line in log.read_text().splitlines():
+            stamp = line[:19]
+            m = re.search(r" from iteration (\d+)$", line)
+            if m:
+                close()
+                start, last = (datetime.strptime(stamp, STAMP), int(m.group(1))), None
+                continue
+            m = re.match(r"\S+ \S+ iteration (\d+) loss", line)
+            if m and start is not None:
+                last = (datetime.strptime(stamp, STAMP), int(m.group(1)))
+        close()
     return {"iterations": iterations, "seconds": seconds}
 
 
@@ -212,17 +234,23 @@ def _cell(value: str, suffix: str = "") -> str:
 def report_table(results: List[Dict[str, str]], n: int) -> str:
     """Markdown: one line per finished row of this N, in ORDER."""
     done = {r["row"]: r for r in results if int(r["n"]) == n}
-    lines = ["| row | iterations | training wall (min) | s/iteration | Dice (lowest case) | Jaccard (lowest) | "
-             "95HD vox (worst) | ASD vox (worst) | inference s/case |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    # Per CPU hour: Dice points gained over the start weights per hour of training wall time
+    # (the from-scratch rows have no such start; their gain is over nothing and is left out).
+    start = float(done["start"]["dice_mean"]) if "start" in done else None
+    lines = ["| row | iterations | training wall (min) | s/iteration | Dice (lowest case) | Dice gain per hour | "
+             "Jaccard (lowest) | 95HD vox (worst) | ASD vox (worst) | inference s/case |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for key in ORDER:
         r = done.get(key)
         if r is None:
-            lines.append(f"| {ROWS[key]['title']} | not run yet | | | | | | | |")
+            lines.append(f"| {ROWS[key]['title']} | not run yet | | | | | | | | |")
             continue
         wall = f"{float(r['train_wall_s']) / 60:.1f}" if r["train_wall_s"] else "-"
+        gain = "-"
+        if start is not None and r["train_wall_s"] and r["warm_start"] == "True":
+            gain = f"{(float(r['dice_mean']) - start) / (float(r['train_wall_s']) / 3600):+.2f}"
         lines.append(f"| {r['title']} | {r['iterations']} | {wall} | {_cell(r['s_per_iteration'])} | "
-                     f"{r['dice_mean']} ({r['dice_min']}) | {r['jaccard_mean']} ({r['jaccard_min']}) | "
+                     f"{r['dice_mean']} ({r['dice_min']}) | {gain} | {r['jaccard_mean']} ({r['jaccard_min']}) | "
                      f"{r['hd95_vox_mean']} ({r['hd95_vox_max']}) | {r['asd_vox_mean']} ({r['asd_vox_max']}) | "
                      f"{r['infer_s_per_case']} |")
     return "\n".join(lines)
@@ -230,8 +258,8 @@ def report_table(results: List[Dict[str, str]], n: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iterations", type=int, default=80, metavar="N",
-                        help="N, the iterations of a row (b trains 2N; default 80)")
+    parser.add_argument("--iterations", type=int, default=50, metavar="N",
+                        help="N, the iterations of a row (b trains 2N; default 50)")
     parser.add_argument("--rows", nargs="+", choices=ORDER, default=ORDER, help="the rows to run (default: all)")
     parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS,
                         help=f"scratch folder for the run folders, outside the repository (default {DEFAULT_RUNS})")
