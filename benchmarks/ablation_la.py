@@ -89,14 +89,18 @@ def child_env() -> Dict[str, str]:
 
 
 _child: Optional[subprocess.Popen] = None
+_stopped_by: Optional[int] = None
 
 
 def _forward(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
-    # caml train stops at an iteration boundary and writes last.pt on SIGTERM; wait for it.
-    if _child is not None and _child.poll() is None:
-        _child.send_signal(signal.SIGTERM)
-        _child.wait()
-    raise SystemExit(f"stopped by signal {signum}; re-run the same command to resume")
+    # caml train stops at an iteration boundary and writes last.pt on SIGTERM. The handler only
+    # passes the signal on: it runs inside Popen.wait(), whose lock a second wait() here would
+    # wait for forever; run_child sees the child end and stops the ablation.
+    global _stopped_by
+    _stopped_by = signum
+    if _child is None:
+        raise SystemExit(f"stopped by signal {signum}; re-run the same command to resume")
+    _child.send_signal(signal.SIGTERM)
 
 
 def run_child(cmd: List[str]) -> float:
@@ -107,6 +111,8 @@ def run_child(cmd: List[str]) -> float:
     _child = subprocess.Popen(cmd, env=child_env(), cwd=REPO)
     rc = _child.wait()
     _child = None
+    if _stopped_by is not None:
+        raise SystemExit(f"stopped by signal {_stopped_by}; re-run the same command to resume")
     if rc != 0:
         raise SystemExit(f"command failed with exit status {rc}: {' '.join(cmd[2:])}")
     return time.time() - t

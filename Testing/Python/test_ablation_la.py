@@ -1,6 +1,6 @@
 """benchmarks/ablation_la.py end to end on a generated LA-layout dataset: a row trains with the real
 `caml train`, is scored with the real `caml evaluate`, lands in the results CSV, and a re-run neither
-trains nor scores it again."""
+trains nor scores it again; a stopped row resumes where it stopped."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from synthetic import write_la_layout
@@ -16,11 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "ablation_la.py"
 
 
+def command(tmp_path: Path, *extra: str):
+    return [sys.executable, str(SCRIPT), "--iterations", "3", "--data", str(tmp_path / "LA"),
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results.csv"), *extra]
+
+
 def run_ablation(tmp_path: Path, *extra: str) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--iterations", "2", "--data", str(tmp_path / "LA"),
-                           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results.csv"), *extra],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    proc = subprocess.run(command(tmp_path, *extra), capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -30,21 +34,39 @@ def rows(path: Path):
         return list(csv.DictReader(f))
 
 
-def test_row_trains_scores_and_is_not_redone(tmp_path: Path) -> None:
+def test_rows_resume_and_are_not_redone(tmp_path: Path) -> None:
     # 80 cases: the script's split is cpu64's (first 64 labeled, last 16 validation).
     write_la_layout(tmp_path / "LA", 80, shape=(24, 24, 24))
+    run_dir = tmp_path / "runs" / "base-n3"
+    log = run_dir / "train.log"
+
+    # Stopped (SIGTERM) once row a's training has begun: caml train keeps a resumable last.pt.
+    proc = subprocess.Popen(command(tmp_path, "--rows", "start", "base"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=REPO)
+    deadline = time.time() + 600
+    while not (log.is_file() and "from iteration 0" in log.read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.5)
+    proc.terminate()
+    stopped = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0 and "stopped by signal 15; re-run the same command to resume" in stopped
+    assert (run_dir / "last.pt").is_file()
+    assert [r["row"] for r in rows(tmp_path / "results.csv")] == ["start"]
+
     out = run_ablation(tmp_path, "--rows", "start", "base")
+    assert "row start: done" in out and "--resume" in out and "--init-weights" not in out
+    resumed_from = [int(line.rsplit(" ", 1)[1]) for line in log.read_text().splitlines() if "from iteration" in line]
+    assert resumed_from[0] == 0 and 0 < resumed_from[1] < 3
     results = rows(tmp_path / "results.csv")
     assert [r["row"] for r in results] == ["start", "base"]
     base = results[1]
-    assert base["iterations"] == "2" and base["warm_start"] == "True"
+    assert base["iterations"] == "3" and base["warm_start"] == "True"
     assert float(base["train_wall_s"]) > 0 and float(base["s_per_iteration"]) > 0
     assert 0.0 <= float(base["dice_min"]) <= float(base["dice_mean"]) <= 100.0
     assert base["dice_min_case"].startswith("case0")
-    run_dir = tmp_path / "runs" / "base-n2"
-    assert "--init-weights" in out and (run_dir / "last.pt").is_file()
     # The validation cases are the last 16, the labeled (and unlabeled) stream the first 64.
     assert (tmp_path / "runs" / "val16.list").read_text().split() == [f"case{i:03d}" for i in range(64, 80)]
+    assert (tmp_path / "runs" / "labeled64.list").read_text().split() == [f"case{i:03d}" for i in range(64)]
     stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "last.pt", run_dir / "eval" / "metrics.json")}
 
     # A re-run skips the finished rows.
@@ -52,14 +74,12 @@ def test_row_trains_scores_and_is_not_redone(tmp_path: Path) -> None:
     assert "row base: done" in again and "\n$ " not in again  # no command ran
     assert len(rows(tmp_path / "results.csv")) == 2
 
-    # Rows trained but not yet recorded (the CSV lost, or the job stopped between training and
-    # the CSV) continue with --resume, which finds the run finished: nothing trains or is re-scored.
+    # A row trained but not recorded (the CSV lost) resumes a finished run: nothing trains or is re-scored.
     (tmp_path / "results.csv").unlink()
-    resumed = run_ablation(tmp_path, "--rows", "base")
-    assert "--resume" in resumed and "--init-weights" not in resumed
+    assert "--resume" in run_ablation(tmp_path, "--rows", "base")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert rows(tmp_path / "results.csv")[0]["dice_mean"] == base["dice_mean"]
 
     table = run_ablation(tmp_path, "--report")
-    assert "| a. cpu preset, warm start | 2 |" in table
+    assert "| a. cpu preset, warm start | 3 |" in table
     assert "| c. 96x96x48 patch, warm start | not run yet |" in table
