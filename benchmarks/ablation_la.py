@@ -237,26 +237,57 @@ def _cell(value: str, suffix: str = "") -> str:
     return f"{value}{suffix}" if value not in ("", None) else "-"
 
 
-def report_table(results: List[Dict[str, str]], n: int) -> str:
-    """Markdown: one line per finished row of this N, in ORDER."""
+#: What each row is compared with, case by case: one change at a time.
+COMPARED_WITH = {"base": "start", "iter2x": "base", "voxel1mm": "base", "patch96": "base",
+                 "scratch-f16": "scratch-f8"}
+SHORT = {"start": "start", "base": "a", "scratch-f8": "8 filters"}
+
+
+def eval_dir(runs: Path, key: str, n: int) -> Path:
+    return runs / "start-eval" if ROWS[key]["times"] == 0 else runs / f"{key}-n{n}" / "eval"
+
+
+def case_dice(runs: Path, key: str, n: int) -> Optional[Dict[str, float]]:
+    path = eval_dir(runs, key, n) / "metrics.json"
+    if not path.is_file():
+        return None
+    return {c["case"]: 100.0 * c["dice"] for c in json.loads(path.read_text())["cases"]}
+
+
+def paired(runs: Path, key: str, n: int) -> str:
+    """Mean per-case Dice difference against COMPARED_WITH[key] +- its standard error, and cases better."""
+    ref = COMPARED_WITH.get(key)
+    mine, theirs = case_dice(runs, key, n), case_dice(runs, ref, n) if ref else None
+    if not mine or not theirs or set(mine) != set(theirs):
+        return "-"
+    diff = [mine[c] - theirs[c] for c in sorted(mine)]
+    mean = sum(diff) / len(diff)
+    se = (sum((d - mean) ** 2 for d in diff) / (len(diff) - 1) / len(diff)) ** 0.5 if len(diff) > 1 else 0.0
+    better = sum(d > 0 for d in diff)
+    return f"{mean:+.2f} ± {se:.2f} vs {SHORT[ref]}, {better}/{len(diff)} cases better"
+
+
+def report_table(results: List[Dict[str, str]], n: int, runs: Path = DEFAULT_RUNS) -> str:
+    """Markdown: one line per finished row of this N, in ORDER; paired columns need the run folders."""
     done = {r["row"]: r for r in results if int(r["n"]) == n}
     # Per CPU hour: Dice points gained over the start weights per hour of training wall time
     # (the from-scratch rows have no such start; their gain is over nothing and is left out).
     start = float(done["start"]["dice_mean"]) if "start" in done else None
     lines = ["| row | iterations | training wall (min) | s/iteration | Dice (lowest case) | Dice gain per hour | "
-             "Jaccard (lowest) | 95HD vox (worst) | ASD vox (worst) | inference s/case |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "paired Dice difference | Jaccard (lowest) | 95HD vox (worst) | ASD vox (worst) | inference s/case |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in ORDER:
         r = done.get(key)
         if r is None:
-            lines.append(f"| {ROWS[key]['title']} | not run yet | | | | | | | | |")
+            lines.append(f"| {ROWS[key]['title']} | not run yet | | | | | | | | | |")
             continue
         wall = f"{float(r['train_wall_s']) / 60:.1f}" if r["train_wall_s"] else "-"
         gain = "-"
         if start is not None and r["train_wall_s"] and r["warm_start"] == "True":
             gain = f"{(float(r['dice_mean']) - start) / (float(r['train_wall_s']) / 3600):+.2f}"
         lines.append(f"| {r['title']} | {r['iterations']} | {wall} | {_cell(r['s_per_iteration'])} | "
-                     f"{r['dice_mean']} ({r['dice_min']}) | {gain} | {r['jaccard_mean']} ({r['jaccard_min']}) | "
+                     f"{r['dice_mean']} ({r['dice_min']}) | {gain} | {paired(runs, key, n)} | "
+                     f"{r['jaccard_mean']} ({r['jaccard_min']}) | "
                      f"{r['hd95_vox_mean']} ({r['hd95_vox_max']}) | {r['asd_vox_mean']} ({r['asd_vox_max']}) | "
                      f"{r['infer_s_per_case']} |")
     return "\n".join(lines)
@@ -276,7 +307,7 @@ def main() -> int:
     if args.iterations < 1:
         raise SystemExit("--iterations must be at least 1")
     if args.report:
-        print(report_table(read_results(args.results), args.iterations))
+        print(report_table(read_results(args.results), args.iterations, args.runs))
         return 0
     train_list = args.data / "train.list"
     if not train_list.is_file():
@@ -297,15 +328,16 @@ def main() -> int:
         print(f"row {key}: {spec['title']}, {args.iterations * spec['times']} iterations "
               f"({datetime.now(timezone.utc):%H:%M} UTC)", flush=True)
         if spec["times"] == 0:
-            run_dir, weights, eval_dir = None, START_WEIGHTS, args.runs / "start-eval"
+            run_dir, weights = None, START_WEIGHTS
         else:
             run_dir = train_row(key, spec, args.iterations, args.runs, args.data, lists)
-            weights, eval_dir = run_dir / "last.pt", run_dir / "eval"
-        row = result_row(key, spec, args.iterations, run_dir, evaluate(weights, eval_dir, args.data, lists))
+            weights = run_dir / "last.pt"
+        scores = evaluate(weights, eval_dir(args.runs, key, args.iterations), args.data, lists)
+        row = result_row(key, spec, args.iterations, run_dir, scores)
         append_result(args.results, row)
         print(f"row {key}: Dice {row['dice_mean']} (lowest {row['dice_min']}), "
               f"{row.get('train_wall_s', 0)} s training", flush=True)
-    print(report_table(read_results(args.results), args.iterations))
+    print(report_table(read_results(args.results), args.iterations, args.runs))
     return 0
 
 
