@@ -11,7 +11,8 @@ of train.list, the unlabeled stream = the same 64 images (``--unlabeled-list``),
     c  patch  96x96x48 patches instead of 64x64x32, warm-started, N iterations
     d  voxel  1.0 mm voxels instead of 1.25 mm (same 64x64x32 patch), warm-started, N iterations
     e  f8/f16 8 and 16 base filters, both from scratch (16-filter weights cannot start from an
-              8-filter model), N iterations each: the pair compares like with like
+              8-filter model), N iterations each: the pair compares like with like; and the
+              pair again with 4N iterations each (last, the costliest rows)
 
 Validation is switched off in the rows' presets (``validate: false``): N is below the
 preset's ``val_start``, and the rows are scored once, on the final checkpoint
@@ -67,6 +68,10 @@ ROWS: Dict[str, Dict[str, Any]] = {
                         warm=False),
     "patch96": dict(title="c. 96x96x48 patch, warm start", changes={"patch_size": [96, 96, 48]}, times=1,
                     warm=True),
+    # N iterations from scratch is barely past the first steps; the pair again with 4N.
+    "scratch-f8-4x": dict(title="e. 8 filters, from scratch, 4x iterations", changes={}, times=4, warm=False),
+    "scratch-f16-4x": dict(title="e. 16 filters, from scratch, 4x iterations", changes={"base_filters": 16},
+                           times=4, warm=False),
 }
 #: Cheapest informative rows first, the 16-filter pair together, the costly patch last.
 ORDER = list(ROWS)
@@ -239,8 +244,8 @@ def _cell(value: str, suffix: str = "") -> str:
 
 #: What each row is compared with, case by case: one change at a time.
 COMPARED_WITH = {"base": "start", "iter2x": "base", "voxel1mm": "base", "patch96": "base",
-                 "scratch-f16": "scratch-f8"}
-SHORT = {"start": "start", "base": "a", "scratch-f8": "8 filters"}
+                 "scratch-f16": "scratch-f8", "scratch-f16-4x": "scratch-f8-4x"}
+SHORT = {"start": "start", "base": "a", "scratch-f8": "8 filters", "scratch-f8-4x": "8 filters"}
 
 
 def eval_dir(runs: Path, key: str, n: int) -> Path:
