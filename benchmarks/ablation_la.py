@@ -252,17 +252,42 @@ def eval_dir(runs: Path, key: str, n: int) -> Path:
     return runs / "start-eval" if ROWS[key]["times"] == 0 else runs / f"{key}-n{n}" / "eval"
 
 
-def case_dice(runs: Path, key: str, n: int) -> Optional[Dict[str, float]]:
-    path = eval_dir(runs, key, n) / "metrics.json"
-    if not path.is_file():
-        return None
-    return {c["case"]: 100.0 * c["dice"] for c in json.loads(path.read_text())["cases"]}
+def per_case_path(results: Path) -> Path:
+    """Each row's Dice per case, beside the results CSV: the paired columns need no run folders."""
+    return results.with_name("per_case_dice.csv")
 
 
-def paired(runs: Path, key: str, n: int) -> str:
+def record_per_case(results: Path, key: str, n: int, report: Dict[str, Any]) -> None:
+    """Replace the row's per-case Dice (a row recorded again does not count twice)."""
+    path = per_case_path(results)
+    kept = [r for r in read_results(path) if (r["row"], r["n"]) != (key, str(n))]
+    kept += [{"row": key, "n": n, "case": c["case"], "dice": round(100.0 * c["dice"], 4)} for c in report["cases"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["row", "n", "case", "dice"])
+        writer.writeheader()
+        writer.writerows(kept)
+
+
+def backfill_per_case(results: Path, runs: Path) -> None:
+    """Record the per-case Dice of finished rows that lack them (rows finished by an earlier version)."""
+    have = {(r["row"], r["n"]) for r in read_results(per_case_path(results))}
+    for r in read_results(results):
+        metrics = eval_dir(runs, r["row"], int(r["n"])) / "metrics.json"
+        if (r["row"], r["n"]) not in have and metrics.is_file():
+            record_per_case(results, r["row"], int(r["n"]), json.loads(metrics.read_text()))
+
+
+def case_dice(results: Path, key: str, n: int) -> Optional[Dict[str, float]]:
+    found = {r["case"]: float(r["dice"]) for r in read_results(per_case_path(results))
+             if r["row"] == key and int(r["n"]) == n}
+    return found or None
+
+
+def paired(results: Path, key: str, n: int) -> str:
     """Mean per-case Dice difference against COMPARED_WITH[key] +- its standard error, and cases better."""
     ref = COMPARED_WITH.get(key)
-    mine, theirs = case_dice(runs, key, n), case_dice(runs, ref, n) if ref else None
+    mine, theirs = case_dice(results, key, n), case_dice(results, ref, n) if ref else None
     if not mine or not theirs or set(mine) != set(theirs):
         return "-"
     diff = [mine[c] - theirs[c] for c in sorted(mine)]
@@ -272,9 +297,9 @@ def paired(runs: Path, key: str, n: int) -> str:
     return f"{mean:+.2f} ± {se:.2f} vs {SHORT[ref]}, {better}/{len(diff)} cases better"
 
 
-def report_table(results: List[Dict[str, str]], n: int, runs: Path = DEFAULT_RUNS) -> str:
-    """Markdown: one line per finished row of this N, in ORDER; paired columns need the run folders."""
-    done = {r["row"]: r for r in results if int(r["n"]) == n}
+def report_table(results_csv: Path, n: int) -> str:
+    """Markdown: one line per finished row of this N, in ORDER."""
+    done = {r["row"]: r for r in read_results(results_csv) if int(r["n"]) == n}
     # Per CPU hour: Dice points gained over the start weights per hour of training wall time
     # (the from-scratch rows have no such start; their gain is over nothing and is left out).
     start = float(done["start"]["dice_mean"]) if "start" in done else None
@@ -291,7 +316,7 @@ def report_table(results: List[Dict[str, str]], n: int, runs: Path = DEFAULT_RUN
         if start is not None and r["train_wall_s"] and r["warm_start"] == "True":
             gain = f"{(float(r['dice_mean']) - start) / (float(r['train_wall_s']) / 3600):+.2f}"
         lines.append(f"| {r['title']} | {r['iterations']} | {wall} | {_cell(r['s_per_iteration'])} | "
-                     f"{r['dice_mean']} ({r['dice_min']}) | {gain} | {paired(runs, key, n)} | "
+                     f"{r['dice_mean']} ({r['dice_min']}) | {gain} | {paired(results_csv, key, n)} | "
                      f"{r['jaccard_mean']} ({r['jaccard_min']}) | "
                      f"{r['hd95_vox_mean']} ({r['hd95_vox_max']}) | {r['asd_vox_mean']} ({r['asd_vox_max']}) | "
                      f"{r['infer_s_per_case']} |")
@@ -312,7 +337,7 @@ def main() -> int:
     if args.iterations < 1:
         raise SystemExit("--iterations must be at least 1")
     if args.report:
-        print(report_table(read_results(args.results), args.iterations, args.runs))
+        print(report_table(args.results, args.iterations))
         return 0
     train_list = args.data / "train.list"
     if not train_list.is_file():
@@ -324,6 +349,7 @@ def main() -> int:
     lists = {"labeled": args.runs / f"labeled{LABELED}.list", "validation": args.runs / f"val{VALIDATION}.list"}
     lists["labeled"].write_text("\n".join(ids[:LABELED]) + "\n")
     lists["validation"].write_text("\n".join(ids[-VALIDATION:]) + "\n")
+    backfill_per_case(args.results, args.runs)
     done = {(r["row"], int(r["n"])) for r in read_results(args.results)}
     for key in [k for k in ORDER if k in args.rows]:
         spec = ROWS[key]
@@ -340,9 +366,10 @@ def main() -> int:
         scores = evaluate(weights, eval_dir(args.runs, key, args.iterations), args.data, lists)
         row = result_row(key, spec, args.iterations, run_dir, scores)
         append_result(args.results, row)
+        record_per_case(args.results, key, args.iterations, scores)
         print(f"row {key}: Dice {row['dice_mean']} (lowest {row['dice_min']}), "
               f"{row.get('train_wall_s', 0)} s training", flush=True)
-    print(report_table(read_results(args.results), args.iterations, args.runs))
+    print(report_table(args.results, args.iterations))
     return 0
 
 

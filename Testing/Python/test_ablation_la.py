@@ -79,7 +79,20 @@ def test_rows_resume_and_are_not_redone(tmp_path: Path) -> None:
     assert "--resume" in run_ablation(tmp_path, "--rows", "base")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert rows(tmp_path / "results.csv")[0]["dice_mean"] == base["dice_mean"]
+    per_case = rows(tmp_path / "per_case_dice.csv")
+    assert sorted(r["row"] for r in per_case) == ["base"] * 16 + ["start"] * 16  # recorded once each
 
     table = run_ablation(tmp_path, "--report")
     assert "| a. cpu preset, warm start | 3 |" in table
     assert "| c. 96x96x48 patch, warm start | not run yet |" in table
+
+
+def test_the_model_card_shows_the_recorded_ablation() -> None:
+    # The card's table is `ablation_la.py --report` of the committed results, not a copy that drifts.
+    results = REPO / "benchmarks" / "results" / "ablation_la" / "results.csv"
+    n = int(rows(results)[0]["n"])
+    table = subprocess.run([sys.executable, str(SCRIPT), "--iterations", str(n), "--report"], capture_output=True,
+                           text=True, cwd=REPO, check=True).stdout
+    card = (REPO / "Resources" / "Models" / "README.md").read_text()
+    assert table.strip() and table.strip() in card
+    assert "not run yet" not in table and f"N = {n} iterations" in card
