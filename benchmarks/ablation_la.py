@@ -238,8 +238,8 @@ def result_row(key: str, spec: Dict[str, Any], n: int, run_dir: Optional[Path], 
     return row
 
 
-def _cell(value: str, suffix: str = "") -> str:
-    return f"{value}{suffix}" if value not in ("", None) else "-"
+def _seconds(value: str) -> str:
+    return f"{float(value):.2f}" if value not in ("", None) else "-"
 
 
 #: What each row is compared with, case by case: one change at a time.
@@ -315,7 +315,7 @@ def report_table(results_csv: Path, n: int) -> str:
         gain = "-"
         if start is not None and r["train_wall_s"] and r["warm_start"] == "True":
             gain = f"{(float(r['dice_mean']) - start) / (float(r['train_wall_s']) / 3600):+.2f}"
-        lines.append(f"| {r['title']} | {r['iterations']} | {wall} | {_cell(r['s_per_iteration'])} | "
+        lines.append(f"| {r['title']} | {r['iterations']} | {wall} | {_seconds(r['s_per_iteration'])} | "
                      f"{r['dice_mean']} ({r['dice_min']}) | {gain} | {paired(results_csv, key, n)} | "
                      f"{r['jaccard_mean']} ({r['jaccard_min']}) | "
                      f"{r['hd95_vox_mean']} ({r['hd95_vox_max']}) | {r['asd_vox_mean']} ({r['asd_vox_max']}) | "
