@@ -50,6 +50,9 @@ def test_short_run_lowers_loss_and_beats_chance(dataset, tmp_path):
     assert result.best_dice is not None and result.best_dice > chance + 0.1
     for name in ("last.pt", "best.pt", "train.log", "config.json"):
         assert (tmp_path / "run" / name).is_file()
+    # The log ends with the run's own summary (it was once written after the file handler was gone).
+    assert (tmp_path / "run" / "train.log").read_text().splitlines()[-1].endswith(
+        f"finished 60 iterations in {result.seconds:.1f} s")
     assert "loss_o" in result.history[-1] and result.history[-1]["loss_o"] > 0
 
 

@@ -491,14 +491,14 @@ def train(cfg: TrainConfig, progress: ProgressCallback = no_progress,
             with deferred_cancel(raise_at_end=False):
                 run.after_step(run.step())
             stop_if_cancelled(world, device)
+        seconds = time.time() - t0
+        if rank == 0:  # while train.log's handler is still attached: the run's last line
+            LOG.info("finished %d iterations in %.1f s", run.iteration - run.start_iter, seconds)
     except BaseException:
         run.save_interrupted()
         raise
     finally:
         LOG.removeHandler(handler)
         handler.close()
-    seconds = time.time() - t0
-    if rank == 0:
-        LOG.info("finished %d iterations in %.1f s", run.iteration - run.start_iter, seconds)
     return TrainResult(out_dir, run.iteration, run.best_dice, run.best_iter, seconds, run.history, run.net,
                        run.bank)
