@@ -47,6 +47,7 @@ def harness(tmp_path_factory):
     old_home = os.environ.get("CAML_HOME")
     os.environ["CAML_HOME"] = str(home)
     h = slicer_harness.install()
+    h.caml_home = home
     try:
         h.loadScriptedModule("CAMLSegmentation", MODULE_DIR / "CAMLSegmentation.py")
         h.app.startupCompleted.emit()
@@ -66,8 +67,11 @@ def harness(tmp_path_factory):
 
 
 @pytest.fixture()
-def panel(harness):
+def panel(harness, monkeypatch):
     """A fresh scene and the module entered; after the test, nothing unexpected may have happened."""
+    # The application's home for the whole module (the Sample Data phantom was written there at startup),
+    # not the per-test home conftest gives every test.
+    monkeypatch.setenv("CAML_HOME", str(harness.caml_home))
     harness.closeScene()
     harness.takeErrors()
     harness.takeDialogs()
