@@ -210,6 +210,25 @@ def test_models_come_from_the_engine_catalog_functions(logic, tmp_path, monkeypa
         catalog.user_catalog_path().unlink()
 
 
+def test_a_cohort_version_in_use_is_offered_in_the_model_list(logic, tmp_path, monkeypatch):
+    """#22 item 1: the version ``caml al use`` (or a promotion) made current is in the panel's Model list,
+    under the cohort's id, and a rollback changes the version the list offers."""
+    from CAMLSegmentationLib.cli import main as caml
+    from test_al_closing_loop import init, two_versions
+    from test_active_learning import make_cohort
+
+    monkeypatch.setenv("CAML_HOME", str(tmp_path / "home"))
+    root = init(make_cohort(tmp_path / "atrium study", n=3), tmp_path, "--model", "none")
+    two_versions(root, tmp_path)
+    assert "atrium-study" not in [m["id"] for m in logic.availableModels()]
+    for version in ("2", "1"):
+        assert caml(["al", "use", str(root), version]) == 0
+        offered = {m["id"]: m for m in logic.availableModels()}
+        assert offered["atrium-study"]["source"] == "user"
+        assert offered["atrium-study"]["entry"].version == version
+        assert f"atrium-study v{version}, user" in offered["atrium-study"]["label"]
+
+
 def test_torch_version_is_checked_without_importing_it(logic, monkeypatch):
     assert logic.versionSatisfies("2.13.0+cpu") and logic.versionSatisfies("2.0") and logic.versionSatisfies("10.1")
     assert not logic.versionSatisfies("1.13.1+cu117") and not logic.versionSatisfies("1.9")
