@@ -214,8 +214,8 @@ def test_a_cohort_version_in_use_is_offered_in_the_model_list(logic, tmp_path, m
     """#22 item 1: the version ``caml al use`` (or a promotion) made current is in the panel's Model list,
     under the cohort's id, and a rollback changes the version the list offers."""
     from CAMLSegmentationLib.cli import main as caml
-    from test_al_closing_loop import init, two_versions
     from test_active_learning import make_cohort
+    from test_al_closing_loop import init, two_versions
 
     monkeypatch.setenv("CAML_HOME", str(tmp_path / "home"))
     root = init(make_cohort(tmp_path / "atrium study", n=3), tmp_path, "--model", "none")
