@@ -102,7 +102,34 @@ def _file_state(path: Path) -> Optional[Tuple[int, int]]:
     return st.st_mtime_ns, st.st_size
 
 
-class Job:
+class _EventFeed:
+    """What the panel follows, for a ``Job`` and a ``WorkerRequest`` alike: the events queued by a
+    reader thread, and the moment it ended (``_finished``) with its ``state``."""
+
+    _events: queue.Queue[Dict[str, Any]]
+    _finished: threading.Event
+    state: str
+
+    @property
+    def running(self) -> bool:
+        return not self._finished.is_set()
+
+    def poll(self) -> List[Dict[str, Any]]:
+        """Events received since the last call, oldest first; never blocks."""
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def wait(self, timeout: Optional[float] = None) -> str:
+        """Block until it has ended (or ``timeout``); return its state."""
+        self._finished.wait(timeout)
+        return self.state
+
+
+class Job(_EventFeed):
     """One child process speaking the JSON-lines progress protocol.
 
     ``outputs`` are the files the command writes; if the job ends any way but
@@ -145,24 +172,6 @@ class Job:
     @property
     def pid(self) -> Optional[int]:
         return self._process.pid if self._process else None
-
-    @property
-    def running(self) -> bool:
-        return not self._finished.is_set()
-
-    def poll(self) -> List[Dict[str, Any]]:
-        """Events received since the last call, oldest first; never blocks."""
-        events = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
-
-    def wait(self, timeout: Optional[float] = None) -> str:
-        """Block until the job has ended (or ``timeout``); return its state."""
-        self._finished.wait(timeout)
-        return self.state
 
     def cancel(self, grace_seconds: Optional[float] = None) -> None:
         """Stop the child: ask first, kill after ``grace_seconds``; the job ends as ``cancelled``.
@@ -403,7 +412,7 @@ class EngineWorker:
         return f"{status}: {tail[-1]}" if tail else status
 
 
-class WorkerRequest:
+class WorkerRequest(_EventFeed):
     """One request to an ``EngineWorker``, followed like a ``Job`` (``poll``, ``wait``, ``cancel``,
     ``state``, ``result``, ``error``): the panel's runs take either.
 
@@ -433,24 +442,6 @@ class WorkerRequest:
     def pid(self) -> Optional[int]:
         """The worker's process id (shared by all its requests)."""
         return self.worker.pid
-
-    @property
-    def running(self) -> bool:
-        return not self._finished.is_set()
-
-    def poll(self) -> List[Dict[str, Any]]:
-        """Events received since the last call, oldest first; never blocks."""
-        events = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
-
-    def wait(self, timeout: Optional[float] = None) -> str:
-        """Block until the request has ended (or ``timeout``); return its state."""
-        self._finished.wait(timeout)
-        return self.state
 
     def cancel(self, grace_seconds: Optional[float] = None) -> None:
         """Ask the worker to drop this request; kill the worker if it has not after ``grace_seconds``
