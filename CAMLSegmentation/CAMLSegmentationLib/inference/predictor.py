@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from scipy import ndimage
 
 # torch is imported where a torch model is built or run, never at module import: the ONNX Runtime
 # backend (``onnx_runtime``) runs this same predictor in a Python without torch.
@@ -517,11 +516,19 @@ def make_predictor(networks: Sequence[torch.nn.Module], flips: Sequence[Tuple[in
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component (the atrium; specks elsewhere are false positives)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1:
-        return mask
+    """Keep the largest 26-connected component (the atrium; specks elsewhere are false positives).
+
+    SimpleITK labels the components (the image readers load it anyway; ``scipy.ndimage``
+    would add about 0.13 s of imports to every ``caml segment``). Labels follow raster
+    order as ``scipy.ndimage.label``'s do, so a tie goes to the component met first.
+    """
+    import SimpleITK as sitk
+
+    labels = sitk.GetArrayFromImage(
+        sitk.ConnectedComponent(sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8)), True))
     sizes = np.bincount(labels.ravel())
+    if len(sizes) <= 2:
+        return mask
     sizes[0] = 0
     return (labels == int(sizes.argmax())).astype(mask.dtype)
 
