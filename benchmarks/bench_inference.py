@@ -10,8 +10,12 @@ seconds (start to exit, imports included), the network seconds (the
 backend's windows: forward passes, flips and stitching, as ``caml segment``
 reports them), peak memory (the process's max RSS) and Dice against the
 label, then each protocol's speed-up over ``official`` per backend, and
-ONNX Runtime against torch. ``--ort-options`` adds a measurement of ONNX
-Runtime's graph optimisation levels and thread counts against torch on one
+ONNX Runtime against torch. Then each row's whole process against the
+official way on the first case (``official-dual`` below: the reference of
+#26's targets, at least 40x for ``default`` and 100x for ``fast``, network
+at most 0.8 s; ``--no-reference`` skips its 90 s). ``--ort-options`` adds a
+measurement of ONNX Runtime's graph optimisation levels, OpenVINO's float32
+and bfloat16 (where the CPU has it) and thread counts against torch on one
 batch of windows (``--protocols ''`` skips the table).
 
 Then, with ``--modes`` (in-process runs, none by default), for one case,
@@ -37,6 +41,7 @@ process so peak memory (max RSS) is that run's alone.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -145,8 +150,9 @@ def whole_process(image: Path, label, protocol: str, backend: str, model: str, t
     return row
 
 
-def backend_table(args: argparse.Namespace, case_ids: list) -> None:
-    """Protocols x backends over whole ``caml segment`` processes, per case and on average."""
+def backend_table(args: argparse.Namespace, case_ids: list) -> dict:
+    """Protocols x backends over whole ``caml segment`` processes, per case and on average:
+    returns the means by ``(protocol, backend)``."""
     import tempfile
 
     from CAMLSegmentationLib.io.volume import read_la_h5, write_image
@@ -193,6 +199,42 @@ def backend_table(args: argparse.Namespace, case_ids: list) -> None:
             if "dice" in t and "dice" in o:
                 line += f", Dice difference {o['dice'] - t['dice']:+.3f} points"
             print(line)
+    return mean
+
+
+#: #26's targets on the 2-core machine: whole ``caml segment`` against the official way, and the network.
+TARGET_SPEEDUP = {"default": 40.0, "fast": 100.0}
+TARGET_NETWORK_SECONDS = {"default": 0.8}
+
+
+def against_the_official_way(args: argparse.Namespace, case_id: str, mean: dict) -> None:
+    """Each whole ``caml segment`` of the table against the official code's way on the same case.
+
+    The reference is the ``official-dual`` measurement: the paper's network (16 filters, 112x112x80
+    windows at the LA voxel size, strides 18/18/4, both sub-models per window as the official test
+    loop runs them), randomly initialised (its time does not depend on the weights), in this process
+    after the imports: the reference does not pay what the ``caml segment`` processes pay.
+    """
+    cmd = [sys.executable, __file__, "--run", "official-dual", "--data", str(args.data), "--case", case_id,
+           "--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"official-dual: failed\n{done.stderr}", file=sys.stderr)
+        return
+    ref = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nthe official way on {case_id} (paper network, dual model per window, strides 18/18/4, "
+          f"{ref['windows']} windows): {ref['seconds']:.1f} s, peak {ref['peak_rss_gb']:.2f} GB")
+    for (protocol, backend), m in mean.items():
+        ratio = ref["seconds"] / m["seconds"]
+        line = f"  {protocol:<9} {backend:<9} whole {m['seconds']:6.2f} s: {ratio:6.1f}x faster"
+        if protocol in TARGET_SPEEDUP:
+            goal = TARGET_SPEEDUP[protocol]
+            line += f" (target {goal:.0f}x: {'met' if ratio >= goal else 'not met'})"
+        if protocol in TARGET_NETWORK_SECONDS:
+            goal = TARGET_NETWORK_SECONDS[protocol]
+            line += (f"; network {m['network_seconds']:.2f} s (target <= {goal} s: "
+                     f"{'met' if m['network_seconds'] <= goal else 'not met'})")
+        print(line)
 
 
 def ort_options(args: argparse.Namespace) -> None:
@@ -224,6 +266,18 @@ def ort_options(args: argparse.Namespace) -> None:
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
             session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
             runs[f"onnxruntime {level}, {threads} thread(s)"] = (threads, lambda s=session: s.run(None, {"image": x}))
+        if importlib.util.find_spec("openvino") is not None:
+            import openvino
+
+            core = openvino.Core()
+            for precision in ("f32", "bf16"):
+                compiled = core.compile_model(str(onnx_path), "CPU", {
+                    "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
+                    "PERFORMANCE_HINT": "LATENCY"})
+                if compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() != precision:
+                    continue  # this CPU has no native bf16: OpenVINO would run f32 again
+                request = compiled.create_infer_request()
+                runs[f"openvino {precision}, {threads} thread(s)"] = (threads, lambda r=request: r.infer({0: x}))
     best = {name: float("inf") for name in runs}
     for threads, run in runs.values():
         torch.set_num_threads(threads)
@@ -249,10 +303,15 @@ def main() -> int:
                                                               "(the first N of train.list, or --case)")
     parser.add_argument("--protocols", default="official,default,fast",
                         help="protocols of the table ('' skips it)")
-    parser.add_argument("--backends", default="torch,onnx", help="backends of the table")
+    installed = ",openvino" if importlib.util.find_spec("openvino") else ""
+    parser.add_argument("--backends", default="torch,onnx" + installed,
+                        help="backends of the table (default: torch, onnx and, when installed, openvino)")
     parser.add_argument("--model", default="", help="catalog model id for the table (default: the catalog's default)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the official way's run (about 90 s) that the table's speed-ups are measured against")
     parser.add_argument("--ort-options", action="store_true",
-                        help="also time ONNX Runtime's graph optimisation levels and threads against torch")
+                        help="also time ONNX Runtime's graph optimisation levels, OpenVINO's precisions (when "
+                             "installed) and thread counts against torch on one batch of windows")
     parser.add_argument("--repeats", type=int, default=5, help="repeats for --ort-options (best is kept)")
     parser.add_argument("--modes", default="", help=f"in-process measurements, comma-separated subset of "
                                                     f"{','.join(MODES)} (default: none)")
@@ -275,7 +334,10 @@ def main() -> int:
           f"{os.cpu_count()} cores, load average before start {os.getloadavg()[0]:.2f}")
     if args.protocols:
         listed = (args.data / "train.list").read_text().split()
-        backend_table(args, [args.case] if args.case else listed[:args.cases])
+        table_cases = [args.case] if args.case else listed[:args.cases]
+        mean = backend_table(args, table_cases)
+        if not args.no_reference:
+            against_the_official_way(args, table_cases[0], mean)
     if args.ort_options:
         ort_options(args)
     if not args.modes:
