@@ -275,9 +275,9 @@ def test_the_device_shown_is_the_one_the_engine_reports(logic, params):
     run = logic.startSegmentation(params)
     assert "auto" in run.status
     logic.finishSegmentation(run, params)
-    # The test model was registered with its ONNX export (the test extras install onnx and onnxruntime),
-    # so the engine's auto backend ran ONNX Runtime on the CPU, and says so.
-    assert run.device == "cpu (onnxruntime)" and run.deviceMessage == "Ran on cpu (onnxruntime)."
+    # The test model was registered with its ONNX export (the test extras install onnx, openvino and
+    # onnxruntime), so the engine's auto backend ran OpenVINO on the CPU, and says so with its precision.
+    assert run.device.startswith("cpu (openvino, ") and run.deviceMessage == f"Ran on {run.device}."
 
 
 def test_missing_packages_and_one_confirmation(logic, monkeypatch):
@@ -529,3 +529,16 @@ def test_pip_install_prefers_slicer_packaging_pip_ensure(monkeypatch):
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     slicer_logic.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
     assert calls[-1] == ("pip_ensure", ["scipy>=1.7"], {"prompt_install": False, "requester": "CAMLSegmentation"})
+
+
+def test_the_versions_line_names_the_installed_onnx_runtimes(logic):
+    """The panel's versions line: engine, PyTorch, and each export runtime installed (read from its
+    metadata, never imported); one that is not installed is not named."""
+    import importlib.metadata
+
+    line = logic.versionsLine()
+    for package in ("openvino", "onnxruntime"):
+        try:
+            assert f" · {package} {importlib.metadata.version(package)}" in line, line
+        except importlib.metadata.PackageNotFoundError:
+            assert package not in line, line
