@@ -321,6 +321,35 @@ def test_caml_segment_backend_onnx_end_to_end(tmp_path: Path, capsys: pytest.Cap
         assert np.array_equal(masks[key], masks["torch", "auto"]), key
 
 
+def test_caml_evaluate_scores_through_the_backend_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`caml evaluate --backend/--precision`: the same Dice through OpenVINO in float32 as through torch, and
+    metrics.json says what ran; by default (auto) a model with an export is scored as `caml segment` runs it."""
+    from CAMLSegmentationLib.io.volume import write_mask
+
+    model_id = _register_tiny(tmp_path)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for n in range(2):
+        volume = blob_volume((40, 30, 22), seed=n)
+        write_image(volume.array, volume, data / "images" / f"case{n}.nrrd")
+        write_mask((volume.array > 130).astype(np.uint8), volume, data / "labels" / f"case{n}.nrrd")
+    (tmp_path / "cases.list").write_text("case0\ncase1\n")
+    reports = {}
+    for args in (["--backend", "torch"], ["--backend", "openvino", "--precision", "float32"], []):
+        out = tmp_path / ("eval" + "-".join(args))
+        assert cli.main(["evaluate", "--data", str(data), "--list", str(tmp_path / "cases.list"), "--model", model_id,
+                         "--out", str(out), "--device", "cpu", "--progress", "none", *args]) == 0
+        capsys.readouterr()
+        reports[tuple(args)] = json.loads((out / "metrics.json").read_text())
+    by_torch, by_openvino = reports["--backend", "torch"], reports["--backend", "openvino", "--precision", "float32"]
+    assert (by_torch["device"], by_torch["backend"], by_torch["precision"]) == ("cpu", "torch", "float32")
+    assert (by_openvino["device"], by_openvino["backend"]) == ("cpu (openvino, float32)", "openvino")
+    # The masks agree but for voxels on the threshold (see _agree): Dice within a voxel's worth.
+    assert [r["dice"] for r in by_openvino["cases"]] == pytest.approx([r["dice"] for r in by_torch["cases"]], abs=2e-3)
+    assert reports[()]["backend"] == "openvino"  # auto, as `caml segment` picks
+
+
 def test_a_damaged_export_or_a_checkpoint_with_backend_onnx_is_a_one_line_error(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model_id = _register_tiny(tmp_path)
