@@ -176,6 +176,22 @@ def test_engine_requirements_match_the_package_metadata():
     assert panel == names
 
 
+
+def test_the_onnx_runtime_offer_matches_the_engine_and_the_package_extras():
+    """What the panel offers for Segment without torch: the engine's export runtimes, in the engine's order
+    (the first is what is offered), at the lower bounds of pyproject's ``openvino`` and ``onnx`` extras."""
+    from CAMLSegmentationLib.inference.backends import EXPORT_RUNTIMES
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    offer = slicer_logic.CAMLSegmentationLogic.EXPORT_RUNTIME_REQUIREMENTS
+    assert list(offer) == list(EXPORT_RUNTIMES.values())
+    assert [offer[EXPORT_RUNTIMES[name]] for name in ("openvino", "onnx")] == extras["openvino"] + extras["onnx"]
+
 def _catalog(path: Path, *entries) -> Path:
     models = [dict({"file": f"{e['id']}.pt", "sha256": "0" * 64, "version": 1}, **e) for e in entries]
     path.write_text(json.dumps({"models": models}))
@@ -530,15 +546,3 @@ def test_pip_install_prefers_slicer_packaging_pip_ensure(monkeypatch):
     slicer_logic.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
     assert calls[-1] == ("pip_ensure", ["scipy>=1.7"], {"prompt_install": False, "requester": "CAMLSegmentation"})
 
-
-def test_the_versions_line_names_the_installed_onnx_runtimes(logic):
-    """The panel's versions line: engine, PyTorch, and each export runtime installed (read from its
-    metadata, never imported); one that is not installed is not named."""
-    import importlib.metadata
-
-    line = logic.versionsLine()
-    for package in ("openvino", "onnxruntime"):
-        try:
-            assert f" · {package} {importlib.metadata.version(package)}" in line, line
-        except importlib.metadata.PackageNotFoundError:
-            assert package not in line, line

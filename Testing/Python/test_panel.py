@@ -146,7 +146,8 @@ def test_the_panel_opens_and_segment_waits_for_a_volume(harness, panel):
     assert ui.modelSelector.currentData == default.id and f"({default.id} v{default.version}, bundled)" in (
         ui.modelSelector.currentText)
     torch = importlib.metadata.version("torch")
-    assert ui.versionLabel.text == f"CAML engine 0.1.0 · PyTorch {torch}"
+    runtimes = "".join(f" · {name} {importlib.metadata.version(name)}" for name in ("openvino", "onnxruntime"))
+    assert ui.versionLabel.text == f"CAML engine 0.1.0 · PyTorch {torch}{runtimes}"
 
     first, second = volume(harness, "first"), volume(harness, "second")
     harness.processEvents()
