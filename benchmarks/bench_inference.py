@@ -5,13 +5,12 @@
 First (#26 item 5), one table from whole ``caml segment`` processes on NRRD
 copies of the first ``--cases`` cases of train.list, with the catalog's
 default model (``--model``): for each protocol (``official``, ``default``,
-``fast``) and backend (``torch``, ``onnx`` = ONNX Runtime, ``openvino``; ``NAME:float32`` runs
-``--precision float32``, e.g. ``openvino:float32``), the whole-process
+``fast``) and backend (``torch``, ``onnx`` = ONNX Runtime), the whole-process
 seconds (start to exit, imports included), the network seconds (the
 backend's windows: forward passes, flips and stitching, as ``caml segment``
 reports them), peak memory (the process's max RSS) and Dice against the
 label, then each protocol's speed-up over ``official`` per backend, and
-each other backend against torch. ``--ort-options`` adds a measurement of ONNX
+ONNX Runtime against torch. ``--ort-options`` adds a measurement of ONNX
 Runtime's graph optimisation levels and thread counts against torch on one
 batch of windows (``--protocols ''`` skips the table).
 
@@ -120,11 +119,9 @@ def whole_process(image: Path, label, protocol: str, backend: str, model: str, t
     from CAMLSegmentationLib.inference.metrics import dice
     from CAMLSegmentationLib.io.volume import read_image
 
-    name, _, precision = backend.partition(":")  # e.g. openvino:float32
-    out = work / f"{image.stem}-{protocol}-{name}-{precision or 'auto'}.seg.nrrd"
+    out = work / f"{image.stem}-{protocol}-{backend}.seg.nrrd"
     cmd = [sys.executable, "-m", "CAMLSegmentationLib.cli", "segment", str(image), str(out), "--protocol", protocol,
-           "--backend", name, "--precision", precision or "auto", "--device", "cpu", "--progress", "json"
-           ] + (["--model", model] if model else [])
+           "--backend", backend, "--device", "cpu", "--progress", "json"] + (["--model", model] if model else [])
     env = dict(os.environ, PYTHONPATH=str(REPO / "CAMLSegmentation"), OMP_NUM_THREADS=str(threads))
     with open(work / "stderr.txt", "w+") as stderr:
         start = time.perf_counter()
@@ -166,7 +163,7 @@ def backend_table(args: argparse.Namespace, case_ids: list) -> None:
                 for backend in backends:
                     r = rows[(case_id, protocol, backend)] = whole_process(
                         image, label, protocol, backend, args.model, args.threads, work)
-                    print(f"{case_id:<22} {protocol:<9} {backend:<16} whole {r['seconds']:7.2f} s  network "
+                    print(f"{case_id:<22} {protocol:<9} {backend:<6} whole {r['seconds']:7.2f} s  network "
                           f"{r['network_seconds']:7.2f} s  {r['windows']:4d} windows  peak {r['peak_rss_gb']:.2f} GB"
                           f"  Dice {r.get('dice', float('nan')):.2f}  ({r['device']})", flush=True)
     print(f"\nmean over {len(case_ids)} case(s):")
@@ -177,7 +174,7 @@ def backend_table(args: argparse.Namespace, case_ids: list) -> None:
             mean[(protocol, backend)] = m = {k: sum(r[k] for r in picked) / len(picked)
                                              for k in ("seconds", "network_seconds", "peak_rss_gb", "dice")
                                              if all(k in r for r in picked)}
-            print(f"  {protocol:<9} {backend:<16} whole {m['seconds']:7.2f} s  network {m['network_seconds']:7.2f} s  "
+            print(f"  {protocol:<9} {backend:<6} whole {m['seconds']:7.2f} s  network {m['network_seconds']:7.2f} s  "
                   f"peak {m['peak_rss_gb']:.2f} GB  Dice {m.get('dice', float('nan')):.2f}")
     for backend in backends:
         if ("official", backend) not in mean:
@@ -188,10 +185,10 @@ def backend_table(args: argparse.Namespace, case_ids: list) -> None:
                 m = mean[(protocol, backend)]
                 print(f"  {backend}: {protocol} is {ref['seconds'] / m['seconds']:.1f}x faster than official "
                       f"(whole process), network {ref['network_seconds'] / m['network_seconds']:.1f}x")
-    for other in [b for b in backends if b != "torch"] if "torch" in backends else []:
+    if {"torch", "onnx"} <= set(backends):
         for protocol in protocols:
-            t, o = mean[(protocol, "torch")], mean[(protocol, other)]
-            line = (f"  {protocol}: {other}/torch whole {o['seconds'] / t['seconds']:.2f}, "
+            t, o = mean[(protocol, "torch")], mean[(protocol, "onnx")]
+            line = (f"  {protocol}: onnx/torch whole {o['seconds'] / t['seconds']:.2f}, "
                     f"network {o['network_seconds'] / t['network_seconds']:.2f}")
             if "dice" in t and "dice" in o:
                 line += f", Dice difference {o['dice'] - t['dice']:+.3f} points"
@@ -252,8 +249,7 @@ def main() -> int:
                                                               "(the first N of train.list, or --case)")
     parser.add_argument("--protocols", default="official,default,fast",
                         help="protocols of the table ('' skips it)")
-    parser.add_argument("--backends", default="torch,onnx,openvino",
-                        help="backends of the table, each NAME or NAME:float32 (--precision float32)")
+    parser.add_argument("--backends", default="torch,onnx", help="backends of the table")
     parser.add_argument("--model", default="", help="catalog model id for the table (default: the catalog's default)")
     parser.add_argument("--ort-options", action="store_true",
                         help="also time ONNX Runtime's graph optimisation levels and threads against torch")
@@ -273,11 +269,9 @@ def main() -> int:
         return 0
 
     import onnxruntime
-    import openvino
     import torch
 
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
-          f"{args.threads} CPU threads, "
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} CPU threads, "
           f"{os.cpu_count()} cores, load average before start {os.getloadavg()[0]:.2f}")
     if args.protocols:
         listed = (args.data / "train.list").read_text().split()
