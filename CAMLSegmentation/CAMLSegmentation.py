@@ -639,7 +639,8 @@ class CAMLSegmentationTest(ScriptedLoadableModuleTest):
     ``test_PanelEnablesSegment`` builds the panel and selects a volume as a user
     does; ``test_SegmentGeneratedVolume`` segments a generated volume with the
     bundled model on the CPU through the same ``caml segment`` child the panel
-    uses. Where PyTorch or the engine's packages are missing, segmenting is
+    uses. Where the engine's packages, or what runs the model (an ONNX runtime for a model with an
+    export, else PyTorch), are missing, segmenting is
     skipped with the reason: logged by ``runTest`` (Reload and Test shows no
     error for a missing optional dependency), ``unittest.SkipTest`` under CTest.
     """
@@ -662,8 +663,14 @@ class CAMLSegmentationTest(ScriptedLoadableModuleTest):
     @staticmethod
     def missingForSegmenting() -> list:
         logic = CAMLSegmentationLogic()
-        missing = ([f"PyTorch {TORCH_REQUIREMENT}"] if not logic.torchAvailable() else []) + logic.missingPackages()
-        if not logic.getParameterNode().model:
+        params = logic.getParameterNode()
+        params.device = "cpu"  # the self-test segments on the CPU: the bundled model's export needs no PyTorch
+        if logic.segmentationNeedsTorch(params):
+            missing = [f"PyTorch {TORCH_REQUIREMENT}"] if not logic.torchAvailable() else []
+        else:
+            missing = logic.missingExportRuntime()
+        missing += logic.missingPackages()
+        if not params.model:
             missing.append("a model in the catalog")
         return missing
 

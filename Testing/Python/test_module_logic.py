@@ -176,6 +176,22 @@ def test_engine_requirements_match_the_package_metadata():
     assert panel == names
 
 
+
+def test_the_onnx_runtime_offer_matches_the_engine_and_the_package_extras():
+    """What the panel offers for Segment without torch: the engine's export runtimes, in the engine's order
+    (the first is what is offered), at the lower bounds of pyproject's ``openvino`` and ``onnx`` extras."""
+    from CAMLSegmentationLib.inference.backends import EXPORT_RUNTIMES
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    offer = slicer_logic.CAMLSegmentationLogic.EXPORT_RUNTIME_REQUIREMENTS
+    assert list(offer) == list(EXPORT_RUNTIMES.values())
+    assert [offer[EXPORT_RUNTIMES[name]] for name in ("openvino", "onnx")] == extras["openvino"] + extras["onnx"]
+
 def _catalog(path: Path, *entries) -> Path:
     models = [dict({"file": f"{e['id']}.pt", "sha256": "0" * 64, "version": 1}, **e) for e in entries]
     path.write_text(json.dumps({"models": models}))
@@ -275,9 +291,9 @@ def test_the_device_shown_is_the_one_the_engine_reports(logic, params):
     run = logic.startSegmentation(params)
     assert "auto" in run.status
     logic.finishSegmentation(run, params)
-    # The test model was registered with its ONNX export (the test extras install onnx and onnxruntime),
-    # so the engine's auto backend ran ONNX Runtime on the CPU, and says so.
-    assert run.device == "cpu (onnxruntime)" and run.deviceMessage == "Ran on cpu (onnxruntime)."
+    # The test model was registered with its ONNX export (the test extras install onnx, openvino and
+    # onnxruntime), so the engine's auto backend ran OpenVINO on the CPU, and says so with its precision.
+    assert run.device.startswith("cpu (openvino, ") and run.deviceMessage == f"Ran on {run.device}."
 
 
 def test_missing_packages_and_one_confirmation(logic, monkeypatch):
@@ -529,3 +545,4 @@ def test_pip_install_prefers_slicer_packaging_pip_ensure(monkeypatch):
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     slicer_logic.CAMLSegmentationLogic._pipInstall(["scipy>=1.7"])
     assert calls[-1] == ("pip_ensure", ["scipy>=1.7"], {"prompt_install": False, "requester": "CAMLSegmentation"})
+

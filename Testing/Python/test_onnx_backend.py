@@ -1,10 +1,12 @@
-"""ONNX Runtime backend: exports of V and A, parity with torch, `caml segment --backend`, and no torch at all.
+"""The ONNX backends (OpenVINO and ONNX Runtime): exports of V and A, parity with torch, `caml segment
+--backend` and `--precision`, the exports' metadata, and no torch at all.
 
-Tolerance stated and checked here: foreground probabilities within 1e-4 of
-torch's (measured: 3e-8 for V and 2e-6 for A of the bundled model on random
-windows; see the report in the commit), masks identical on generated data and
-on LA cases except voxels whose torch probability lies within 1e-4 of the
-threshold.
+Tolerance stated and checked here: in float32, foreground probabilities
+within 1e-4 of torch's on either runtime (measured: 3e-8 for V and 2e-6 for A
+of the bundled model on random windows with ONNX Runtime), masks identical
+on generated data and on LA cases except voxels whose torch probability lies
+within 1e-4 of the threshold. OpenVINO's own precision (bfloat16 on CPUs with
+bfloat16 matrix units) is held to masks at Dice >= 0.99 with its float32 ones.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from CAMLSegmentationLib import cli
+from CAMLSegmentationLib.inference.backends import BACKENDS, EXPORT_RUNTIMES, installed_runtimes
 from CAMLSegmentationLib.inference.onnx_runtime import (
     OnnxModel,
     OnnxModelError,
@@ -49,6 +52,7 @@ from CAMLSegmentationLib.model.onnx_export import export_release
 from inference_helpers import blob_volume, one_thread, tiny_checkpoint
 
 pytest.importorskip("onnxruntime", reason="the ONNX backend needs onnxruntime (pip install onnxruntime)")
+pytest.importorskip("openvino", reason="the OpenVINO backend needs openvino (pip install openvino)")
 pytest.importorskip("onnx", reason="exporting needs the onnx package")
 
 _threads = pytest.fixture(autouse=True)(one_thread)
@@ -56,7 +60,11 @@ _threads = pytest.fixture(autouse=True)(one_thread)
 PACKAGE_PARENT = Path(__file__).resolve().parents[2] / "CAMLSegmentation"
 #: Largest difference allowed between ONNX Runtime's and torch's foreground probability.
 PROBABILITY_TOLERANCE = 1e-4
+#: Lowest Dice between the masks of OpenVINO's own precision and of float32 (the same runtime, data, model).
+OWN_PRECISION_DICE = 0.99
 WINDOW = (16, 16, 16)
+#: The export runtimes, each in float32: what must match torch.
+RUNTIMES = sorted(EXPORT_RUNTIMES)
 
 
 @pytest.fixture(autouse=True)
@@ -95,11 +103,13 @@ def test_export_carries_the_settings_and_the_weights_checksum(tiny_exports) -> N
         load_onnx_model({"v": exports["a"]})
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("flips", [((),), ((), (0,), (1,), (0, 1))])
-def test_windows_through_onnx_runtime_match_torch(tiny_exports, flips) -> None:
+def test_windows_through_either_runtime_match_torch(tiny_exports, flips, runtime: str) -> None:
     weights, exports = tiny_exports
     torch_model = load_inference_model(weights, "cpu", with_a=True)
-    onnx_model = load_onnx_model(exports, with_a=True)
+    onnx_model = load_onnx_model(exports, with_a=True, runtime=runtime, precision="float32")
+    assert onnx_model.backend == runtime and onnx_model.precision == "float32"
     batch = np.random.default_rng(1).normal(size=(3, 1) + WINDOW).astype(np.float32)
     with torch.inference_mode():
         expected = make_predictor([torch_model.networks["v"], torch_model.networks["a"]],
@@ -109,20 +119,89 @@ def test_windows_through_onnx_runtime_match_torch(tiny_exports, flips) -> None:
     assert float(np.abs(got - expected).max()) <= PROBABILITY_TOLERANCE
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("protocol", ["default", "fast", "official"])
-def test_segment_volume_is_the_same_with_either_backend(tiny_exports, protocol: str) -> None:
+def test_segment_volume_is_the_same_with_every_backend(tiny_exports, protocol: str, runtime: str) -> None:
     weights, exports = tiny_exports
     options = InferenceOptions.for_protocol(protocol)
     if protocol != "official":
         options = options.with_changes(uncertainty=True)
     volume = blob_volume((40, 30, 22))
     by_torch = segment_volume(volume, load_inference_model(weights, "cpu", with_a=True), options)
-    by_onnx = segment_volume(volume, load_onnx_model(exports, with_a=True), options)
+    by_onnx = segment_volume(volume, load_onnx_model(exports, with_a=True, runtime=runtime, precision="float32"),
+                             options)
     _agree(by_torch, by_onnx)
     if protocol != "official":
         assert float(np.abs(by_torch.uncertainty - by_onnx.uncertainty).max()) <= 2 * PROBABILITY_TOLERANCE
     assert by_onnx.info["windows"] == by_torch.info["windows"] and by_onnx.info["flips"] == by_torch.info["flips"]
-    assert by_onnx.info["device"] == "cpu (onnxruntime)"
+    assert by_onnx.info["device"] == f"cpu ({EXPORT_RUNTIMES[runtime]}, float32)"
+    assert (by_onnx.info["backend"], by_onnx.info["precision"]) == (runtime, "float32")
+    assert (by_torch.info["backend"], by_torch.info["precision"]) == ("torch", "float32")
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float(np.logical_and(a, b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def test_openvinos_own_precision_keeps_the_float32_mask() -> None:
+    """``--precision auto`` on OpenVINO: its default precision (bfloat16 where the CPU has bfloat16 matrix
+    units, float32 elsewhere), as the compiled model reports it; the bundled model's mask of a generated
+    image agrees with float32's at Dice >= 0.99 (the tiny random test model's probabilities sit too close
+    to the threshold to say anything)."""
+    import openvino
+
+    shipped = default_model()
+    exports = verify_onnx(shipped, ("v", "a"))
+    volume = blob_volume((72, 64, 36), seed=4)
+    options = InferenceOptions().with_changes(uncertainty=True)
+    own = load_onnx_model(exports, with_a=True, runtime="openvino", precision="auto")
+    full = load_onnx_model(exports, with_a=True, runtime="openvino", precision="float32")
+    # What OpenVINO itself says it computes in with no precision asked for, on this CPU.
+    compiled = openvino.Core().compile_model(str(exports["v"]), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    native = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    assert own.precision == {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}[native]
+    by_own, by_full = segment_volume(volume, own, options), segment_volume(volume, full, options)
+    assert by_own.info["precision"] == own.precision and by_own.info["device"] == f"cpu (openvino, {own.precision})"
+    assert by_full.info["precision"] == "float32"
+    assert by_full.mask.sum() > 500
+    assert _dice(by_own.mask, by_full.mask) >= OWN_PRECISION_DICE, _dice(by_own.mask, by_full.mask)
+    if own.precision == "float32":  # a CPU without bfloat16 units: the same computation
+        assert np.array_equal(by_own.mask, by_full.mask)
+
+
+def test_the_metadata_reader_reads_what_onnx_runtime_reads(tmp_path: Path, tiny_exports) -> None:
+    """The pure-Python reader of ``metadata_props`` against ONNX Runtime's, on the exports and on a model
+    the ``onnx`` package writes with metadata before the graph, an empty value and non-ASCII text."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    _, exports = tiny_exports
+    shipped = [p for e in read_catalog(bundled_catalog_path(), "bundled") for p in e.onnx_paths().values()]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, producer_name="test", doc_string="d" * 300)
+    for key, value in [("caml.sub_model", "v"), ("empty", ""), ("note", "Vorhof \u00e9\u00e8 " + "x" * 200),
+                       ("caml.sub_model", "a")]:  # a key twice: the later one wins
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    written = tmp_path / "written.onnx"
+    written.write_bytes(model.SerializeToString())
+    for path in [exports["v"], exports["a"], written] + shipped:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert read_export_metadata(path) == dict(session.get_modelmeta().custom_metadata_map), path
+    assert read_export_metadata(written)["caml.sub_model"] == "a"
+
+    # Damaged files: one-line errors, never a hang or a partial answer.
+    data = exports["v"].read_bytes()
+    for name, content in [("cut.onnx", data[: len(data) // 2]), ("noise.onnx", bytes([0x0F]) * 64),
+                          ("zero-field.onnx", b"\x00\x01")]:
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(OnnxModelError, match="not a usable ONNX model"):
+            read_export_metadata(bad)
+    with pytest.raises(OnnxModelError, match="not found"):
+        read_export_metadata(tmp_path / "missing.onnx")
 
 
 def _one_pass_per_flip(net, flips):
@@ -172,9 +251,13 @@ def test_flips_in_one_batch_give_what_one_pass_per_flip_gave(tiny_exports) -> No
     assert np.array_equal(result.mask[~undecided], before.mask[~undecided])
 
 
-def test_choose_backend() -> None:
+def test_choose_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert BACKENDS == ("auto", "torch", "onnx", "openvino")
     assert choose_backend("torch", True, "cpu") == "torch"
-    assert choose_backend("auto", True, "cpu") == "onnx"
+    # auto on the CPU: OpenVINO, then ONNX Runtime, then torch, by what can be imported.
+    assert installed_runtimes() == ("openvino", "onnx")
+    assert choose_backend("auto", True, "cpu") == "openvino"
+    assert choose_backend("openvino", True, "auto") == "openvino"
     assert choose_backend("auto", False, "cpu") == "torch"
     assert choose_backend("auto", True, "cpu", with_a_export=False) == "torch"
     assert choose_backend("auto", True, "cuda") == "torch"
@@ -183,6 +266,22 @@ def test_choose_backend() -> None:
         choose_backend("onnx", False, "cpu")
     with pytest.raises(OnnxModelError, match="CPU only"):
         choose_backend("onnx", True, "cuda")
+    with pytest.raises(OnnxModelError, match="CPU only"):
+        choose_backend("openvino", True, "cuda:0")
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "openvino", None)  # `import openvino` now fails
+        assert installed_runtimes() == ("onnx",)
+        assert choose_backend("auto", True, "cpu") == "onnx"
+        with pytest.raises(OnnxModelError, match="--backend openvino: openvino is not installed"):
+            choose_backend("openvino", True, "cpu")
+        m.setitem(sys.modules, "onnxruntime", None)
+        assert installed_runtimes() == ()
+        assert choose_backend("auto", True, "cpu") == "torch"
+        with pytest.raises(OnnxModelError, match="--backend onnx: onnxruntime is not installed"):
+            choose_backend("onnx", True, "cpu")
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "onnxruntime", None)
+        assert choose_backend("auto", True, "cpu") == "openvino"
 
 
 def _register_tiny(tmp_path: Path) -> str:
@@ -200,18 +299,55 @@ def test_caml_segment_backend_onnx_end_to_end(tmp_path: Path, capsys: pytest.Cap
     model_id = _register_tiny(tmp_path)
     volume = blob_volume((40, 30, 22))
     src = write_image(volume.array, volume, tmp_path / "mri.nrrd")
-    masks = {}
-    for backend in ("onnx", "torch", "auto"):
-        out, u = tmp_path / f"{backend}.seg.nrrd", tmp_path / f"{backend}-u.nrrd"
+    masks, devices = {}, {}
+    for backend, precision in [("onnx", "auto"), ("torch", "auto"), ("openvino", "float32"),
+                               ("auto", "float32"), ("auto", "auto")]:
+        out, u = tmp_path / f"{backend}-{precision}.seg.nrrd", tmp_path / f"{backend}-{precision}-u.nrrd"
         assert cli.main(["segment", str(src), str(out), "--model", model_id, "--backend", backend,
-                         "--device", "cpu", "--uncertainty", str(u), "--progress", "json"]) == 0
+                         "--precision", precision, "--device", "cpu", "--uncertainty", str(u),
+                         "--progress", "json"]) == 0
         done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert done["event"] == "done"
-        assert ("onnxruntime" in done["info"]["device"]) == (backend != "torch"), done["info"]["device"]
-        masks[backend] = read_image(out).array
+        devices[backend, precision] = done["info"]["device"], done["info"]["precision"]
+        masks[backend, precision] = read_image(out).array
         assert read_image(u).same_geometry(read_volume(src))
-    assert masks["onnx"].any() or masks["torch"].any()
-    assert np.array_equal(masks["onnx"], masks["torch"]) and np.array_equal(masks["auto"], masks["onnx"])
+    assert devices["onnx", "auto"] == ("cpu (onnxruntime, float32)", "float32")  # ONNX Runtime: float32 always
+    assert devices["torch", "auto"] == ("cpu", "float32")
+    assert devices["openvino", "float32"] == devices["auto", "float32"] == ("cpu (openvino, float32)", "float32")
+    own = devices["auto", "auto"][1]  # OpenVINO's own precision on this CPU, as it reports it
+    assert devices["auto", "auto"][0] == f"cpu (openvino, {own})"
+    assert masks["onnx", "auto"].any() or masks["torch", "auto"].any()
+    for key in [("onnx", "auto"), ("openvino", "float32"), ("auto", "float32")]:
+        assert np.array_equal(masks[key], masks["torch", "auto"]), key
+
+
+def test_caml_evaluate_scores_through_the_backend_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`caml evaluate --backend/--precision`: the same Dice through OpenVINO in float32 as through torch, and
+    metrics.json says what ran; by default (auto) a model with an export is scored as `caml segment` runs it."""
+    from CAMLSegmentationLib.io.volume import write_mask
+
+    model_id = _register_tiny(tmp_path)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for n in range(2):
+        volume = blob_volume((40, 30, 22), seed=n)
+        write_image(volume.array, volume, data / "images" / f"case{n}.nrrd")
+        write_mask((volume.array > 130).astype(np.uint8), volume, data / "labels" / f"case{n}.nrrd")
+    (tmp_path / "cases.list").write_text("case0\ncase1\n")
+    reports = {}
+    for args in (["--backend", "torch"], ["--backend", "openvino", "--precision", "float32"], []):
+        out = tmp_path / ("eval" + "-".join(args))
+        assert cli.main(["evaluate", "--data", str(data), "--list", str(tmp_path / "cases.list"), "--model", model_id,
+                         "--out", str(out), "--device", "cpu", "--progress", "none", *args]) == 0
+        capsys.readouterr()
+        reports[tuple(args)] = json.loads((out / "metrics.json").read_text())
+    by_torch, by_openvino = reports["--backend", "torch"], reports["--backend", "openvino", "--precision", "float32"]
+    assert (by_torch["device"], by_torch["backend"], by_torch["precision"]) == ("cpu", "torch", "float32")
+    assert (by_openvino["device"], by_openvino["backend"]) == ("cpu (openvino, float32)", "openvino")
+    # The masks agree but for voxels on the threshold (see _agree): Dice within a voxel's worth.
+    assert [r["dice"] for r in by_openvino["cases"]] == pytest.approx([r["dice"] for r in by_torch["cases"]], abs=2e-3)
+    assert reports[()]["backend"] == "openvino"  # auto, as `caml segment` picks
 
 
 def test_a_damaged_export_or_a_checkpoint_with_backend_onnx_is_a_one_line_error(
@@ -265,7 +401,7 @@ def test_caml_segment_runs_without_torch(tmp_path: Path, tiny_exports) -> None:
                                "--protocol", "fast")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"code": 0, "torch_loaded": False}
-    assert "onnxruntime" in done.stdout
+    assert "on cpu (openvino, " in done.stdout  # auto: OpenVINO is installed here
     assert (tmp_path / "bundled.seg.nrrd").is_file() and (tmp_path / "u.nrrd").is_file()
     done = _caml_without_torch(home, "segment", str(src), str(tmp_path / "tiny.seg.nrrd"),
                                "--weights", str(exports["v"]), "--backend", "onnx", "--progress", "none")
@@ -291,13 +427,14 @@ def test_the_bundled_model_ships_checked_exports() -> None:
 
 
 def test_bundled_model_parity_on_la_cases(la_root: Path) -> None:
-    """The shipped model through torch and ONNX Runtime on two validation cases, the default protocol."""
+    """The shipped model through torch, ONNX Runtime and OpenVINO (float32) on two validation cases, the
+    default protocol."""
     shipped = default_model()
     torch_model = load_inference_model(shipped.path, "cpu", with_a=False)
-    onnx_model = load_onnx_model(verify_onnx(shipped))
+    runtimes = [load_onnx_model(verify_onnx(shipped), runtime=r, precision="float32") for r in RUNTIMES]
     for case in sorted(shipped.metrics["per_case_dice"])[:2]:
         volume = read_volume(la_root / "2018LA_Seg_Training Set" / case / "mri_norm2.h5")
         by_torch = segment_volume(volume, torch_model)
-        by_onnx = segment_volume(volume, onnx_model)
-        _agree(by_torch, by_onnx)
+        for onnx_model in runtimes:
+            _agree(by_torch, segment_volume(volume, onnx_model))
         assert by_torch.mask.sum() > 1000, case

@@ -146,7 +146,8 @@ def test_the_panel_opens_and_segment_waits_for_a_volume(harness, panel):
     assert ui.modelSelector.currentData == default.id and f"({default.id} v{default.version}, bundled)" in (
         ui.modelSelector.currentText)
     torch = importlib.metadata.version("torch")
-    assert ui.versionLabel.text == f"CAML engine 0.1.0 · PyTorch {torch}"
+    runtimes = "".join(f" · {name} {importlib.metadata.version(name)}" for name in ("openvino", "onnxruntime"))
+    assert ui.versionLabel.text == f"CAML engine 0.1.0 · PyTorch {torch}{runtimes}"
 
     first, second = volume(harness, "first"), volume(harness, "second")
     harness.processEvents()
@@ -422,20 +423,38 @@ def test_the_self_test_passes_as_ctest_runs_it(harness, panel):
     assert segs.GetNumberOfItems() == 1 and left_atrium(segs.GetItemAsObject(0))
 
 
-def test_the_self_test_without_torch_logs_a_skip(harness, panel, monkeypatch, caplog):
-    """An application without PyTorch: Reload and Test (``runTest``) still checks the panel and logs why it
-    did not segment instead of raising; under CTest the segmenting test is reported as skipped. (torch is
-    installed here: the Logic's metadata lookup is made to find none, as in an application without it.)"""
+def test_the_self_test_without_torch_segments_through_the_export(harness, panel, monkeypatch, caplog):
+    """An application without PyTorch but with an ONNX runtime: the bundled model has an export, so Reload
+    and Test segments all the same. (torch is installed here: the Logic's metadata lookup is made to find
+    none, as in an application without it.)"""
+    import logging
+
+    pyModule = harness.entries["CAMLSegmentation"].pyModule
+    monkeypatch.setattr(pyModule.CAMLSegmentationLogic, "installedTorchVersion", staticmethod(lambda: None))
+    assert pyModule.CAMLSegmentationTest.missingForSegmenting() == []
+    with caplog.at_level(logging.INFO):
+        pyModule.CAMLSegmentationTest().runTest()
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING and "self-test" in r.getMessage()]
+    assert harness.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+
+
+def test_the_self_test_without_torch_or_a_runtime_logs_a_skip(harness, panel, monkeypatch, caplog):
+    """Neither PyTorch nor an ONNX runtime: Reload and Test (``runTest``) still checks the panel and logs why
+    it did not segment (the runtime it would offer) instead of raising; under CTest the segmenting test is
+    reported as skipped. The runtimes are made unimportable as ``import x`` sees it (``sys.modules``)."""
     import io
     import logging
     import unittest
 
     pyModule = harness.entries["CAMLSegmentation"].pyModule
     monkeypatch.setattr(pyModule.CAMLSegmentationLogic, "installedTorchVersion", staticmethod(lambda: None))
+    for runtime in ("openvino", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, runtime, None)
     with caplog.at_level(logging.INFO):
         pyModule.CAMLSegmentationTest().runTest()
     skips = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "self-test" in r.getMessage()]
-    assert skips == [f"CAMLSegmentation self-test: segmenting skipped, missing PyTorch {pyModule.TORCH_REQUIREMENT}"]
+    offered = pyModule.CAMLSegmentationLogic.EXPORT_RUNTIME_REQUIREMENTS["openvino"]
+    assert skips == [f"CAMLSegmentation self-test: segmenting skipped, missing {offered}"]
     assert "Panel test passed" in caplog.text
     assert harness.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 

@@ -1,13 +1,15 @@
-"""Segment in Slicer without PyTorch (#26 item 2), on the slicer-core Logic.
+"""Segment in Slicer without PyTorch (#26 items 2 and 1), on the slicer-core Logic.
 
 A Python without torch is made for real: ``python -S`` (no site-packages)
 with a folder of links to every installed package except torch and its
 companions on PYTHONPATH, so ``import torch`` fails and torch's package
 metadata is gone, as in a Slicer where the PyTorch extension never ran. The
-Logic there must ask for nothing when the model has an ONNX export (or only
-for onnxruntime when that is missing too), ask for PyTorch for a GPU or a
-model without an export, and a whole Segment (Logic -> ``caml segment`` child
-process -> segment node) must work with the bundled model.
+same hides one ONNX runtime or both. The Logic there must ask for nothing
+when the model has an ONNX export and OpenVINO or ONNX Runtime is installed
+(and offer only openvino when neither is), ask for PyTorch for a GPU or a
+model without an export, and a whole Segment (Logic -> the engine's child
+process -> segment node) must work with the bundled model on either runtime
+alone.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from typing import Sequence
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheels (pip install '.[test]')")
-pytest.importorskip("onnxruntime", reason="segmenting without torch needs onnxruntime")
+pytest.importorskip("onnxruntime", reason="both ONNX runtimes are tested: needs onnxruntime")
+pytest.importorskip("openvino", reason="both ONNX runtimes are tested: needs openvino")
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "CAMLSegmentation"
 #: Distributions that come with torch and are useless without it.
 TORCH_FAMILY = ("torch", "functorch", "torchgen", "triton", "nvidia")
+#: The ONNX runtimes' distributions (OpenVINO's telemetry package goes with it), and the name each
+#: gives itself in the engine's ``device`` string.
+RUNTIMES = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime",)}
 
 
 def _site_without(tmp_path: Path, hidden: Sequence[str]) -> Path:
@@ -108,8 +114,12 @@ def _probe(tmp_path: Path, hidden: Sequence[str], segment: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_segment_without_torch_asks_for_nothing_and_runs(tmp_path: Path) -> None:
-    report = _probe(tmp_path, TORCH_FAMILY, segment=True)
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_segment_without_torch_asks_for_nothing_and_runs_on_either_runtime_alone(tmp_path: Path,
+                                                                                 runtime: str) -> None:
+    """torch and the other runtime unimportable: nothing is asked for, and Segment runs on ``runtime``."""
+    other = [name for name in RUNTIMES if name != runtime][0]
+    report = _probe(tmp_path, TORCH_FAMILY + RUNTIMES[other], segment=True)
     assert report["torchAvailable"] is False
     # The bundled model has exports of V and A: nothing to install, with or without the uncertainty map.
     for case in ("default", "uncertainty"):
@@ -121,12 +131,13 @@ def test_segment_without_torch_asks_for_nothing_and_runs(tmp_path: Path) -> None
     assert report["training"]["ok"] is False and "PyTorch" in report["training"]["asked"][0]
     # A whole Segment through the Logic and the engine's child process, torch nowhere.
     assert report["segment"] == {"device": report["segment"]["device"], "segments": 1, "uncertainty": True}
-    assert "onnxruntime" in report["segment"]["device"]
+    assert report["segment"]["device"].startswith(f"cpu ({runtime}, "), report["segment"]["device"]
     assert report["torchImported"] is False
 
 
-def test_without_torch_or_onnxruntime_only_onnxruntime_is_asked_for(tmp_path: Path) -> None:
-    report = _probe(tmp_path, TORCH_FAMILY + ("onnxruntime",), segment=False)
+def test_without_torch_or_any_runtime_only_openvino_is_asked_for(tmp_path: Path) -> None:
+    report = _probe(tmp_path, TORCH_FAMILY + RUNTIMES["openvino"] + RUNTIMES["onnxruntime"], segment=False)
     default = report["default"]
     assert default["ok"] is False and default["needsTorch"] is False and len(default["asked"]) == 1
-    assert "onnxruntime" in default["asked"][0] and "PyTorch" not in default["asked"][0]
+    asked = default["asked"][0]
+    assert "openvino>=" in asked and "onnxruntime" not in asked and "PyTorch" not in asked

@@ -104,7 +104,7 @@ def test_the_worker_gives_caml_segments_mask_and_the_second_click_is_warm(logic,
     assert first.job.pid == worker.pid and worker.alive
     assert first.info["warm"] is False and any("loaded model" in line for line in first.log)
     assert f"Loading model {params.model}" in first.log  # the status line while the model loads
-    assert first.device == "cpu (onnxruntime)"
+    assert first.device.startswith("cpu (openvino, ")  # auto: the export, on OpenVINO (installed by the test extra)
 
     second = logic.startSegmentation(params)
     assert logic.finishSegmentation(second, params) is seg
@@ -234,6 +234,7 @@ def test_a_worker_that_ignores_a_cancel_is_killed_after_the_grace_period(logic, 
 def test_the_model_cache_reloads_exactly_when_the_model_changes(tmp_path, caml_home):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
     from CAMLSegmentationLib.cli.worker import ModelCache, segment_arguments
     from CAMLSegmentationLib.model.catalog import default_model
 
@@ -247,6 +248,19 @@ def test_the_model_cache_reloads_exactly_when_the_model_changes(tmp_path, caml_h
     assert type(onnx).__name__ == "OnnxModel" and cache.warm is False
     assert load("--model", entry.id) is onnx and cache.warm is True
     assert load() is onnx  # no --model: the catalog default, the same entry
+    # The runtime and the precision are part of the key: each change loads the model it asks for.
+    assert onnx.backend == "openvino"
+    full = load("--precision", "float32")
+    assert full is not onnx and cache.warm is False and (full.backend, full.precision) == ("openvino", "float32")
+    assert load("--precision", "float32") is full and cache.warm is True
+    ort = load("--backend", "onnx", "--precision", "float32")
+    assert ort is not full and (ort.backend, ort.precision) == ("onnx", "float32")
+    # OpenVINO gone (unimportable): `auto` now means ONNX Runtime, so the cached OpenVINO model is not reused.
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(sys.modules, "openvino", None)
+        after = load("--precision", "float32")
+        assert after is not full and after.backend == "onnx" and cache.warm is False
+    assert load("--precision", "float32").backend == "openvino" and cache.warm is False
     torch_model = load("--model", entry.id, "--backend", "torch")
     assert type(torch_model).__name__ == "InferenceModel" and cache.warm is False
     with_a = load("--model", entry.id, "--backend", "torch", with_a=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Tuple, Union
 
 from ..devices import DEVICE_CHOICES
 from ..errors import UserError
+from ..inference.backends import FLOAT32
 from ..model.settings import DEFAULT_OVERLAP, FAST_OVERLAP, PROTOCOLS
 
 if TYPE_CHECKING:  # the CLI imports torch only once a command runs, so `caml --help` stays fast
@@ -87,9 +88,11 @@ def options_from_args(args: argparse.Namespace, uncertainty: bool = False) -> In
                             "it cannot be combined with --tta, --lcc, --ensemble or --overlap")
     elif args.overlap is not None:
         base = base.with_changes(overlap=args.overlap)
+    # --precision float32 (caml segment, evaluate): full precision on CUDA too, no float16 autocast.
+    full_precision = getattr(args, "precision", "auto") == FLOAT32
     return base.with_changes(batch_size=args.batch_size, tta=base.tta if args.tta is None else args.tta,
                              lcc=base.lcc if args.lcc is None else args.lcc,
-                             ensemble=args.ensemble, uncertainty=uncertainty)
+                             ensemble=args.ensemble, uncertainty=uncertainty, amp=base.amp and not full_precision)
 
 
 def load_model_from_args(args: argparse.Namespace, with_a: bool = False) -> InferenceModel:

@@ -37,6 +37,9 @@ def add_parser(subparsers: Any) -> None:
                    help="folder for metrics.csv and metrics.json (default ./caml-evaluation)")
     add_model_arguments(p)
     add_inference_arguments(p)
+    from .backend import add_backend_argument
+
+    add_backend_argument(p)
     p.set_defaults(func=run)
 
 
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io.volume import check_output_paths, validate_volume
     from ..progress import ProgressEvent
     from ..training.sources import DataError, open_source, read_id_list
-    from .common import load_model_from_args, options_from_args, progress_callback
+    from .backend import load_segment_model
+    from .common import options_from_args, progress_callback
 
     json_mode = args.progress == "json"
     with json_outcome(json_mode) as final:
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_paths([("metrics", "table", out_dir / "metrics.json"),
                             ("table", "table", out_dir / "metrics.csv")])
         options = options_from_args(args)
-        model = load_model_from_args(args, with_a=options.ensemble)
+        model = load_segment_model(args, with_a=options.ensemble)  # the backend `caml segment` would use
         progress = progress_callback(args.progress)
         rows: List[Dict[str, Any]] = []
         results = []
@@ -120,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
             progress(ProgressEvent("cases", n + 1, len(ids), cid, {"dice": metrics.dice}))
         summary = summarize(results)
         report = {"model": model.name, "protocol": options.protocol, "data": str(root), "list": list_name,
-                  "window": list(model.window), "device": str(model.device),
+                  "window": list(model.window), "device": str(model.device), "backend": model.backend,
+                  "precision": model.precision,
                   "cases": rows, "summary": summary}
         with atomic_outputs([out_dir / "metrics.json", out_dir / "metrics.csv"],
                             commit=True) as (tmp_json, tmp_csv):
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         final.update(outputs={"csv": str(out_dir / "metrics.csv"), "json": str(out_dir / "metrics.json")},
                               summary=_json_safe(summary))
         if not json_mode:
-            print(f"model {model.name}, protocol {options.protocol}, {len(ids)} cases\n")
+            print(f"model {model.name}, protocol {options.protocol}, on {model.device}, {len(ids)} cases\n")
             print(format_table(rows, summary))
             print(f"\nwritten: {out_dir / 'metrics.csv'}, {out_dir / 'metrics.json'}")
     return 0

@@ -44,7 +44,8 @@ internal error) goes to stderr: stdout carries the protocol only.
 
 The cache holds one model, keyed by what decides it: the catalog entry
 (catalog file, id, version, checksums) or the ``--weights`` file, each file's
-size and modification time, the backend asked for, the device, and whether
+size and modification time, the backend and precision asked for, the export
+runtimes installed (what ``auto`` picks from), the device, and whether
 sub-model A is needed. A request that differs in any of them loads its model
 afresh (checked against its checksums, as ``caml segment`` does) and replaces
 the cached one; so a retrained version registered under the same id is picked
@@ -113,9 +114,12 @@ def _stamp(path: Path) -> Optional[Tuple[int, int]]:
 
 def model_key(args: argparse.Namespace, with_a: bool) -> Tuple[Any, ...]:
     """What decides the model a request runs with (see the module docstring): equal keys, same model."""
+    from ..inference.backends import installed_runtimes
     from ..model.catalog import default_model, find_model
 
-    common = (getattr(args, "backend", "auto"), getattr(args, "device", "auto"), bool(with_a))
+    # The export runtimes installed decide which one `auto` runs, so they are part of the key.
+    common = (getattr(args, "backend", "auto"), installed_runtimes(), getattr(args, "precision", "auto"),
+              getattr(args, "device", "auto"), bool(with_a))
     if args.weights:
         from ..inference.onnx_runtime import sibling_exports
 

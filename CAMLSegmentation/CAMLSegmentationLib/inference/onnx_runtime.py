@@ -1,37 +1,46 @@
-"""The ONNX Runtime backend: sub-models V and A run on the CPU without PyTorch.
+"""The ONNX backends: sub-models V and A run on the CPU without PyTorch, through OpenVINO or ONNX Runtime.
 
 ``OnnxModel`` answers the same ``run_windows`` call as the torch
 ``predictor.InferenceModel``, so ``predictor.segment_volume`` (windows,
 flips, blending, resampling, threshold, largest component) is one code path
-for both; only the forward pass differs. Nothing here imports torch: a Slicer
-without PyTorch segments through this module with ``onnxruntime`` alone.
+for every backend; only the forward pass differs, and it is the only thing
+the two runtimes give: per sub-model, a callable from a batch of windows to
+their foreground probability (``OpenVinoNetwork``, ``OrtNetwork``). Nothing
+here imports torch: a Slicer without PyTorch segments through this module
+with ``openvino`` or ``onnxruntime`` alone.
 
 The exports (``model/onnx_export.py``) output the foreground probability of a
 batch of windows and carry the model's ``InferenceSettings`` in their
-metadata.
+metadata, which ``onnx_metadata`` reads for both runtimes.
 
-Session options, measured on the 2-core build machine (see
+ONNX Runtime's session options, measured on the 2-core build machine (see
 ``benchmarks/bench_inference.py --ort-options``): the full graph optimisation
 level (it folds the float16 weights' Casts and BatchNorm into the
 convolutions once, at load), sequential execution, and as many intra-op
 threads as the job may use (``OMP_NUM_THREADS`` when set, else ONNX Runtime's
-own choice of the physical cores).
+own choice of the physical cores). OpenVINO: the LATENCY hint (one request
+at a time uses every thread), the same thread count, and its own default
+precision unless float32 is asked for (bfloat16 on CPUs with bfloat16
+matrix units: on the build machine 2.6 times faster than its float32, the
+probabilities within 0.014 of it).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import CAMLError
 from ..model.settings import InferenceSettings
+from .backends import BACKENDS, EXPORT_RUNTIMES, FLOAT32, PRECISIONS, installed_runtimes, runtime_installed
+from .onnx_metadata import OnnxModelError, read_export_metadata
 from .predictor import sliding_window
 
 PathLike = Union[str, Path]
@@ -40,29 +49,32 @@ INPUT_NAME = "image"
 SETTINGS_KEY = "caml.inference"
 SUB_MODEL_KEY = "caml.sub_model"
 SUB_MODELS = ("v", "a")
-BACKENDS = ("auto", "torch", "onnx")
-
-
-class OnnxModelError(CAMLError, ValueError):
-    """An ONNX export that cannot be used (missing, unreadable, not this project's, or for another model)."""
-
-
-def onnxruntime_available() -> bool:
-    """Whether ``import onnxruntime`` would find the package (without importing it)."""
-    try:
-        return importlib.util.find_spec("onnxruntime") is not None
-    except (ImportError, ValueError):
-        return False
+#: OpenVINO's names of the element types it may compute in, as ``--precision`` and ``info`` spell them.
+OPENVINO_PRECISIONS = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+#: A forward pass of one sub-model: ``[N, C, i, j, k]`` float32 -> ``[N, i, j, k]`` foreground probability.
+Network = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class CpuDevice:
-    """What ``segment_volume`` reads of a model's device (``.type``, ``str()``) for the ONNX CPU backend."""
+    """What ``segment_volume`` reads of a model's device (``.type``, ``str()``) for the export runtimes:
+    ``str()`` names the runtime and the precision it computes in, e.g. ``cpu (openvino, bfloat16)``."""
 
+    runtime: str = "onnx"
+    precision: str = FLOAT32
     type: str = "cpu"
 
     def __str__(self) -> str:
-        return "cpu (onnxruntime)"
+        return f"cpu ({EXPORT_RUNTIMES[self.runtime]}, {self.precision})"
+
+
+def _threads(threads: Optional[int]) -> Optional[int]:
+    """``threads``, else ``OMP_NUM_THREADS`` when set (a job's share of the cores), else None (the
+    runtime's own default)."""
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else None
+    return threads
 
 
 def session_options(threads: Optional[int] = None) -> Any:
@@ -73,25 +85,91 @@ def session_options(threads: Optional[int] = None) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if threads is None:
-        env = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(env) if env.isdigit() and int(env) > 0 else 0
-    options.intra_op_num_threads = int(threads)
+    options.intra_op_num_threads = _threads(threads) or 0
     options.inter_op_num_threads = 1
     # One process segments one image: no thread pool spinning after the work is done.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
+class OrtNetwork:
+    """One sub-model's export as an ONNX Runtime session on the CPU (always float32)."""
+
+    precision = FLOAT32
+
+    def __init__(self, path: Path, threads: Optional[int] = None) -> None:
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
+            raise OnnxModelError(f"{path}: not a usable ONNX model ({_first_line(exc)})") from exc
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {INPUT_NAME: batch})[0]
+
+
+@functools.cache
+def _openvino_core() -> Any:
+    """One OpenVINO ``Core`` per process (it loads the CPU plugin once)."""
+    import openvino
+
+    return openvino.Core()
+
+
+class OpenVinoNetwork:
+    """One sub-model's export compiled by OpenVINO for the CPU, with the LATENCY hint.
+
+    ``precision``: ``auto`` leaves the choice to OpenVINO (its fastest native
+    precision: bfloat16 on CPUs with bfloat16 matrix units, else float32);
+    ``float32`` asks for full precision. ``self.precision`` is what the
+    compiled model reports it computes in, not what was asked for.
+    """
+
+    def __init__(self, path: Path, threads: Optional[int] = None, precision: str = "auto") -> None:
+        config: Dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        threads = _threads(threads)
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision == FLOAT32:
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        try:
+            self.compiled = _openvino_core().compile_model(str(path), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report for a damaged file
+            raise OnnxModelError(f"{path}: not a usable ONNX model ({_first_line(exc)})") from exc
+        reported = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = OPENVINO_PRECISIONS.get(reported, reported)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.request.infer({0: batch})
+        return self.request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
 @dataclass
 class OnnxModel:
-    """Sub-model V (and A when loaded) as ONNX Runtime sessions, with the settings stored in the export."""
+    """Sub-model V (and A when loaded) as compiled networks of one export runtime, with the settings
+    stored in the export."""
 
-    networks: Dict[str, Any]  # sub-model name -> onnxruntime.InferenceSession
+    networks: Dict[str, Network]  # sub-model name -> OpenVinoNetwork or OrtNetwork
     settings: InferenceSettings
     name: str = "model"
     device: CpuDevice = field(default_factory=CpuDevice)
-    backend = "onnx"
+
+    @property
+    def backend(self) -> str:
+        """``openvino`` or ``onnx``, as ``--backend`` names it."""
+        return self.device.runtime
+
+    @property
+    def precision(self) -> str:
+        return self.device.precision
 
     @property
     def window(self) -> Tuple[int, int, int]:
@@ -110,8 +188,8 @@ class OnnxModel:
                               **window_options)
 
 
-def flip_averaged(sessions: Sequence[Any], flips: Sequence[Tuple[int, ...]] = ((),)) -> Any:
-    """A numpy predictor: ``[B, C, i, j, k]`` -> ``[B, len(sessions), i, j, k]`` foreground probability,
+def flip_averaged(networks: Sequence[Network], flips: Sequence[Tuple[int, ...]] = ((),)) -> Any:
+    """A numpy predictor: ``[B, C, i, j, k]`` -> ``[B, len(networks), i, j, k]`` foreground probability,
     averaged over the image-axis ``flips``; as in the torch predictor, every mirror image of the
     batch goes through the network in one call."""
 
@@ -120,8 +198,8 @@ def flip_averaged(sessions: Sequence[Any], flips: Sequence[Tuple[int, ...]] = ((
         stacked = np.concatenate([np.flip(batch, [a + 2 for a in axes]) if axes else batch for axes in flips])
         stacked = np.ascontiguousarray(stacked, dtype=np.float32)
         outputs = []
-        for session in sessions:
-            p = session.run(None, {INPUT_NAME: stacked})[0]  # [F * B, i, j, k]
+        for network in networks:
+            p = network(stacked)  # [F * B, i, j, k]
             total = None
             for n, axes in enumerate(flips):
                 chunk = p[n * count:(n + 1) * count]
@@ -133,42 +211,27 @@ def flip_averaged(sessions: Sequence[Any], flips: Sequence[Tuple[int, ...]] = ((
     return predict
 
 
-def read_export_metadata(path: PathLike) -> Dict[str, str]:
-    """The ``caml.*`` metadata of an export, read with ONNX Runtime (no ``onnx`` package needed)."""
-    session = _session(path, threads=1)
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
-def _session(path: PathLike, threads: Optional[int] = None) -> Any:
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise OnnxModelError(f"{path}: ONNX export not found")
-    try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
-        raise OnnxModelError(f"{path}: not a usable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
-
-
 def load_onnx_model(exports: Mapping[str, PathLike], with_a: bool = False, name: Optional[str] = None,
-                    threads: Optional[int] = None) -> OnnxModel:
-    """ONNX Runtime sessions for sub-model V (and A if ``with_a``) from their export files.
+                    threads: Optional[int] = None, runtime: str = "onnx", precision: str = "auto") -> OnnxModel:
+    """Sub-model V (and A if ``with_a``) from their export files, compiled by ``runtime`` (a key of
+    ``backends.EXPORT_RUNTIMES``) at ``precision`` (``backends.PRECISIONS``; ONNX Runtime is float32).
 
     ``exports`` maps ``"v"``/``"a"`` to files (``caml models`` checks their
     SHA-256 first). The settings come from V's metadata; A must carry the
     same ones, and each file must say it holds the sub-model it is loaded as.
+    The metadata is checked before a runtime compiles anything.
     """
+    if runtime not in EXPORT_RUNTIMES:
+        raise OnnxModelError(f"runtime must be one of {', '.join(EXPORT_RUNTIMES)}, not {runtime!r}")
+    if precision not in PRECISIONS:
+        raise OnnxModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     wanted = ("v", "a") if with_a else ("v",)
     missing = [w for w in wanted if w not in exports]
     if missing:
         raise OnnxModelError(f"no ONNX export of sub-model {', '.join(m.upper() for m in missing)}")
-    sessions: Dict[str, Any] = {}
     settings: Optional[InferenceSettings] = None
     for which in wanted:
-        session = _session(exports[which], threads)
-        meta = session.get_modelmeta().custom_metadata_map
+        meta = read_export_metadata(exports[which])
         if meta.get(SUB_MODEL_KEY) != which or SETTINGS_KEY not in meta:
             raise OnnxModelError(f"{exports[which]}: not this project's export of sub-model {which.upper()} "
                                  f"(metadata {SUB_MODEL_KEY}={meta.get(SUB_MODEL_KEY)!r})")
@@ -179,10 +242,16 @@ def load_onnx_model(exports: Mapping[str, PathLike], with_a: bool = False, name:
         if settings is not None and these != settings:
             raise OnnxModelError(f"{exports[which]}: settings differ from sub-model V's export")
         settings = these
-        sessions[which] = session
     assert settings is not None
-    return OnnxModel(networks=sessions, settings=settings,
-                     name=name or Path(exports["v"]).name.replace(".v.onnx", ""))
+    networks: Dict[str, Any] = {}
+    for which in wanted:
+        path = Path(exports[which])
+        networks[which] = (OpenVinoNetwork(path, threads, precision) if runtime == "openvino"
+                           else OrtNetwork(path, threads))
+    precisions = {n.precision for n in networks.values()}
+    return OnnxModel(networks=networks, settings=settings,
+                     name=name or Path(exports["v"]).name.replace(".v.onnx", ""),
+                     device=CpuDevice(runtime, "/".join(sorted(precisions))))
 
 
 def sibling_exports(v_path: PathLike) -> Dict[str, Path]:
@@ -197,34 +266,38 @@ def sibling_exports(v_path: PathLike) -> Dict[str, Path]:
 
 
 def choose_backend(requested: str, has_export: bool, device: str = "auto", with_a_export: bool = True) -> str:
-    """``torch`` or ``onnx`` for ``caml segment --backend``.
+    """``torch``, ``openvino`` or ``onnx`` for ``caml segment --backend``.
 
-    ``auto``: ONNX Runtime when it is installed, the model has an export (of A
-    too when A is needed) and the device is not a GPU (``cuda``, or ``auto``
-    with a usable CUDA torch); torch otherwise. ``onnx`` asked for explicitly
-    runs on the CPU with device ``auto``, and is an error where it cannot run
-    (no export, no onnxruntime, ``cuda``), rather than a silent switch.
+    ``auto``: when the model has an export (of A too when A is needed) and
+    the device is not a GPU (``cuda``, or ``auto`` with a usable CUDA torch),
+    the first export runtime installed, in ``EXPORT_RUNTIMES``' order
+    (OpenVINO, then ONNX Runtime); torch otherwise. A runtime asked for
+    explicitly runs on the CPU with device ``auto``, and is an error where it
+    cannot run (no export, not installed, ``cuda``), rather than a silent switch.
     """
     if requested not in BACKENDS:
         raise OnnxModelError(f"backend must be one of {', '.join(BACKENDS)}, not {requested!r}")
     device = (device or "auto").strip().lower()
     if requested == "torch":
         return "torch"
+    runtimes = installed_runtimes() if requested == "auto" else (
+        (requested,) if runtime_installed(requested) else ())
     problem = None
     if not has_export:
         problem = "the model has no ONNX export"
     elif not with_a_export:
         problem = "the model has no ONNX export of sub-model A (needed for --uncertainty and --ensemble)"
-    elif not onnxruntime_available():
-        problem = "onnxruntime is not installed (pip install onnxruntime)"
+    elif not runtimes:
+        problem = (f"{EXPORT_RUNTIMES[requested]} is not installed (pip install {EXPORT_RUNTIMES[requested]})"
+                   if requested != "auto" else "no ONNX runtime is installed")
     elif device.startswith("cuda"):
-        problem = "the ONNX backend runs on the CPU only; use --backend torch for a GPU"
+        problem = "the ONNX runtimes run on the CPU only; use --backend torch for a GPU"
     elif requested == "auto" and device == "auto" and _cuda_torch_usable():
         problem = "a GPU is available to torch"
     if problem is None:
-        return "onnx"
-    if requested == "onnx":
-        raise OnnxModelError(f"--backend onnx: {problem}")
+        return runtimes[0]
+    if requested != "auto":
+        raise OnnxModelError(f"--backend {requested}: {problem}")
     return "torch"
 
 

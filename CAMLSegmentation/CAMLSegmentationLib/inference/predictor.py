@@ -54,6 +54,7 @@ from ..model.settings import (
     InferenceSettings,
 )
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, check_cancel, no_progress
+from .backends import FLOAT32
 from .preprocess import axis_starts, model_grid, normalized_content
 
 PathLike = Union[str, Path]
@@ -319,6 +320,8 @@ class InferenceModel:
     name: str = "model"
     device: torch.device = field(default_factory=lambda: _cpu())
     backend = "torch"
+    #: What the weights compute in; ``segment_volume`` reports float16 where CUDA autocast runs.
+    precision = FLOAT32
 
     @property
     def window(self) -> Tuple[int, int, int]:
@@ -583,7 +586,9 @@ def segment_volume(volume: Volume, model: InferenceModel, options: InferenceOpti
     lcc = settings.largest_component if options.lcc is None else options.lcc
     if lcc:
         mask = largest_component(mask)
+    autocast = options.amp and model.backend == "torch" and model.device.type == "cuda"  # as sliding_window
     info = {"model": model.name, "protocol": options.protocol, "device": str(model.device),
+            "backend": model.backend, "precision": "float16" if autocast else model.precision,
             "window": list(model.window), "strides": list(strides), "window_layout": options.window_layout,
             "windows": count_windows(target_shape, model.window, strides),
             "network_grid": list(target_shape), "input_grid": list(volume.shape),

@@ -111,8 +111,10 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
     #: not among them: only ``.h5`` input and training read HDF5, and they import it when they do.
     ENGINE_REQUIREMENTS = {"numpy": "numpy>=1.21", "scipy": "scipy>=1.7", "SimpleITK": "SimpleITK>=2.1",
                            "filelock": "filelock>=3.0"}
-    #: What segmenting needs instead of PyTorch when the model has an ONNX export (tens of MB, not GBs).
-    ONNX_REQUIREMENTS = {"onnxruntime": "onnxruntime>=1.16"}
+    #: What segmenting needs instead of PyTorch when the model has an ONNX export (tens of MB, not GBs):
+    #: any one of the engine's export runtimes (``inference.backends.EXPORT_RUNTIMES``: import name ->
+    #: pip requirement here). With none installed, the engine's first choice is offered: OpenVINO.
+    EXPORT_RUNTIME_REQUIREMENTS = {"openvino": "openvino>=2024.0", "onnxruntime": "onnxruntime>=1.16"}
     #: Packages Slicer bundles: never reinstalled or upgraded from here.
     SLICER_BUNDLED = ("numpy", "SimpleITK", "requests")
 
@@ -232,11 +234,21 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
         requirements = self.ENGINE_REQUIREMENTS if requirements is None else requirements
         return [req for name, req in requirements.items() if importlib.util.find_spec(name) is None]
 
+    def missingExportRuntime(self) -> List[str]:
+        """``[]`` when one of the engine's export runtimes (OpenVINO, ONNX Runtime) can be imported here,
+        else the pip requirement of the one to install: the engine's first choice (``--backend auto``)."""
+        from CAMLSegmentationLib.inference.backends import EXPORT_RUNTIMES, installed_runtimes
+
+        if installed_runtimes():
+            return []
+        first = next(iter(EXPORT_RUNTIMES.values()))
+        return [self.EXPORT_RUNTIME_REQUIREMENTS[first]]
+
     def segmentationNeedsTorch(self, params: CAMLSegmentationParameters) -> bool:
         """Whether segmenting with ``params`` needs PyTorch: a GPU asked for, or a model without an ONNX
         export (of sub-model A too when the uncertainty map is asked for). Otherwise the engine runs the
-        export with ONNX Runtime (``caml segment --backend auto``). An unknown model needs torch: the
-        engine's own error then names the problem."""
+        export with OpenVINO or ONNX Runtime (``caml segment --backend auto``). An unknown model needs
+        torch: the engine's own error then names the problem."""
         if params.device.startswith("cuda"):
             return True
         from CAMLSegmentationLib.model.catalog import CatalogError, default_model, find_model
@@ -255,8 +267,9 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
         """Offer, with one confirmation, to install what is missing; True when all is there.
 
         ``params``: check for segmenting with these parameters only: when the model has
-        an ONNX export and no GPU is asked for, the engine's light packages and
-        ``onnxruntime`` suffice (``segmentationNeedsTorch``). Without ``params`` (training,
+        an ONNX export and no GPU is asked for, the engine's light packages and one
+        export runtime suffice (``segmentationNeedsTorch``): ``openvino`` is offered
+        when neither it nor ``onnxruntime`` is installed. Without ``params`` (training,
         active learning) PyTorch is needed. torch comes from the PyTorch extension (which
         picks the CUDA build for the driver), at ``TORCH_REQUIREMENT`` or newer; the other
         packages from pip, never touching the ones Slicer bundles. Nothing is imported:
@@ -265,10 +278,13 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
         """
         version = self.installedTorchVersion()
         withTorch = params is None or self.segmentationNeedsTorch(params)
-        requirements = dict(self.ENGINE_REQUIREMENTS, **({} if withTorch else self.ONNX_REQUIREMENTS))
         needTorch = withTorch and not self.torchAvailable()
-        packages = [p for p in self.missingPackages(requirements)
-                    if not any(p.startswith(b) for b in self.SLICER_BUNDLED)]
+
+        def missing() -> List[str]:
+            return [p for p in self.missingPackages() if not any(p.startswith(b) for b in self.SLICER_BUNDLED)
+                    ] + ([] if withTorch else self.missingExportRuntime())
+
+        packages = missing()
         if not needTorch and not packages:
             return True
         torchLine = (_("PyTorch {requirement} (installed: {version}), through the PyTorch extension").format(
@@ -282,8 +298,7 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
             (installTorch or self._installTorchWithPyTorchExtension)()
         if packages:
             (pipInstall or self._pipInstall)(packages)
-        return (not withTorch or self.torchAvailable()) and not [
-            p for p in self.missingPackages(requirements) if not any(p.startswith(b) for b in self.SLICER_BUNDLED)]
+        return (not withTorch or self.torchAvailable()) and not missing()
 
     @staticmethod
     def _installTorchWithPyTorchExtension() -> None:
@@ -594,12 +609,22 @@ class CAMLSegmentationLogic(ActiveLearningLogicMixin, UncertainRegionReviewMixin
 
     # -- what the panel shows besides the run ------------------------------------------------------
     def versionsLine(self) -> str:
-        """One line: the engine's version and the installed PyTorch's (from its metadata, never imported)."""
+        """One line: the engine's version, the installed PyTorch's and those of the export runtimes that
+        are installed (from their metadata, never imported)."""
+        import importlib.metadata
+
         from CAMLSegmentationLib import __version__
+        from CAMLSegmentationLib.inference.backends import EXPORT_RUNTIMES
 
         torch = self.installedTorchVersion()
-        return _("CAML engine {engine} · PyTorch {torch}").format(
+        line = _("CAML engine {engine} · PyTorch {torch}").format(
             engine=__version__, torch=torch if torch else _("not installed"))
+        for package in EXPORT_RUNTIMES.values():
+            try:
+                line += f" · {package} {importlib.metadata.version(package)}"
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return line
 
     @staticmethod
     def alIsCohort(folder: str) -> bool:
