@@ -139,6 +139,34 @@ def test_segment_volume_is_the_same_with_every_backend(tiny_exports, protocol: s
     assert (by_torch.info["backend"], by_torch.info["precision"]) == ("torch", "float32")
 
 
+def test_openvino_keeps_compiled_models_in_caml_home(tmp_path: Path, tiny_exports, own_caml_home: Path) -> None:
+    """A second load of an export reads OpenVINO's compiled model from ``$CAML_HOME/cache/openvino``
+    and computes the same; another export written over the same path does not reuse it."""
+    from CAMLSegmentationLib.inference import onnx_runtime
+
+    _, exports = tiny_exports
+    other = export_release(tiny_checkpoint(tmp_path / "other.pt", window=WINDOW, spacing=(1.0, 1.0, 1.5), seed=7))
+    cache = own_caml_home.joinpath(*onnx_runtime.OPENVINO_CACHE)
+    batch = np.random.default_rng(2).normal(size=(2, 1) + WINDOW).astype(np.float32)
+
+    def v_output(path: Path) -> np.ndarray:
+        onnx_runtime._core_with_cache.cache_clear()  # as a new process would start
+        return load_onnx_model({"v": path}, runtime="openvino", precision="float32").networks["v"](batch)
+
+    first = v_output(exports["v"])
+    blobs = sorted(cache.glob("*.blob"))
+    assert blobs, f"nothing cached in {cache}"
+    np.testing.assert_array_equal(v_output(exports["v"]), first)
+    assert sorted(cache.glob("*.blob")) == blobs  # read back, not compiled again
+    shared = tmp_path / "release.v.onnx"
+    shared.write_bytes(exports["v"].read_bytes())
+    np.testing.assert_array_equal(v_output(shared), first)
+    shared.write_bytes(other["v"].read_bytes())  # a re-exported release at the same path
+    expected = load_onnx_model({"v": other["v"]}, runtime="onnx").networks["v"](batch)
+    assert float(np.abs(expected - first).max()) > 1e-3  # the two models differ
+    assert float(np.abs(v_output(shared) - expected).max()) <= PROBABILITY_TOLERANCE
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(a, b).sum()) / max(1.0, float(a.sum() + b.sum()))
 

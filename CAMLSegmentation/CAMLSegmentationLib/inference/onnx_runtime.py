@@ -110,12 +110,35 @@ class OrtNetwork:
         return self.session.run(None, {INPUT_NAME: batch})[0]
 
 
-@functools.cache
+#: Under ``caml_home()``: OpenVINO's compiled models, so a new process loads an export it compiled before
+#: in about half the time (0.12 s instead of 0.2 s for ``caml-la-cpu64``'s V on the 2-core machine).
+OPENVINO_CACHE = ("cache", "openvino")
+
+
 def _openvino_core() -> Any:
-    """One OpenVINO ``Core`` per process (it loads the CPU plugin once)."""
+    """The process's OpenVINO ``Core`` for the current ``caml_home()``, with its model cache there.
+
+    OpenVINO names each cached blob by a hash of the model's content and the compile options, so a
+    changed export or option compiles anew; a cache folder that cannot be made only means no cache.
+    """
+    from ..model.catalog import caml_home
+
+    return _core_with_cache(str(caml_home().joinpath(*OPENVINO_CACHE)))
+
+
+@functools.cache
+def _core_with_cache(cache: str) -> Any:
+    """One ``Core`` per cache folder (it loads the CPU plugin once)."""
     import openvino
 
-    return openvino.Core()
+    core = openvino.Core()
+    try:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return core
+    if os.access(cache, os.W_OK):
+        core.set_property({"CACHE_DIR": cache})
+    return core
 
 
 class OpenVinoNetwork:
@@ -135,7 +158,10 @@ class OpenVinoNetwork:
         if precision == FLOAT32:
             config["INFERENCE_PRECISION_HINT"] = "f32"
         try:
-            self.compiled = _openvino_core().compile_model(str(path), "CPU", config)
+            core = _openvino_core()
+            # Compiled from the read model, not from the path: OpenVINO's cache then keys on the model's
+            # content, where a path key would run an old compiled model after a new export at that path.
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report for a damaged file
             raise OnnxModelError(f"{path}: not a usable ONNX model ({_first_line(exc)})") from exc
         reported = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
