@@ -21,7 +21,7 @@ own cost apart from the other jobs'); the rest of a click is the Slicer side
 ``--no-child``, the same request as a fresh ``caml segment`` child process
 (what every click cost before the warm engine) is timed for comparison.
 The catalog's default model (``--model`` for another) on the device the
-panel's ``auto`` picks; the bundled models run with ONNX Runtime on a CPU.
+panel's ``auto`` picks; the bundled models run with OpenVINO (else ONNX Runtime) on a CPU.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``caml worker``: a warm engine for the Slicer panel, one process that keeps the model loaded.
 
-Each ``caml segment`` pays the imports (numpy, SimpleITK, ONNX Runtime or
+Each ``caml segment`` pays the imports (numpy, SimpleITK, OpenVINO, ONNX Runtime or
 torch) and the model load again; the panel's second click should cost the
 network and the file I/O only. So the panel starts one ``caml worker`` per
 session, on the first Segment, and sends it requests over the JSON-lines
