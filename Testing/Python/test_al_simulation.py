@@ -76,6 +76,17 @@ def test_report_prints_the_tables_from_the_results_file(tmp_path, capsys):
     assert "| disagreement | 17.50 | 250 | 19.0, 18.0, 17.0, 16.0 |" in out
     assert "25 cells; CPU time 0.35 h" in out
     assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
+    # The same tables in report.md, and in a README between the block's lines (and nowhere else).
+    written = (tmp_path / "report.md").read_text()
+    assert "| disagreement | 16.0 | 33 % |" in written and "- 12 labels: +0.50 +- 1.41" in written
+    head, tail = sim.README_BLOCK
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n\n{head}\n\nold table\n\n{tail}\n\nafter\n")
+    assert sim.report(tmp_path, readme) == 0
+    text = readme.read_text()
+    assert "old table" not in text and written in text
+    assert text.startswith("# Title\n\nbefore\n\n" + head) and text.endswith(tail + "\n\nafter\n")
+    assert sim.report(tmp_path, readme) == 0 and readme.read_text() == text  # a second run changes nothing
 
 
 @pytest.mark.slow
